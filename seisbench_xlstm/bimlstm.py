@@ -1,0 +1,190 @@
+"""The bidirectional mLSTM layer that both backbones are built from.
+
+Design (xLSTM's mLSTM layer, run in both time directions)::
+
+    x ── LayerNorm ── up-projection ──┬─ forward direction:  x_m ─ causal conv ─ SiLU ─ q,k ┐
+                                      │                      x_m ─────────────────────── v ──┤ mLSTM cell ─ MH-LN ─ (+ skip) ─ * SiLU(z)
+                                      └─ backward direction: the same on the time-reversed sequence, reversed back
+    y = x + Dropout(down-projection(forward ⊕ backward))
+
+Each direction has its own causal conv (kernel 4), headwise q/k/v projections, exponential input gate, sigmoid
+forget gate, multi-head layer norm and learnable skip, so each direction is causal in its own time order and the
+layer output at time ``t`` depends on the whole sequence.
+
+Weight sharing between the directions is the one knob the parameter budgets drive
+(:attr:`BiMLSTMLayerConfig.share_projections`):
+
+- ``False`` (the sequential backbone): each direction has its own up- and down-projection. The two directions'
+  outputs are concatenated and mapped back by one ``(2 * inner) -> d_model`` projection, which is the sum of two
+  separate down-projections.
+- ``True`` (the U-Net): one up-projection feeds both directions and the directions' outputs are summed before one
+  down-projection. The up/down projections hold about 95% of a layer's weights, so sharing them halves the layer
+  while keeping direction-specific recurrences.
+
+Sizes follow xLSTM: the inner dimension is ``proj_factor * d_model`` rounded up to a multiple of 64.
+Components (causal conv, headwise linear, multi-head layer norm, initialisers) come from the ``xlstm`` package;
+the recurrence runs on ``mlstm_kernels`` (see :mod:`seisbench_xlstm.kernels`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from xlstm.components.conv import CausalConv1d, CausalConv1dConfig
+from xlstm.components.init import bias_linspace_init_, small_init_init_, wang_init_
+from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwiseExpandConfig
+from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
+
+from .kernels import AUTO, mlstm_sequence
+
+
+@dataclass
+class BiMLSTMLayerConfig:
+    """Configuration of one bidirectional mLSTM layer.
+
+    :param embedding_dim: model width ``d_model``
+    :param num_heads: mLSTM heads per direction
+    :param proj_factor: up-projection factor of the inner dimension
+    :param qkv_proj_blocksize: block size of the headwise q/k/v projections
+    :param conv1d_kernel_size: kernel size of the causal convolution before q/k
+    :param dropout: dropout on the layer output before the residual sum
+    :param bias: bias in the up/down projections
+    :param share_projections: one up/down projection for both directions (see module docstring)
+    :param num_blocks: number of layers in the stack, used to scale the down-projection's initialisation
+    :param round_inner_to: the inner dimension is rounded up to a multiple of this
+    """
+
+    embedding_dim: int = 128
+    num_heads: int = 4
+    proj_factor: float = 2.0
+    qkv_proj_blocksize: int = 4
+    conv1d_kernel_size: int = 4
+    dropout: float = 0.1
+    bias: bool = False
+    share_projections: bool = False
+    num_blocks: int = 1
+    round_inner_to: int = 64
+
+    @property
+    def inner_dim(self) -> int:
+        return int(math.ceil(self.proj_factor * self.embedding_dim / self.round_inner_to) * self.round_inner_to)
+
+    def __post_init__(self):
+        if self.embedding_dim < 1 or self.num_heads < 1:
+            raise ValueError("embedding_dim and num_heads must be positive")
+        if self.inner_dim % self.num_heads:
+            raise ValueError(f"inner dimension {self.inner_dim} is not divisible by num_heads={self.num_heads}")
+        if self.inner_dim % self.qkv_proj_blocksize:
+            raise ValueError(
+                f"inner dimension {self.inner_dim} is not divisible by qkv_proj_blocksize={self.qkv_proj_blocksize}"
+            )
+
+
+class MLSTMDirection(nn.Module):
+    """The direction-specific part of a bidirectional mLSTM layer: conv, q/k/v, gates, cell and output gate.
+
+    Works in its own time order (the caller reverses the sequence for the backward direction).
+    """
+
+    def __init__(self, config: BiMLSTMLayerConfig):
+        super().__init__()
+        self.config = config
+        inner = config.inner_dim
+        self.conv1d = CausalConv1d(CausalConv1dConfig(feature_dim=inner, kernel_size=config.conv1d_kernel_size))
+        proj_heads = inner // config.qkv_proj_blocksize
+        self.q_proj, self.k_proj, self.v_proj = (
+            LinearHeadwiseExpand(LinearHeadwiseExpandConfig(in_features=inner, num_heads=proj_heads, bias=False))
+            for _ in range(3)
+        )
+        self.igate = nn.Linear(3 * inner, config.num_heads)
+        self.fgate = nn.Linear(3 * inner, config.num_heads)
+        self.outnorm = MultiHeadLayerNorm(ndim=inner, weight=True, bias=False)
+        self.learnable_skip = nn.Parameter(torch.ones(inner))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            small_init_init_(proj.weight, dim=self.config.embedding_dim)
+        self.conv1d.reset_parameters()
+        nn.init.zeros_(self.fgate.weight)
+        bias_linspace_init_(self.fgate.bias, start=3.0, end=6.0)
+        nn.init.zeros_(self.igate.weight)
+        nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
+        self.outnorm.reset_parameters()
+        nn.init.ones_(self.learnable_skip)
+
+    def forward(self, x_mlstm: torch.Tensor, z: torch.Tensor, kernel: str = AUTO) -> torch.Tensor:
+        """
+        :param x_mlstm: mLSTM-branch input ``(batch, steps, inner)``
+        :param z: output-gate branch ``(batch, steps, inner)``
+        :param kernel: mLSTM kernel name or ``"auto"``
+        :return: gated hidden states ``(batch, steps, inner)``
+        """
+        batch, steps, inner = x_mlstm.shape
+        heads = self.config.num_heads
+        x_conv = F.silu(self.conv1d(x_mlstm))
+        q = self.q_proj(x_conv)
+        k = self.k_proj(x_conv)
+        v = self.v_proj(x_mlstm)
+        gate_in = torch.cat([q, k, v], dim=-1)
+        i = self.igate(gate_in).transpose(1, 2)  # (batch, heads, steps)
+        f = self.fgate(gate_in).transpose(1, 2)
+
+        def split_heads(t):
+            return t.view(batch, steps, heads, -1).transpose(1, 2)  # (batch, heads, steps, head_dim)
+
+        h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
+        h = self.outnorm(h).transpose(1, 2).reshape(batch, steps, inner)
+        return (h + self.learnable_skip * x_conv) * F.silu(z)
+
+
+class BiMLSTMLayer(nn.Module):
+    """Pre-norm residual bidirectional mLSTM layer.
+
+    Input and output ``(batch, steps, embedding_dim)``; any number of steps.
+    """
+
+    def __init__(self, config: BiMLSTMLayerConfig):
+        super().__init__()
+        self.config = config
+        d, inner = config.embedding_dim, config.inner_dim
+        n_proj = 1 if config.share_projections else 2
+        self.norm = LayerNorm(ndim=d, weight=True, bias=False)
+        self.proj_up = nn.Linear(d, n_proj * 2 * inner, bias=config.bias)
+        self.forward_direction = MLSTMDirection(config)
+        self.backward_direction = MLSTMDirection(config)
+        self.proj_down = nn.Linear(n_proj * inner, d, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        self.norm.reset_parameters()
+        small_init_init_(self.proj_up.weight, dim=self.config.embedding_dim)
+        wang_init_(self.proj_down.weight, dim=self.config.embedding_dim, num_blocks=self.config.num_blocks)
+        for lin in (self.proj_up, self.proj_down):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, kernel: str = AUTO) -> torch.Tensor:
+        """
+        :param x: ``(batch, steps, embedding_dim)``
+        :param kernel: mLSTM kernel name or ``"auto"`` (see :mod:`seisbench_xlstm.kernels`)
+        :return: ``(batch, steps, embedding_dim)``
+        """
+        inner = self.config.inner_dim
+        up = self.proj_up(self.norm(x))
+        if self.config.share_projections:
+            up_fw = up_bw = up
+        else:
+            up_fw, up_bw = up.split(2 * inner, dim=-1)
+        h_fw = self.forward_direction(*up_fw.split(inner, dim=-1), kernel=kernel)
+        h_bw = self.backward_direction(*up_bw.flip(1).split(inner, dim=-1), kernel=kernel).flip(1)
+        if self.config.share_projections:
+            h = h_fw + h_bw
+        else:
+            h = torch.cat([h_fw, h_bw], dim=-1)
+        return x + self.dropout(self.proj_down(h))

@@ -1,0 +1,168 @@
+"""Run-time choice of the mLSTM kernel and the call into ``mlstm_kernels``.
+
+The mLSTM recurrence of every layer is computed by :class:`mlstm_kernels.torch.backend_module.mLSTMBackend`.
+Which kernel runs is decided at run time from the device of the inputs, never stored in model weights or
+saved model arguments, so weights trained on a GPU load on a CPU and the reverse:
+
+- CUDA with Triton installed: ``chunkwise--triton_xl_chunk`` (TFLA), chunk size 128, bf16 kernel autocast.
+- otherwise (CPU): ``chunkwise--native_autograd``, chunk size ``min(128, padded length)``, float32.
+
+Users can override the choice with :func:`set_default_kernel`, with the ``SEISBENCH_XLSTM_KERNEL`` environment
+variable, or per model (``model.set_kernel(...)``).
+
+Triton 3.6 aborts while compiling ``triton_xl_chunk`` unless ``DISABLE_LLVM_OPT=1`` is in the environment before
+the first compilation. :func:`resolve_kernel` sets it (if unset) whenever a Triton kernel is chosen, so users never
+meet that compiler crash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+AUTO = "auto"
+TRITON_KERNEL = "chunkwise--triton_xl_chunk"
+NATIVE_KERNEL = "chunkwise--native_autograd"
+#: Kernels a user may select. The quadratic ``parallel--native_autograd`` is a reference for tests only:
+#: its memory grows with the square of the sequence length.
+KNOWN_KERNELS = (
+    AUTO,
+    TRITON_KERNEL,
+    "chunkwise--triton_limit_chunk",
+    "chunkwise--triton_xl_chunk_siging",
+    NATIVE_KERNEL,
+    "chunkwise--native_custbw",
+    "parallel--native_autograd",
+)
+KERNEL_ENV_VAR = "SEISBENCH_XLSTM_KERNEL"
+
+_default_kernel = AUTO
+
+
+def set_default_kernel(kernel: str) -> None:
+    """Sets the process-wide kernel choice used by every model whose own kernel is ``"auto"``.
+
+    :param kernel: One of :data:`KNOWN_KERNELS`.
+    """
+    global _default_kernel
+    _default_kernel = validate_kernel_name(kernel)
+
+
+def validate_kernel_name(kernel: str) -> str:
+    """Returns ``kernel`` if it is a known kernel name, else raises ``ValueError`` listing the known names."""
+    if kernel not in KNOWN_KERNELS:
+        raise ValueError(f"Unknown mLSTM kernel {kernel!r}. Known kernels: {', '.join(KNOWN_KERNELS)}.")
+    return kernel
+
+
+def triton_available() -> bool:
+    """True if the Triton TFLA kernels can be imported (needs CUDA and the ``triton`` package)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    from mlstm_kernels.torch.chunkwise import registry
+
+    return "triton_xl_chunk" in registry
+
+
+def resolve_kernel(requested: str, device: torch.device) -> str:
+    """Turns a requested kernel name (possibly ``"auto"``) into the kernel that runs on ``device``.
+
+    Precedence for ``"auto"``: the ``SEISBENCH_XLSTM_KERNEL`` environment variable, then
+    :func:`set_default_kernel`, then the device rule (Triton TFLA on CUDA, native chunkwise elsewhere).
+    A Triton kernel requested for a CPU tensor raises ``RuntimeError``.
+    """
+    kernel = validate_kernel_name(requested)
+    if kernel == AUTO:
+        kernel = validate_kernel_name(os.environ.get(KERNEL_ENV_VAR, _default_kernel))
+    if kernel == AUTO:
+        kernel = TRITON_KERNEL if device.type == "cuda" and triton_available() else NATIVE_KERNEL
+    if "triton" in kernel:
+        if device.type != "cuda":
+            raise RuntimeError(f"mLSTM kernel {kernel!r} needs CUDA tensors, got tensors on {device}.")
+        # Triton 3.6's LLVM SLP vectoriser aborts on the xl_chunk kernels; this must be set before compiling.
+        os.environ.setdefault("DISABLE_LLVM_OPT", "1")
+    return kernel
+
+
+@dataclass(frozen=True)
+class KernelShape:
+    """Padded sequence length and chunk size a kernel needs for a sequence of ``length`` steps."""
+
+    padded_length: int
+    chunk_size: int
+
+
+def kernel_shape(length: int, max_chunk_size: int = 128) -> KernelShape:
+    """Shape rules of the mlstm_kernels kernels.
+
+    Triton kernels: the length must be a multiple of 16, a power of two below 128, else a multiple of the chunk
+    size. Native chunkwise kernels: a multiple of the chunk size. We pad to a power of two below
+    ``max_chunk_size`` and to a multiple of ``max_chunk_size`` above it, which satisfies both.
+    """
+    if length < 1:
+        raise ValueError("mLSTM sequence length must be at least 1")
+    if length <= max_chunk_size:
+        padded = min(max(16, 1 << (length - 1).bit_length()), max_chunk_size)
+        return KernelShape(padded_length=padded, chunk_size=padded)
+    padded = -(-length // max_chunk_size) * max_chunk_size
+    return KernelShape(padded_length=padded, chunk_size=max_chunk_size)
+
+
+@lru_cache(maxsize=None)
+def _backend(kernel: str, chunk_size: int, autocast_dtype: str):
+    from mlstm_kernels.torch.backend_module import mLSTMBackend, mLSTMBackendConfig
+
+    return mLSTMBackend(
+        mLSTMBackendConfig(
+            chunkwise_kernel=kernel,
+            mode="train",
+            chunk_size=chunk_size,
+            return_last_states=False,
+            autocast_kernel_dtype=autocast_dtype,
+        )
+    )
+
+
+def mlstm_sequence(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    kernel: str = AUTO,
+) -> torch.Tensor:
+    """Causal mLSTM over a whole sequence of any length.
+
+    Inputs of chunkwise kernels are zero-padded at the end to the kernel's shape rules (see :func:`kernel_shape`)
+    and the output is cropped back; since the recurrence is causal, padding at the end never changes the real outputs.
+    Queries are scaled by ``head_dim ** -0.5`` inside the kernels.
+
+    :param q: queries ``(batch, heads, steps, head_dim)``
+    :param k: keys ``(batch, heads, steps, head_dim)``
+    :param v: values ``(batch, heads, steps, head_dim)``
+    :param i: input-gate pre-activations ``(batch, heads, steps)``
+    :param f: forget-gate pre-activations ``(batch, heads, steps)``
+    :param kernel: kernel name or ``"auto"``
+    :return: hidden states ``(batch, heads, steps, head_dim)`` in the dtype of ``v``
+    """
+    resolved = resolve_kernel(kernel, q.device)
+    length = q.shape[2]
+    shape = kernel_shape(length)
+    # The quadratic reference kernels take any length: they run unpadded, which makes them the reference that
+    # shows padding does not change real outputs.
+    pad = 0 if resolved.startswith("parallel") else shape.padded_length - length
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        i, f = (F.pad(t, (0, pad)) for t in (i, f))
+    # TFLA kernels run in bf16 (the gates' log-space arithmetic stays float32 inside the kernel); the native
+    # CPU kernels in float32. Inputs are cast here so the kernel sees one dtype whether or not autocast is on.
+    kernel_dtype = torch.bfloat16 if "triton" in resolved else torch.float32
+    backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
+    h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
+    return h[:, :, :length].to(v.dtype)
