@@ -376,3 +376,31 @@ class XLSTMUNetPicker(_XLSTMPicker):
 
 PICKERS = {"sequential": XLSTMSeqPicker, "unet": XLSTMUNetPicker}
 
+
+
+def load_picker(weights: str | Path, backbone: str | None = None) -> _XLSTMPicker:
+    """Loads a picker from a saved path (``<path>.json`` + ``<path>.pt``, as written by ``save``) or by name.
+
+    :param weights: path stem of saved weights, or the name of offline pretrained weights
+    :param backbone: ``"sequential"`` or ``"unet"``; needed for names, detected from the metadata for paths
+    """
+    stem = Path(weights)
+    json_path = stem.with_name(stem.name + ".json")
+    if json_path.is_file() or stem.suffix == ".json":
+        if stem.suffix == ".json":
+            stem, json_path = stem.with_suffix(""), stem
+        try:
+            config = json.loads(json_path.read_text()).get("model_args", {}).get("backbone_config", {})
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorruptWeightsError(f"Metadata file {json_path} is not valid JSON ({e}).") from e
+        detected = "unet" if "dims" in config else "sequential"
+        if backbone is not None and backbone != detected:
+            raise ValueError(f"{json_path} holds a {detected!r} picker, not {backbone!r}.")
+        return PICKERS[detected].load(stem)
+    if backbone is None:
+        if any(sep in str(weights) for sep in ("/", "\\")) or stem.suffix in (".pt", ".json"):
+            raise WeightsNotFoundError(f"No saved model at {weights}: expected {json_path} and {stem}.pt.")
+        raise ValueError(f"Pass the backbone ('sequential' or 'unet') to load pretrained weights {weights!r}.")
+    if backbone not in PICKERS:
+        raise ValueError(f"Unknown backbone {backbone!r}. Available: {sorted(PICKERS)}.")
+    return PICKERS[backbone].from_pretrained(str(weights))
