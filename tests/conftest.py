@@ -1,0 +1,32 @@
+"""Test set-up shared by all tests.
+
+SeisBench reads ``SEISBENCH_CACHE_ROOT`` when it is imported, so it is pointed at a fresh temporary folder here,
+before any test module imports seisbench: tests never see a user's cache and never reach the network.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_CACHE = tempfile.mkdtemp(prefix="seisbench-xlstm-test-cache-")
+os.environ["SEISBENCH_CACHE_ROOT"] = _CACHE
+os.environ.setdefault("SEISBENCH_XLSTM_KERNEL", "auto")
+
+#: Real data with analyst picks (never committed): ../shared/data relative to the repository root.
+SHARED_DATA = Path(os.environ.get("SEISBENCH_XLSTM_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path of ../shared/data; skips the test with a reason where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set SEISBENCH_XLSTM_SHARED_DATA to its path)")
+    return SHARED_DATA.resolve()
+
+
+@pytest.fixture
+def cache_root() -> Path:
+    """The temporary SEISBENCH_CACHE_ROOT of this test session."""
+    return Path(_CACHE)
