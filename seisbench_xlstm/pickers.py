@@ -72,7 +72,6 @@ class _XLSTMPicker(WaveformModel):
         (256, 256),
     )
     _annotate_args["overlap"] = (_annotate_args["overlap"][0], 1024)
-    _annotate_args["stacking"] = (_annotate_args["stacking"][0], "max")
     _annotate_args["nan_policy"] = (
         "What to do with NaN/inf samples: 'raise' (ValueError naming the traces) or 'gap' (cut them out and treat "
         "them like gaps in the record, following SeisBench's gap handling and the 'strict' argument)",

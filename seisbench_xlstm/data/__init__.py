@@ -1,0 +1,73 @@
+"""Data layer of seisbench-xlstm: datasets by name or path, mixing, window generators, ingest.
+
+Conventions: 100 Hz, component order ZNE, channels-first float32 arrays ``(channels, samples)``,
+windows of 4096 samples, picking labels P, S, Noise ("PSN"). See docs/data.md.
+"""
+
+from .datasets import (
+    DATASET_NAMES,
+    EXTRA_DATASET_NAMES,
+    DatasetLocation,
+    DatasetNotAvailableError,
+    check_available,
+    locate_dataset,
+    open_dataset,
+    open_folder,
+    shared_data_dir,
+)
+from .generators import (
+    MODEL_LABELS,
+    AugmentationConfig,
+    NormalizeConfig,
+    PickingConfig,
+    PreArrivalNoiseWindow,
+    PretrainConfig,
+    RandomAmplitudeScale,
+    SuperimposeEvent,
+    label_columns_for,
+    picking_generator,
+    pretraining_generator,
+)
+from .loaders import make_loader
+from .mixing import MixedDataset, assign_splits, mix_datasets
+from .phases import PHASE_MAP, PICK_COLUMN_MAP, phase_of_column, phase_of_hint, pick_columns
+
+# NB: the function ``ingest`` shadows the submodule name; import the module as
+# ``from seisbench_xlstm.data.ingest import ...`` (ObsPy readers live there).
+from .ingest import IngestConfig, IngestSummary, add_ingest_subcommand, ingest  # noqa: E402
+
+__all__ = [
+    "DATASET_NAMES",
+    "EXTRA_DATASET_NAMES",
+    "DatasetLocation",
+    "DatasetNotAvailableError",
+    "check_available",
+    "locate_dataset",
+    "open_dataset",
+    "open_folder",
+    "shared_data_dir",
+    "MODEL_LABELS",
+    "AugmentationConfig",
+    "NormalizeConfig",
+    "PickingConfig",
+    "PretrainConfig",
+    "PreArrivalNoiseWindow",
+    "RandomAmplitudeScale",
+    "SuperimposeEvent",
+    "label_columns_for",
+    "picking_generator",
+    "pretraining_generator",
+    "make_loader",
+    "MixedDataset",
+    "assign_splits",
+    "mix_datasets",
+    "PHASE_MAP",
+    "PICK_COLUMN_MAP",
+    "phase_of_column",
+    "phase_of_hint",
+    "pick_columns",
+    "ingest",
+    "IngestSummary",
+    "IngestConfig",
+    "add_ingest_subcommand",
+]

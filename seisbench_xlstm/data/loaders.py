@@ -1,0 +1,64 @@
+"""DataLoader construction for the generators (worker count, sampler, batching)."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["make_loader", "default_num_workers"]
+
+
+def default_num_workers() -> int:
+    """Workers to use by default: one per CPU core beyond the main process, at least 0, at most 8.
+
+    On the 2-core development machine this gives 1 worker (see benchmarks/loader_speed.py for the
+    measured figures); on a GPU node use the benchmark to pick it.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n = os.cpu_count() or 1
+    return max(0, min(8, n - 1))
+
+
+def make_loader(
+    generator,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    sampler=None,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 4,
+    persistent_workers: bool = True,
+    seed: int | None = None,
+):
+    """A ``torch.utils.data.DataLoader`` over a generator from :mod:`.generators`.
+
+    Batches are dicts of float32 tensors: ``X`` ``(batch, 3, 4096)`` (and ``y`` ``(batch, 3, 4096)``).
+    Each worker gets its own NumPy seed (PyTorch seeds NumPy per worker), so augmentations differ
+    between workers. Pass ``sampler=mixed.sampler(n)`` to draw with mixture weights (then ``shuffle``
+    is ignored).
+    """
+    import torch
+
+    if num_workers is None:
+        num_workers = default_num_workers()
+    kwargs = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor
+        kwargs["persistent_workers"] = persistent_workers
+    gen = None
+    if seed is not None:
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        generator,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=gen,
+        **kwargs,
+    )

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from seisbench_xlstm.backbones import (
+    SequentialBackbone,
+    SequentialBackboneConfig,
+    UNetBackbone,
+    UNetBackboneConfig,
+    build_backbone,
+    count_parameters,
+)
+from tiny import TINY_SEQUENTIAL, TINY_UNET
+
+
+@pytest.mark.parametrize("name,config", [("sequential", TINY_SEQUENTIAL), ("unet", TINY_UNET)])
+def test_tiny_backbone_shapes(name, config):
+    backbone = build_backbone(name, config).eval()
+    x = torch.randn(2, 3, 4096)
+    with torch.no_grad():
+        tokens, skips = backbone.embed(x)
+        assert tokens.shape == (2, 1024, backbone.config.d_model if name == "sequential" else 16)
+        encoded = backbone.encode(tokens)
+        assert encoded.shape == tokens.shape
+        features = backbone.decode(encoded, skips)
+    assert features.shape == (2, backbone.out_channels, 4096)
+    assert torch.isfinite(features).all()
+
+
+def test_unet_token_rates():
+    backbone = build_backbone("unet", TINY_UNET).eval()
+    seen = []
+    for stage in list(backbone.encoder_stages) + list(backbone.decoder_stages):
+        stage[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 4096))
+    assert seen == [1024, 256, 64, 256, 1024]
+
+
+def test_input_checks():
+    backbone = build_backbone("unet", TINY_UNET)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        backbone(torch.randn(1, 3, 4000))
+    with pytest.raises(ValueError, match="Expected input"):
+        backbone(torch.randn(1, 2, 4096))
+
+
+def test_config_typo_is_reported():
+    with pytest.raises(ValueError, match="Unknown SequentialBackboneConfig option.*num_layer"):
+        build_backbone("sequential", {"num_layer": 3})
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        build_backbone("transformer")
+
+
+def test_config_round_trip():
+    config = UNetBackboneConfig.from_dict(TINY_UNET)
+    assert UNetBackboneConfig.from_dict(config.to_dict()) == config
+
+
+def test_kernel_is_not_part_of_config_or_weights():
+    backbone = build_backbone("sequential", TINY_SEQUENTIAL)
+    backbone.set_kernel("parallel--native_autograd")
+    assert "kernel" not in backbone.config.to_dict()
+    assert not any("kernel" in k and "conv" not in k for k in backbone.state_dict())
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    backbone = build_backbone("sequential", {**TINY_SEQUENTIAL, "dropout": 0.0}).train()
+    x = torch.randn(1, 3, 512)
+    backbone(x).sum().backward()
+    reference = [p.grad.clone() for p in backbone.parameters()]
+    backbone.zero_grad()
+    backbone.gradient_checkpointing = True
+    backbone(x).sum().backward()
+    for g_ref, p in zip(reference, backbone.parameters()):
+        torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cls,config,low,high",
+    [(SequentialBackbone, SequentialBackboneConfig(), 11.0e6, 12.5e6), (UNetBackbone, UNetBackboneConfig(), 9.5e6, 11.5e6)],
+)
+def test_full_seed_configuration_runs_one_window(cls, config, low, high):
+    backbone = cls(config).eval()
+    n = count_parameters(backbone)
+    print(f"{cls.__name__}: {n:,} parameters")
+    assert low < n < high
+    with torch.no_grad():
+        y = backbone(torch.randn(1, 3, 4096))
+    assert y.shape == (1, backbone.out_channels, 4096)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (TFLA Triton kernels)")
+@pytest.mark.parametrize("name", ["sequential", "unet"])
+def test_tfla_matches_native_on_gpu(name):
+    backbone = build_backbone(name).cuda().eval()
+    x = torch.randn(2, 3, 4096, device="cuda")
+    with torch.no_grad():
+        backbone.set_kernel("chunkwise--native_autograd")
+        ref = backbone(x)
+        backbone.set_kernel("chunkwise--triton_xl_chunk")
+        out = backbone(x)
+    rel = (out - ref).norm() / ref.norm()
+    assert rel < 3e-2, f"TFLA (bf16) vs native (fp32) relative error {rel:.3g}"
