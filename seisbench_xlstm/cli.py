@@ -86,11 +86,11 @@ def _run_over_inputs(args, work):
     """Reads each input file, splits it per station and calls ``work(model, stream)`` with a progress bar."""
     from tqdm import tqdm
 
-    model = _load_model(args)
     files = iter_waveform_files(args.inputs)
     if not files:
         print(f"seisbench-xlstm: no waveform files found in {args.inputs}", file=sys.stderr)
         return 1
+    model = _load_model(args)
     failures = []
     with tqdm(total=len(files), unit="file", disable=args.quiet or None) as bar:
         for path, stream, error in _read_waveforms(files):
