@@ -31,13 +31,13 @@ SPLITS = ("train", "dev", "test")
 
 def _group_keys(metadata: pd.DataFrame, by: str = "source_id") -> np.ndarray:
     """Event id per trace; traces without one (noise) are their own group (keyed by trace name)."""
-    names = metadata["trace_name"].astype(str).to_numpy()
+    names = [str(n) for n in metadata["trace_name"]]
     if by in metadata.columns:
-        ev = metadata[by]
-        keys = np.where(ev.isna().to_numpy(), "trace:" + names, "event:" + ev.astype(str).to_numpy())
+        ev = metadata[by].tolist()
+        keys = [f"trace:{n}" if pd.isna(e) else f"event:{e}" for n, e in zip(names, ev)]
     else:
-        keys = "trace:" + names
-    return keys
+        keys = [f"trace:{n}" for n in names]
+    return np.array(keys, dtype=object)
 
 
 def assign_splits(
