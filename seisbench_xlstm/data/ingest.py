@@ -320,8 +320,9 @@ def _read_nordic_file(path: Path, summary: IngestSummary):
     header, phases = [], []
     in_phases = False
     for i, line in enumerate(text):
-        if in_phases and line.strip():
-            phases.append((i, line))
+        if in_phases:
+            if line.strip():
+                phases.append((i, line))
         else:
             header.append(line)
         if _nordic_line_type(line) == "7":
