@@ -191,16 +191,16 @@ def _locate_one(
             f"{path}/metadata.csv + waveforms.hdf5"
             if wanted in ([""], [])
             else f"{path}/metadata$CHUNK.csv + waveforms$CHUNK.hdf5 for chunks "
-            f"{', '.join(repr(c) for c in missing[:8])}{' ...' if len(missing) > 8 else ''}"
+            f"{', '.join(repr(c) for c in missing[:8])}{f' (+{len(missing) - 8} more)' if len(missing) > 8 else ''}"
         )
-        detail = ("; ".join(problems) + ".") if problems else ""
+        detail = (" Found: " + "; ".join(problems) + ".") if problems else ""
         hint = ""
         if present and missing:
             hint = (
                 f"\n{len(present)} chunk(s) are present; pass chunks='available' (or a list) to use only those."
             )
         raise DatasetNotAvailableError(
-            f"Dataset {display} is not available offline: looked for {looked}. {detail}{hint}\n"
+            f"Dataset {display} is not available offline: looked for {looked}.{detail}{hint}\n"
             + _how_to_provide(display, path, cls)
         )
     return DatasetLocation(name=name, path=path, chunks=list(wanted), sb_class=cls)

@@ -86,8 +86,8 @@ class NormalizeConfig:
 class AugmentationConfig:
     """Probabilities and ranges of the training augmentations (set a probability to 0 to disable one).
 
-    Order in the pipeline: superposition -> Gaussian noise -> gap -> channel dropout -> normalise ->
-    amplitude scaling. Gaps and dropped channels are zeros in the raw trace (as gaps are in merged
+    Order in the pipeline: demean -> superposition -> Gaussian noise -> gap -> channel dropout ->
+    normalise -> amplitude scaling. Gaps and dropped channels are zeros in the raw trace (as gaps are in merged
     streams at inference); a pick inside a gap is removed from the labels.
     Amplitude scaling multiplies the *normalised* window by a log-uniform factor, so the model does not
     rely on unit standard deviation (a pre-normalisation gain would be undone by the normalisation).
@@ -354,6 +354,8 @@ def pretraining_generator(dataset, config: PretrainConfig | None = None) -> sbg.
     dataset = _unwrap(dataset)
     augs: list[Any] = [sbg.RandomWindow(windowlen=config.window_len, strategy="pad")]
     if config.augment is not None:
+        # demean first, so that noise scaled to the window's peak is not scaled to a DC offset
+        augs.append(sbg.Normalize(demean_axis=-1))
         augs += _waveform_augmentations(config.augment)
     norm = config.normalize.build()
     if norm is not None:
@@ -403,6 +405,8 @@ def picking_generator(
     augs: list[Any] = [windowing]
     aug = config.augment if train else None
     if aug is not None:
+        # demean first, so that noise scaled to the window's peak is not scaled to a DC offset
+        augs.append(sbg.Normalize(demean_axis=-1))
         sup = _maybe(
             SuperimposeEvent(
                 dataset, {c: label_cols[c] for c in window_cols}, config.window_len, aug.superposition_scale
