@@ -995,6 +995,8 @@ def _ingest_event(ev, index, cfg, target, inventory, writer, summary, event_span
         for comp, tr in merged.items():
             res[comp] = (tr.stats.starttime, _resample(tr.data, tr.stats.sampling_rate, target))
         start = max(max(s for s, _ in res.values()), t0)
+        z_start = res["Z"][0]  # snap to the Z samples, so trace_start_time is the time of sample 0
+        start = z_start + np.ceil((start - z_start) * target - 1e-6) / target
         end = min(min(s + (len(d) - 1) / target for s, d in res.values()), t1)
         n = int(np.floor((end - start) * target)) + 1
         if n <= 1:
