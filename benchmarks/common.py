@@ -1,0 +1,64 @@
+"""Helpers shared by the benchmark scripts: timing, continuous test data, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEISBENCH_XLSTM_SHARED_DATA", REPO / ".." / "shared" / "data"))
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}, torch {torch.__version__}"
+
+
+def synchronize():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds (after warm-up), with CUDA synchronisation."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def continuous_station(hours: float, data_dir: Path | None = None):
+    """``hours`` of one real 3-component 100 Hz station (O2.WILZ, 2 h in ../shared/data/continuous-ok) tiled in
+    time to the requested length; real waveforms rather than random numbers, as annotate sees in production."""
+    import obspy
+
+    folder = Path(data_dir or SHARED_DATA / "continuous-ok")
+    files = sorted(folder.glob("*.mseed"))
+    if not files:
+        raise FileNotFoundError(f"No miniSEED files in {folder} (set SEISBENCH_XLSTM_SHARED_DATA)")
+    base = obspy.Stream()
+    for f in files:
+        base += obspy.read(str(f))
+    base.merge(fill_value=0)
+    n = int(round(hours * 3600 * 100))
+    out = obspy.Stream()
+    for tr in base:
+        reps = int(np.ceil(n / tr.stats.npts))
+        data = np.tile(tr.data.astype(np.float32), reps)[:n]
+        out += obspy.Trace(data, header=dict(tr.stats, npts=n))
+    return out
