@@ -70,3 +70,38 @@ def test_backward_pass_runs_on_cpu_kernel():
     layer(x).pow(2).mean().backward()
     assert torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+def _xlstm_reference_direction(direction, x_mlstm, z):
+    """The direction computed with the xlstm components' own forward methods (conv, headwise linear, group norm)."""
+    from seisbench_xlstm.kernels import mlstm_sequence
+
+    batch, steps, inner = x_mlstm.shape
+    heads = direction.config.num_heads
+    x_conv = torch.nn.functional.silu(direction.conv1d(x_mlstm))
+    q, k, v = direction.q_proj(x_conv), direction.k_proj(x_conv), direction.v_proj(x_mlstm)
+    gate_in = torch.cat([q, k, v], -1)
+    i, f = direction.igate(gate_in).transpose(1, 2), direction.fgate(gate_in).transpose(1, 2)
+    split = lambda t: t.view(batch, steps, heads, -1).transpose(1, 2)  # noqa: E731
+    h = mlstm_sequence(split(q), split(k), split(v), i, f, kernel="parallel--native_autograd")
+    h = direction.outnorm(h).transpose(1, 2).reshape(batch, steps, inner)
+    return (h + direction.learnable_skip * x_conv) * torch.nn.functional.silu(z)
+
+
+def test_fast_direction_matches_xlstm_components():
+    layer = _layer(False)
+    direction = layer.forward_direction
+    x_m, z = torch.randn(2, 50, layer.config.inner_dim), torch.randn(2, 50, layer.config.inner_dim)
+    with torch.no_grad():
+        ref = _xlstm_reference_direction(direction, x_m, z)
+        out = direction(x_m, z, kernel="parallel--native_autograd")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_dense_and_headwise_projections_agree():
+    from seisbench_xlstm.bimlstm import headwise_linear
+
+    weights = (torch.randn(6, 4, 4), torch.randn(6, 4, 4))
+    x = torch.randn(3, 7, 24)
+    for dense, sparse in zip(headwise_linear(x, weights, dense=True), headwise_linear(x, weights, dense=False)):
+        torch.testing.assert_close(dense, sparse)
