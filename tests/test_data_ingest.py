@@ -278,6 +278,21 @@ def test_console_subcommand(network, tmp_path, capsys):
     assert "already holds a dataset" in capsys.readouterr().err
 
 
+def test_relative_paths_and_empty_pick_folder(network, tmp_path, monkeypatch):
+    qml = tmp_path / "picks" / "picks.xml"
+    qml.parent.mkdir()
+    _catalog().write(str(qml), format="QUAKEML")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    rel_wav = "../" + str(network["wav"].relative_to(network["wav"].parents[1]))
+    (tmp_path / network["wav"].parent.name).symlink_to(network["wav"].parent)
+    s = ingest(rel_wav, "../picks", "quakeml", "out", progress=False)  # ".." must not count as hidden
+    assert s.traces == 8 and s.pick_files == 1
+    (tmp_path / "empty").mkdir()
+    s = ingest(rel_wav, "../empty", "quakeml", "out2", progress=False)
+    assert s.traces == 0 and s.skipped_counts["pick file"] == 1
+
+
 def test_cli_main_knows_ingest(network, tmp_path):
     cli = pytest.importorskip("seisbench_xlstm.cli")
     qml = tmp_path / "picks.xml"

@@ -204,7 +204,9 @@ def _files_under(paths: Sequence[str | os.PathLike]) -> list[Path]:
             out.append(p)
         elif p.is_dir():
             out += sorted(
-                f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.parts)
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
@@ -852,6 +854,8 @@ def ingest(
 
     summary = IngestSummary(out=str(out), fmt=fmt)
     events = _READERS[fmt](picks, summary)
+    if summary.pick_files == 0:
+        summary.skip("pick file", ", ".join(map(str, picks)), "no pick files found there")
     summary.events_read = len(events)
     if cfg.duplicate_events not in ("merge", "first"):
         raise ValueError(f"duplicate_events must be 'merge' or 'first', got {cfg.duplicate_events!r}")
