@@ -6,8 +6,8 @@
 The stream is one real station (O2.WILZ, 3 channels, 100 Hz) tiled to the requested length. Models have random
 weights: speed does not depend on the weights. The xLSTM pickers run with the kernel and precision chosen at run
 time (TFLA Triton + bf16 autocast on CUDA, native chunkwise fp32 on CPU). For each model the best of the listed
-batch sizes is reported, and the xLSTM pickers at two overlaps (the default 1024, and 512, the least overlap that
-still covers every sample with the default blinding of 256). ``--profile`` adds a breakdown of where one
+batch sizes is reported, and the xLSTM pickers at two overlaps (the default 512, the least overlap that still
+covers every sample with the default blinding of 256, and 1024). ``--profile`` adds a breakdown of where one
 annotate call of each xLSTM picker spends its time (model forward vs the rest of SeisBench's pipeline) and the
 top operators.
 """
@@ -82,7 +82,7 @@ def main():
     for name, model in pickers.items():
         model.to(device).eval()
         annotate_seconds(model, warm, batch_size=batch_sizes[0])  # compiles the Triton kernels
-        for overlap in (1024, 512):
+        for overlap in (512, 1024):
             best = None
             for batch in batch_sizes:
                 seconds = annotate_seconds(model, stream, batch_size=batch, overlap=overlap)
@@ -92,7 +92,7 @@ def main():
             results.append((name, f"batch {best[0]}, overlap {overlap}, kernel {model.backbone.kernel} -> "
                             f"{'TFLA+bf16' if cuda else 'native fp32'}", best[1]))
         if args.profile:
-            n_windows = int(len(stream[0]) / (4096 - 1024)) + 1
+            n_windows = int(len(stream[0]) / (4096 - 512)) + 1
             t_fwd = forward_seconds(model, n_windows, batch_sizes[-1], 4096)
             t_all = annotate_seconds(model, stream, batch_size=batch_sizes[-1])
             profiles.append((name, n_windows, t_fwd, t_all))

@@ -174,13 +174,21 @@ def headwise_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], dense: b
     (cheaper on CPUs). Both give the same result.
     """
     if dense:
-        stacked = torch.cat([torch.block_diag(*w) for w in weights])
+        stacked = torch.cat([_block_diagonal(w) for w in weights])
         return list(F.linear(x, stacked).split([w.shape[0] * w.shape[1] for w in weights], dim=-1))
     outputs = []
     for w in weights:
         out = torch.einsum("...hd,hod->...ho", x.reshape(*x.shape[:-1], w.shape[0], -1), w)
         outputs.append(out.reshape(*x.shape[:-1], -1))
     return outputs
+
+
+def _block_diagonal(weight: torch.Tensor) -> torch.Tensor:
+    """``(heads, d_out, d_in)`` blocks to the ``(heads * d_out, heads * d_in)`` block-diagonal matrix in one
+    broadcast (``torch.block_diag`` launches one copy per block: hundreds of tiny kernels for the U-Net)."""
+    heads, d_out, d_in = weight.shape
+    eye = torch.eye(heads, dtype=weight.dtype, device=weight.device)
+    return (weight[:, :, None, :] * eye[:, None, :, None]).reshape(heads * d_out, heads * d_in)
 
 
 def multihead_norm(h: torch.Tensor, norm: MultiHeadLayerNorm) -> torch.Tensor:

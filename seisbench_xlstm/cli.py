@@ -181,7 +181,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--kernel", help="mLSTM kernel override (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
-    p.add_argument("--overlap", type=int, help="overlap of windows in samples (default: the model's, 1024)")
+    p.add_argument("--overlap", type=int, help="overlap of windows in samples (default: the model's, 512)")
     p.add_argument("--nan-policy", choices=["raise", "gap"], default="raise",
                    help="NaN/inf samples: skip the station with a message (raise) or treat them as gaps")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

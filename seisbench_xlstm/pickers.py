@@ -71,7 +71,9 @@ class _XLSTMPicker(WaveformModel):
         "Number of prediction samples to discard on each side of each window prediction",
         (256, 256),
     )
-    _annotate_args["overlap"] = (_annotate_args["overlap"][0], 1024)
+    # 512 is the least overlap that covers every sample with the default blinding; more overlap averages more
+    # predictions per sample at proportionally more windows (benchmarks/results/annotate_*.md).
+    _annotate_args["overlap"] = (_annotate_args["overlap"][0], 512)
     _annotate_args["nan_policy"] = (
         "What to do with NaN/inf samples: 'raise' (ValueError naming the traces) or 'gap' (cut them out and treat "
         "them like gaps in the record, following SeisBench's gap handling and the 'strict' argument)",
