@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import continuous_station, machine, synchronize  # noqa: E402
+from common import continuous_station, machine, synchronize, write_report  # noqa: E402
 
 import seisbench.models as sbm  # noqa: E402
 
@@ -121,11 +121,7 @@ def main():
             else:
                 lines += ["", f"Top operators, one forward batch ({'%d' % (batch_sizes[-1] if cuda else 8)} windows) of "
                           f"{item[0]}:", "", "```", item[1], "```"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

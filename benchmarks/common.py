@@ -62,3 +62,13 @@ def continuous_station(hours: float, data_dir: Path | None = None):
         data = np.tile(tr.data.astype(np.float32), reps)[:n]
         out += obspy.Trace(data, header=dict(tr.stats, npts=n))
     return out
+
+
+def write_report(lines: list[str], out: Path | None) -> str:
+    """Joins report lines, prints them and, if ``out`` is given, writes them there (folders created)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return text

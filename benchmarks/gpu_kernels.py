@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, timed  # noqa: E402
+from common import machine, timed, write_report  # noqa: E402
 
 from seisbench_xlstm.backbones import build_backbone, count_parameters  # noqa: E402
 
@@ -97,11 +97,7 @@ def main():
             f"| {name} | {kernel} | {'yes' if ckpt else 'no'} | {1e3 * t_fwd:.1f} | {args.batch / t_fwd:,.0f} | "
             f"{1e3 * t_bwd:.1f} | {mem:.1f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
