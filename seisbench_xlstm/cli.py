@@ -82,8 +82,36 @@ def _per_station(stream):
     return [obspy.Stream(traces) for _, traces in sorted(groups.items())]
 
 
+#: Long records are processed in pieces of this length (for the progress bar and bounded memory) ...
+CHUNK_SECONDS = 3600.0
+#: ... each read with this much extra data on both sides, so that window edges never fall inside a piece's core.
+CHUNK_MARGIN_SECONDS = 60.0
+
+
+def time_chunks(stream, chunk_s: float = CHUNK_SECONDS, margin_s: float = CHUNK_MARGIN_SECONDS):
+    """Splits one station's stream into pieces of ``chunk_s`` seconds, each sliced with ``margin_s`` seconds of
+    context on both sides.
+
+    :return: list of ``(core_start, core_end, piece)``; results of a piece belong to it if they fall in
+        ``[core_start, core_end)``; the last core ends after the record, so nothing at the very end is lost.
+    """
+    t0 = min(tr.stats.starttime for tr in stream)
+    t1 = max(tr.stats.endtime for tr in stream)
+    if t1 - t0 <= chunk_s + 2 * margin_s:
+        return [(t0, t1 + 1.0, stream)]
+    chunks = []
+    start = t0
+    while start < t1:
+        end = min(start + chunk_s, t1)
+        core_end = end if end < t1 else t1 + 1.0
+        chunks.append((start, core_end, stream.slice(start - margin_s, end + margin_s)))
+        start = end
+    return chunks
+
+
 def _run_over_inputs(args, work):
-    """Reads each input file, splits it per station and calls ``work(model, stream)`` with a progress bar."""
+    """Reads each input file, splits it per station and in time (:func:`time_chunks`) and calls
+    ``work(model, path, piece, core_start, core_end)``, with a progress bar over the pieces."""
     from tqdm import tqdm
 
     files = iter_waveform_files(args.inputs)
@@ -92,32 +120,38 @@ def _run_over_inputs(args, work):
         return 1
     model = _load_model(args)
     failures = []
-    with tqdm(total=len(files), unit="file", disable=args.quiet or None) as bar:
+    failed_files = 0
+    with tqdm(total=0, unit="piece", disable=args.quiet or None) as bar:
         for path, stream, error in _read_waveforms(files):
-            bar.set_postfix_str(path.name)
             if error is not None:
                 failures.append((path, error))
-            else:
-                for station_stream in _per_station(stream):
-                    try:
-                        work(model, station_stream)
-                    except ValueError as e:
-                        failures.append((f"{path} [{station_stream[0].id[:-1]}*]", str(e)))
-            bar.update(1)
+                failed_files += 1
+                continue
+            pieces = [(sta, *chunk) for sta in _per_station(stream) for chunk in time_chunks(sta)]
+            bar.total += len(pieces)
+            bar.refresh()
+            for station_stream, start, end, piece in pieces:
+                bar.set_postfix_str(f"{path.name} {station_stream[0].id[:-1]}* {start}")
+                try:
+                    work(model, path, piece, start, end)
+                except ValueError as e:
+                    failures.append((f"{path} [{station_stream[0].id[:-1]}* from {start}]", str(e)))
+                bar.update(1)
     for path, error in failures:
         print(f"seisbench-xlstm: skipped {path}: {error}", file=sys.stderr)
-    return 0 if len(failures) < len(files) else 1
+    return 0 if failed_files < len(files) else 1
 
 
 def cmd_pick(args) -> int:
     import pandas as pd
+    import seisbench.util as sbu
 
     frames = []
 
-    def work(model, stream):
+    def work(model, path, stream, start, end):
         out = model.classify(stream, P_threshold=args.p_threshold, S_threshold=args.s_threshold,
                              **_annotate_kwargs(args))
-        frames.append(out.picks.to_dataframe())
+        frames.append(sbu.PickList([p for p in out.picks if start <= p.peak_time < end]).to_dataframe())
 
     status = _run_over_inputs(args, work)
     frames = [f for f in frames if len(f)]
@@ -135,25 +169,31 @@ def cmd_pick(args) -> int:
 
 
 def cmd_annotate(args) -> int:
+    import obspy
+
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    collected: dict[tuple[Path, str], obspy.Stream] = {}
 
-    def work(model, stream):
+    def work(model, path, stream, start, end):
         annotations = model.annotate(stream, **_annotate_kwargs(args))
         for tr in annotations:
             # miniSEED channel codes have 3 characters: XLSTMSeqPicker_P -> PRP (probability of P), etc.
             tr.stats.channel = "PR" + tr.stats.channel.rsplit("_", 1)[-1]
             tr.data = tr.data.astype("float32")
-        if len(annotations):
-            station = annotations[0].id.rsplit(".", 1)[0].replace(".", "_")
-            start = annotations[0].stats.starttime.strftime("%Y%m%dT%H%M%S")
-            target = out_dir / f"{station}_{start}_{model.name}.mseed"
-            annotations.write(str(target), format="MSEED")
-            written.append(target)
+            tr.trim(start, end - 0.5 / tr.stats.sampling_rate)
+            if tr.stats.npts:
+                station = tr.id.rsplit(".", 1)[0]
+                collected.setdefault((path, station), obspy.Stream()).append(tr)
 
     status = _run_over_inputs(args, work)
-    print(f"{len(written)} annotation files written to {out_dir}", file=sys.stderr)
+    for (path, station), annotations in collected.items():
+        annotations.merge(method=1)
+        annotations = annotations.split()  # real gaps stay gaps (miniSEED cannot hold masked samples)
+        start = min(tr.stats.starttime for tr in annotations).strftime("%Y%m%dT%H%M%S")
+        target = out_dir / f"{station.replace('.', '_')}_{start}_{path.stem}.mseed"
+        annotations.write(str(target), format="MSEED")
+    print(f"{len(collected)} annotation files written to {out_dir}", file=sys.stderr)
     return status
 
 
