@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,15 +40,16 @@ def annotate_seconds(model, stream, **kwargs) -> float:
 
 
 def forward_seconds(model, n_windows, batch, in_samples):
-    """Pure model time for n_windows windows (no SeisBench pipeline)."""
-    x = torch.randn(batch, 3, in_samples, device=model.device)
-    n_batches = max(1, round(n_windows / batch))
+    """Pure model time for n_windows windows (no SeisBench pipeline): full batches and one remainder batch."""
+    sizes = [batch] * (n_windows // batch) + ([n_windows % batch] if n_windows % batch else [])
+    inputs = {n: torch.randn(n, 3, in_samples, device=model.device) for n in set(sizes)}
     with torch.no_grad():
-        model(x)
+        for x in inputs.values():
+            model(x)
         synchronize()
         t = time.perf_counter()
-        for _ in range(n_batches):
-            model(x)
+        for n in sizes:
+            model(inputs[n])
         synchronize()
     return time.perf_counter() - t
 
@@ -92,7 +94,7 @@ def main():
             results.append((name, f"batch {best[0]}, overlap {overlap}, kernel {model.backbone.kernel} -> "
                             f"{'TFLA+bf16' if cuda else 'native fp32'}", best[1]))
         if args.profile:
-            n_windows = int(len(stream[0]) / (4096 - 512)) + 1
+            n_windows = int(np.ceil((len(stream[0]) - 4096) / (4096 - 512))) + 1
             t_fwd = forward_seconds(model, n_windows, batch_sizes[-1], 4096)
             t_all = annotate_seconds(model, stream, batch_size=batch_sizes[-1])
             profiles.append((name, n_windows, t_fwd, t_all))

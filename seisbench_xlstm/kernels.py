@@ -5,7 +5,7 @@ Which kernel runs is decided at run time from the device of the inputs, never st
 saved model arguments, so weights trained on a GPU load on a CPU and the reverse:
 
 - CUDA with Triton installed: ``chunkwise--triton_xl_chunk`` (TFLA), chunk size 128, bf16 kernel autocast.
-- otherwise (CPU): ``chunkwise--native_autograd``, chunk size ``min(128, padded length)``, float32.
+- otherwise (CPU): ``chunkwise--native_autograd``, chunk size ``min(64, padded length)``, float32.
 
 Users can override the choice with :func:`set_default_kernel`, with the ``SEISBENCH_XLSTM_KERNEL`` environment
 variable, or per model (``model.set_kernel(...)``).
@@ -153,7 +153,8 @@ def mlstm_sequence(
     """
     resolved = resolve_kernel(kernel, q.device)
     length = q.shape[2]
-    shape = kernel_shape(length)
+    # Chunk 128 suits the TFLA kernels; on CPUs the native kernel is ~20% faster with chunk 64 (S=1024, DH=96).
+    shape = kernel_shape(length, 128 if "triton" in resolved else 64)
     # The quadratic reference kernels take any length: they run unpadded, which makes them the reference that
     # shows padding does not change real outputs.
     pad = 0 if resolved.startswith("parallel") else shape.padded_length - length

@@ -66,3 +66,9 @@ def test_padding_never_changes_real_outputs():
     # The first 50 outputs of a causal recurrence only see the first 50 inputs.
     h_prefix = mlstm_sequence(q[:, :, :50], k[:, :, :50], v[:, :, :50], i[:, :, :50], f[:, :, :50])
     torch.testing.assert_close(h[:, :, :50], h_prefix, atol=2e-5, rtol=1e-4)
+
+
+def test_cpu_chunk_size_is_64():
+    shape = kernel_shape(1000, 64)
+    assert (shape.padded_length, shape.chunk_size) == (1024, 64)
+    assert kernel_shape(40, 64).padded_length == 64
