@@ -161,7 +161,8 @@ class _XLSTMPicker(WaveformModel):
             if policy == "raise":
                 raise ValueError(
                     f"Traces with NaN or inf samples: {', '.join(sorted(set(bad)))}. Pass nan_policy='gap' to "
-                    "treat these samples as gaps (no annotation there), or clean the data first."
+                    "cut these samples out and treat them as gaps (SeisBench's gap handling; see 'strict'), or clean the data "
+                    "first."
                 )
             for tr in [tr for tr in stream if tr.id in bad]:
                 stream.remove(tr)
