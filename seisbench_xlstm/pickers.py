@@ -348,11 +348,12 @@ class _XLSTMPicker(WaveformModel):
 def normalize_windows(batch: torch.Tensor, norm: str = "std", eps: float = 1e-10) -> torch.Tensor:
     """Per-channel demeaning and std (or peak) scaling of ``(batch, channels, samples)`` windows.
 
-    The same function is used in training and in ``annotate``. All-zero channels stay zero.
+    Matches ``seisbench.generate.Normalize(demean_axis=-1, amp_norm_axis=-1, amp_norm_type="std")``, the data
+    layer's default for training (``seisbench_xlstm.data.NormalizeConfig``). All-zero channels stay zero.
     """
     batch = batch - batch.mean(dim=-1, keepdim=True)
     if norm == "std":
-        scale = batch.std(dim=-1, keepdim=True)
+        scale = batch.std(dim=-1, keepdim=True, correction=0)  # population std, as numpy/seisbench.generate
     else:
         scale = batch.abs().amax(dim=-1, keepdim=True)
     return batch / (scale + eps)

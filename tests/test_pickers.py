@@ -128,9 +128,22 @@ def test_normalisation():
     x[1, 2] = 0.0
     y = normalize_windows(x)
     torch.testing.assert_close(y.mean(-1), torch.zeros(2, 3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(y[0].std(-1), torch.ones(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(y[0].std(-1, correction=0), torch.ones(3), atol=1e-4, rtol=0)
     assert torch.all(y[1, 2] == 0)
     assert normalize_windows(x, "peak").abs().amax() <= 1.0
+
+
+def test_normalisation_matches_the_training_pipeline():
+    import seisbench.generate as sbg
+
+    from seisbench_xlstm.data import NormalizeConfig
+
+    x = np.random.default_rng(0).normal(size=(3, 4096)).astype(np.float32) * 300 + 7
+    state = {"X": (x.copy(), {})}
+    NormalizeConfig().build()(state)
+    expected = state["X"][0]
+    np.testing.assert_allclose(normalize_windows(torch.from_numpy(x)[None])[0].numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert isinstance(NormalizeConfig().build(), sbg.Normalize)
 
 
 def test_save_load_round_trip_is_exact(model, tmp_path):
