@@ -59,8 +59,11 @@ def validate_kernel_name(kernel: str) -> str:
     return kernel
 
 
+@lru_cache(maxsize=None)
 def triton_available() -> bool:
-    """True if the Triton TFLA kernels can be imported (needs CUDA and the ``triton`` package)."""
+    """True if the Triton TFLA kernels can be imported (needs CUDA and the ``triton`` package).
+
+    Cached: it is asked in every layer's forward, and a failed import is retried from disk each time."""
     try:
         import triton  # noqa: F401
     except ImportError:
