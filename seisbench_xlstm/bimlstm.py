@@ -117,16 +117,12 @@ class MLSTMDirection(nn.Module):
         self.outnorm.reset_parameters()
         nn.init.ones_(self.learnable_skip)
 
-    def forward(self, x_mlstm: torch.Tensor, z: torch.Tensor, kernel: str = AUTO) -> torch.Tensor:
-        """
-        :param x_mlstm: mLSTM-branch input ``(batch, steps, inner)``
-        :param z: output-gate branch ``(batch, steps, inner)``
-        :param kernel: mLSTM kernel name or ``"auto"``
-        :return: gated hidden states ``(batch, steps, inner)``
+    def prepare(self, x_mlstm: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Everything before the mLSTM cell.
 
-        Same function as xLSTM's ``mLSTMLayer`` branch, computed with fewer, larger GPU operations (see
-        :func:`causal_depthwise_conv`, :func:`headwise_linear`, :func:`multihead_norm`); parameters keep the
-        layout of the xlstm components.
+        :param x_mlstm: mLSTM-branch input ``(batch, steps, inner)``
+        :return: the cell inputs ``(q, k, v, i, f)``, with q/k/v ``(batch, heads, steps, head_dim)`` and the gate
+            pre-activations i/f ``(batch, heads, steps)``, and the conv output ``(batch, steps, inner)`` for the skip
         """
         batch, steps, inner = x_mlstm.shape
         heads = self.config.num_heads
@@ -142,9 +138,32 @@ class MLSTMDirection(nn.Module):
         def split_heads(t):
             return t.view(batch, steps, heads, -1).transpose(1, 2)  # (batch, heads, steps, head_dim)
 
-        h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
+        return (split_heads(q), split_heads(k), split_heads(v), i, f), x_conv
+
+    def finish(self, h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Everything after the mLSTM cell: multi-head norm, learnable skip and output gate.
+
+        :param h: cell output ``(batch, heads, steps, head_dim)``
+        :param x_conv: conv output from :meth:`prepare`, ``(batch, steps, inner)``
+        :param z: output-gate branch ``(batch, steps, inner)``
+        :return: gated hidden states ``(batch, steps, inner)``
+        """
         h = multihead_norm(h, self.outnorm)
         return (h + self.learnable_skip * x_conv) * F.silu(z)
+
+    def forward(self, x_mlstm: torch.Tensor, z: torch.Tensor, kernel: str = AUTO) -> torch.Tensor:
+        """
+        :param x_mlstm: mLSTM-branch input ``(batch, steps, inner)``
+        :param z: output-gate branch ``(batch, steps, inner)``
+        :param kernel: mLSTM kernel name or ``"auto"``
+        :return: gated hidden states ``(batch, steps, inner)``
+
+        Same function as xLSTM's ``mLSTMLayer`` branch, computed with fewer, larger GPU operations (see
+        :func:`causal_depthwise_conv`, :func:`headwise_linear`, :func:`multihead_norm`); parameters keep the
+        layout of the xlstm components.
+        """
+        cell_inputs, x_conv = self.prepare(x_mlstm)
+        return self.finish(mlstm_sequence(*cell_inputs, kernel=kernel), x_conv, z)
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -248,8 +267,13 @@ class BiMLSTMLayer(nn.Module):
             b_fw, b_bw = self.proj_up.bias.split(2 * inner) if self.proj_up.bias is not None else (None, None)
             up_fw = F.linear(x_norm, w_fw, b_fw)
             up_bw = F.linear(x_norm.flip(1), w_bw, b_bw)
-        h_fw = self.forward_direction(*up_fw.split(inner, dim=-1), kernel=kernel)
-        h_bw = self.backward_direction(*up_bw.split(inner, dim=-1), kernel=kernel).flip(1)
+        (x_fw, z_fw), (x_bw, z_bw) = up_fw.split(inner, dim=-1), up_bw.split(inner, dim=-1)
+        cells_fw, conv_fw = self.forward_direction.prepare(x_fw)
+        cells_bw, conv_bw = self.backward_direction.prepare(x_bw)
+        # Both directions in one kernel call, stacked along the batch axis (fewer, larger launches).
+        h_fw, h_bw = mlstm_sequence(*(torch.cat(pair) for pair in zip(cells_fw, cells_bw)), kernel=kernel).chunk(2)
+        h_fw = self.forward_direction.finish(h_fw, conv_fw, z_fw)
+        h_bw = self.backward_direction.finish(h_bw, conv_bw, z_bw).flip(1)
         if self.config.share_projections:
             h = h_fw + h_bw
         else:

@@ -132,6 +132,7 @@ def _backend(kernel: str, chunk_size: int, autocast_dtype: str):
     )
 
 
+@torch.compiler.disable
 def mlstm_sequence(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -153,6 +154,9 @@ def mlstm_sequence(
     :param f: forget-gate pre-activations ``(batch, heads, steps)``
     :param kernel: kernel name or ``"auto"``
     :return: hidden states ``(batch, heads, steps, head_dim)`` in the dtype of ``v``
+
+    ``torch.compile`` never traces into this function (the kernels are their own Triton or native ops); it
+    compiles the code around it (see :meth:`seisbench_xlstm.backbones.SequentialBackbone.set_compile`).
     """
     resolved = resolve_kernel(kernel, q.device)
     length = q.shape[2]
