@@ -117,40 +117,6 @@ class MLSTMDirection(nn.Module):
         self.outnorm.reset_parameters()
         nn.init.ones_(self.learnable_skip)
 
-    def prepare(self, x_mlstm: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Everything before the mLSTM cell.
-
-        :param x_mlstm: mLSTM-branch input ``(batch, steps, inner)``
-        :return: the cell inputs ``(q, k, v, i, f)``, with q/k/v ``(batch, heads, steps, head_dim)`` and the gate
-            pre-activations i/f ``(batch, heads, steps)``, and the conv output ``(batch, steps, inner)`` for the skip
-        """
-        batch, steps, inner = x_mlstm.shape
-        heads = self.config.num_heads
-        dense = x_mlstm.is_cuda
-        x_conv = F.silu(causal_depthwise_conv(x_mlstm, self.conv1d.conv.weight, self.conv1d.conv.bias))
-        q, k = headwise_linear(x_conv, (self.q_proj.weight, self.k_proj.weight), dense)
-        (v,) = headwise_linear(x_mlstm, (self.v_proj.weight,), dense)
-        gate_w = torch.cat([self.igate.weight, self.fgate.weight])  # (2 * heads, 3 * inner)
-        gate_b = torch.cat([self.igate.bias, self.fgate.bias])
-        gates = sum(F.linear(t, w) for t, w in zip((q, k, v), gate_w.split(inner, dim=1))) + gate_b
-        i, f = gates.transpose(1, 2).split(heads, dim=1)  # (batch, heads, steps) each
-
-        def split_heads(t):
-            return t.view(batch, steps, heads, -1).transpose(1, 2)  # (batch, heads, steps, head_dim)
-
-        return (split_heads(q), split_heads(k), split_heads(v), i, f), x_conv
-
-    def finish(self, h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Everything after the mLSTM cell: multi-head norm, learnable skip and output gate.
-
-        :param h: cell output ``(batch, heads, steps, head_dim)``
-        :param x_conv: conv output from :meth:`prepare`, ``(batch, steps, inner)``
-        :param z: output-gate branch ``(batch, steps, inner)``
-        :return: gated hidden states ``(batch, steps, inner)``
-        """
-        h = multihead_norm(h, self.outnorm)
-        return (h + self.learnable_skip * x_conv) * F.silu(z)
-
     def forward(self, x_mlstm: torch.Tensor, z: torch.Tensor, kernel: str = AUTO) -> torch.Tensor:
         """
         :param x_mlstm: mLSTM-branch input ``(batch, steps, inner)``
@@ -158,69 +124,124 @@ class MLSTMDirection(nn.Module):
         :param kernel: mLSTM kernel name or ``"auto"``
         :return: gated hidden states ``(batch, steps, inner)``
 
-        Same function as xLSTM's ``mLSTMLayer`` branch, computed with fewer, larger GPU operations (see
-        :func:`causal_depthwise_conv`, :func:`headwise_linear`, :func:`multihead_norm`); parameters keep the
-        layout of the xlstm components.
+        Same function as xLSTM's ``mLSTMLayer`` branch; computed by :func:`mlstm_branches`, which
+        :class:`BiMLSTMLayer` calls with both directions at once.
         """
-        cell_inputs, x_conv = self.prepare(x_mlstm)
-        return self.finish(mlstm_sequence(*cell_inputs, kernel=kernel), x_conv, z)
+        return mlstm_branches(x_mlstm[None], z[None], [self], kernel)[0]
+
+
+def mlstm_branches(
+    x_mlstm: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection], kernel: str = AUTO
+) -> torch.Tensor:
+    """Several mLSTM branches of the same shape, each with its own weights, computed together.
+
+    The weights of the directions are stacked along a leading axis, so every step is one batched operation for
+    all directions and one mLSTM kernel call (directions stacked along the kernel's batch axis). Same function as
+    xLSTM's components (``CausalConv1d``, ``LinearHeadwiseExpand``, ``MultiHeadLayerNorm``) applied per
+    direction, with fewer and larger GPU operations.
+
+    :param x_mlstm: mLSTM-branch inputs ``(directions, batch, steps, inner)``, each in its own time order
+    :param z: output-gate branches ``(directions, batch, steps, inner)``
+    :param directions: one :class:`MLSTMDirection` per leading index
+    :return: gated hidden states ``(directions, batch, steps, inner)``
+    """
+    n_dir, batch, steps, inner = x_mlstm.shape
+    heads = directions[0].config.num_heads
+
+    def stacked(get):
+        return torch.stack([get(d) for d in directions])
+
+    x_conv = F.silu(
+        causal_depthwise_conv(x_mlstm, stacked(lambda d: d.conv1d.conv.weight[:, 0]), stacked(lambda d: d.conv1d.conv.bias))
+    )
+    dense = x_mlstm.is_cuda
+    q, k = headwise_linear(x_conv, (stacked(lambda d: d.q_proj.weight), stacked(lambda d: d.k_proj.weight)), dense)
+    (v,) = headwise_linear(x_mlstm, (stacked(lambda d: d.v_proj.weight),), dense)
+    gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
+    gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
+    gates = sum(_batched_linear(t, w) for t, w in zip((q, k, v), gate_w.split(inner, dim=-1)))
+    gates = gates + gate_b[:, None, None]
+    # (directions * batch, heads, steps, ...): the directions become part of the kernel's batch axis (views only)
+    i, f = gates.flatten(0, 1).transpose(1, 2).split(heads, dim=1)
+
+    def split_heads(t):
+        return t.reshape(n_dir * batch, steps, heads, -1).transpose(1, 2)
+
+    h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
+    h = multihead_norm(h, directions[0].outnorm.eps).view(n_dir, batch, steps, inner)
+    norm_w = [d.outnorm.weight_proxy for d in directions]
+    if norm_w[0] is not None:
+        h = h * torch.stack(norm_w)[:, None, None]
+    if directions[0].outnorm.bias is not None:
+        h = h + stacked(lambda d: d.outnorm.bias)[:, None, None]
+    skip = stacked(lambda d: d.learnable_skip)[:, None, None]
+    return (h + skip * x_conv) * F.silu(z)
+
+
+def _batched_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(directions, batch, steps, d_in)`` times per-direction ``(directions, d_out, d_in)`` weights: one batched
+    GEMM, ``(directions, batch, steps, d_out)``."""
+    n_dir, batch, steps, d_in = x.shape
+    return torch.bmm(x.reshape(n_dir, batch * steps, d_in), weight.transpose(1, 2)).view(n_dir, batch, steps, -1)
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Causal depthwise convolution of ``(batch, steps, channels)`` with a ``(channels, 1, kernel)`` weight.
+    """Causal depthwise convolution along the steps of ``(..., batch, steps, channels)``.
+
+    :param weight: ``(..., channels, kernel)``, leading dims matching those of ``x`` before ``batch``
+    :param bias: ``(..., channels)`` or None
 
     Equals xlstm's ``CausalConv1d`` (a grouped ``nn.Conv1d`` with left padding) but stays channels-last as
     ``kernel`` shifted multiply-adds, which on GPUs is an order of magnitude faster than the grouped convolution.
     """
     size = weight.shape[-1]
-    steps = x.shape[1]
+    steps = x.shape[-2]
     padded = F.pad(x, (0, 0, size - 1, 0))
-    w = weight[:, 0, :].to(x.dtype)
-    y = padded[:, 0:steps] * w[:, 0]
+    w = weight.to(x.dtype)[..., None, None, :, :]  # (..., 1, 1, channels, kernel)
+    y = padded[..., 0:steps, :] * w[..., 0]
     for j in range(1, size):
-        y = y + padded[:, j : j + steps] * w[:, j]
-    return y if bias is None else y + bias.to(x.dtype)
+        y = y + padded[..., j : j + steps, :] * w[..., j]
+    return y if bias is None else y + bias.to(x.dtype)[..., None, None, :]
 
 
 def headwise_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], dense: bool) -> list[torch.Tensor]:
-    """xlstm's ``LinearHeadwiseExpand`` of one input with several ``(heads, d_out, d_in)`` weights.
+    """xlstm's ``LinearHeadwiseExpand`` of one input with several per-direction ``(directions, heads, d_out, d_in)``
+    weights.
 
-    :param x: ``(..., heads * d_in)``
-    :return: one ``(..., heads * d_out)`` output per weight
+    :param x: ``(directions, batch, steps, heads * d_in)``
+    :return: one ``(directions, batch, steps, heads * d_out)`` output per weight
 
-    ``dense=True`` multiplies by the stacked block-diagonal matrices in one GEMM (more FLOPs, but tensor cores
-    make it far faster than many tiny per-head products on a GPU); ``dense=False`` uses per-head ``einsum``
+    ``dense=True`` multiplies by the stacked block-diagonal matrices in one batched GEMM (more FLOPs, but tensor
+    cores make it far faster than many tiny per-head products on a GPU); ``dense=False`` uses per-head ``einsum``
     (cheaper on CPUs). Both give the same result.
     """
     if dense:
-        stacked = torch.cat([_block_diagonal(w) for w in weights])
-        return list(F.linear(x, stacked).split([w.shape[0] * w.shape[1] for w in weights], dim=-1))
+        stacked = torch.cat([_block_diagonal(w) for w in weights], dim=1)
+        return list(_batched_linear(x, stacked).split([w.shape[1] * w.shape[2] for w in weights], dim=-1))
     outputs = []
     for w in weights:
-        out = torch.einsum("...hd,hod->...ho", x.reshape(*x.shape[:-1], w.shape[0], -1), w)
-        outputs.append(out.reshape(*x.shape[:-1], -1))
+        out = torch.einsum("zbthd,zhod->zbtho", x.unflatten(-1, (w.shape[1], -1)), w)
+        outputs.append(out.flatten(-2))
     return outputs
 
 
 def _block_diagonal(weight: torch.Tensor) -> torch.Tensor:
-    """``(heads, d_out, d_in)`` blocks to the ``(heads * d_out, heads * d_in)`` block-diagonal matrix in one
-    broadcast (``torch.block_diag`` launches one copy per block: hundreds of tiny kernels for the U-Net)."""
-    heads, d_out, d_in = weight.shape
+    """``(directions, heads, d_out, d_in)`` blocks to ``(directions, heads * d_out, heads * d_in)`` block-diagonal
+    matrices in one broadcast (``torch.block_diag`` launches one copy per block: hundreds of tiny kernels)."""
+    n_dir, heads, d_out, d_in = weight.shape
     eye = torch.eye(heads, dtype=weight.dtype, device=weight.device)
-    return (weight[:, :, None, :] * eye[:, None, :, None]).reshape(heads * d_out, heads * d_in)
+    return (weight[:, :, :, None, :] * eye[:, None, :, None]).reshape(n_dir, heads * d_out, heads * d_in)
 
 
-def multihead_norm(h: torch.Tensor, norm: MultiHeadLayerNorm) -> torch.Tensor:
-    """xlstm's ``MultiHeadLayerNorm`` (group norm, one group per head) as a layer norm over each head's features.
+def multihead_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """xlstm's ``MultiHeadLayerNorm`` (group norm, one group per head) without its affine part, as a layer norm
+    over each head's features.
 
     :param h: ``(batch, heads, steps, head_dim)``
     :return: ``(batch, steps, heads * head_dim)``
     """
     batch, heads, steps, head_dim = h.shape
-    out = F.layer_norm(h.transpose(1, 2), (head_dim,), eps=norm.eps).reshape(batch, steps, heads * head_dim)
-    weight = norm.weight_proxy
-    out = out * weight if weight is not None else out
-    return out + norm.bias if norm.bias is not None else out
+    return F.layer_norm(h.transpose(1, 2), (head_dim,), eps=eps).reshape(batch, steps, heads * head_dim)
 
 
 class BiMLSTMLayer(nn.Module):
@@ -255,27 +276,26 @@ class BiMLSTMLayer(nn.Module):
         :param x: ``(batch, steps, embedding_dim)``
         :param kernel: mLSTM kernel name or ``"auto"`` (see :mod:`seisbench_xlstm.kernels`)
         :return: ``(batch, steps, embedding_dim)``
+
+        Both directions run stacked along a leading axis (:func:`mlstm_branches`): the backward direction sees
+        the time-reversed sequence, and its output is reversed back after the down-projection, where the tensor is
+        narrow.
         """
-        inner = self.config.inner_dim
+        inner, d = self.config.inner_dim, self.config.embedding_dim
         x_norm = self.norm(x)
+        both = torch.stack([x_norm, x_norm.flip(1)])  # (2, batch, steps, d): each direction in its own time order
         if self.config.share_projections:
-            up_fw = self.proj_up(x_norm)
-            up_bw = up_fw.flip(1)
+            up = F.linear(both, self.proj_up.weight, self.proj_up.bias)
+            w_down = self.proj_down.weight.expand(2, d, inner)
         else:
-            # Reversing the narrow input instead of the up-projected sequence moves 4x less memory.
-            w_fw, w_bw = self.proj_up.weight.split(2 * inner)
-            b_fw, b_bw = self.proj_up.bias.split(2 * inner) if self.proj_up.bias is not None else (None, None)
-            up_fw = F.linear(x_norm, w_fw, b_fw)
-            up_bw = F.linear(x_norm.flip(1), w_bw, b_bw)
-        (x_fw, z_fw), (x_bw, z_bw) = up_fw.split(inner, dim=-1), up_bw.split(inner, dim=-1)
-        cells_fw, conv_fw = self.forward_direction.prepare(x_fw)
-        cells_bw, conv_bw = self.backward_direction.prepare(x_bw)
-        # Both directions in one kernel call, stacked along the batch axis (fewer, larger launches).
-        h_fw, h_bw = mlstm_sequence(*(torch.cat(pair) for pair in zip(cells_fw, cells_bw)), kernel=kernel).chunk(2)
-        h_fw = self.forward_direction.finish(h_fw, conv_fw, z_fw)
-        h_bw = self.backward_direction.finish(h_bw, conv_bw, z_bw).flip(1)
-        if self.config.share_projections:
-            h = h_fw + h_bw
-        else:
-            h = torch.cat([h_fw, h_bw], dim=-1)
-        return x + self.dropout(self.proj_down(h))
+            up = _batched_linear(both, self.proj_up.weight.view(2, 2 * inner, d))
+            if self.proj_up.bias is not None:
+                up = up + self.proj_up.bias.view(2, 1, 1, 2 * inner)
+            w_down = self.proj_down.weight.view(d, 2, inner).transpose(0, 1)
+        x_mlstm, z = up.split(inner, dim=-1)
+        h = mlstm_branches(x_mlstm, z, [self.forward_direction, self.backward_direction], kernel)
+        out = _batched_linear(h, w_down)
+        out = out[0] + out[1].flip(1)
+        if self.proj_down.bias is not None:
+            out = out + self.proj_down.bias
+        return x + self.dropout(out)

@@ -101,7 +101,30 @@ def test_fast_direction_matches_xlstm_components():
 def test_dense_and_headwise_projections_agree():
     from seisbench_xlstm.bimlstm import headwise_linear
 
-    weights = (torch.randn(6, 4, 4), torch.randn(6, 4, 4))
-    x = torch.randn(3, 7, 24)
+    weights = (torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4))  # (directions, heads, d_out, d_in)
+    x = torch.randn(2, 3, 7, 24)
     for dense, sparse in zip(headwise_linear(x, weights, dense=True), headwise_linear(x, weights, dense=False)):
         torch.testing.assert_close(dense, sparse)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_layer_matches_two_directions_of_xlstm_components(share):
+    """The stacked two-direction computation equals the plain definition: each direction with the xlstm
+    components' own forward on its own time order, the backward one reversed back, then the down-projection."""
+    layer = _layer(share)
+    x = torch.randn(2, 40, 32)
+    inner = layer.config.inner_dim
+    with torch.no_grad():
+        x_norm = layer.norm(x)
+        if share:
+            up_fw = layer.proj_up(x_norm)
+            up_bw = up_fw.flip(1)
+        else:
+            w_fw, w_bw = layer.proj_up.weight.split(2 * inner)
+            up_fw, up_bw = x_norm @ w_fw.T, x_norm.flip(1) @ w_bw.T
+        h_fw = _xlstm_reference_direction(layer.forward_direction, *up_fw.split(inner, -1))
+        h_bw = _xlstm_reference_direction(layer.backward_direction, *up_bw.split(inner, -1)).flip(1)
+        h = h_fw + h_bw if share else torch.cat([h_fw, h_bw], -1)
+        ref = x + layer.proj_down(h)
+        out = layer(x, kernel="parallel--native_autograd")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
