@@ -17,17 +17,21 @@ from .datasets import (
 )
 from .generators import (
     MODEL_LABELS,
+    PICKER_NORMS,
     AugmentationConfig,
+    NoiseOrPickWindow,
     NormalizeConfig,
     PickingConfig,
     PreArrivalNoiseWindow,
     PretrainConfig,
     RandomAmplitudeScale,
+    SegmentDemeanedGap,
     SuperimposeEvent,
     label_columns_for,
     picking_generator,
     pretraining_generator,
 )
+from .windows import WindowEligibility, drop_unusable, trace_lengths, window_eligibility
 from .loaders import make_loader
 from .mixing import MixedDataset, assign_splits, mix_datasets
 from .phases import PHASE_MAP, PICK_COLUMN_MAP, phase_of_column, phase_of_hint, pick_columns
@@ -47,7 +51,14 @@ __all__ = [
     "open_folder",
     "shared_data_dir",
     "MODEL_LABELS",
+    "PICKER_NORMS",
     "AugmentationConfig",
+    "NoiseOrPickWindow",
+    "SegmentDemeanedGap",
+    "WindowEligibility",
+    "window_eligibility",
+    "drop_unusable",
+    "trace_lengths",
     "NormalizeConfig",
     "PickingConfig",
     "PretrainConfig",
