@@ -24,11 +24,10 @@ import pandas as pd
 import seisbench.data as sbd
 
 from .datasets import open_dataset
+from .splits import SPLITS, split_by_event
 from .windows import usable_mask
 
 __all__ = ["MixedDataset", "mix_datasets", "assign_splits", "SPLITS"]
-
-SPLITS = ("train", "dev", "test")
 
 
 def _group_keys(metadata: pd.DataFrame, by: str = "source_id") -> np.ndarray:
@@ -42,6 +41,24 @@ def _group_keys(metadata: pd.DataFrame, by: str = "source_id") -> np.ndarray:
     return np.array(keys, dtype=object)
 
 
+def _trace_spans(md: pd.DataFrame, ds) -> tuple[list | None, np.ndarray | None, np.ndarray | None]:
+    """Station key and time span (seconds, end exclusive) per trace, where the metadata allows it."""
+    if "station_code" not in md.columns or "trace_start_time" not in md.columns:
+        return None, None, None
+    cols = [c for c in ("station_network_code", "station_code", "station_location_code") if c in md.columns]
+    stations = md[cols].astype(str).agg(".".join, axis=1).tolist()
+    t = pd.to_datetime(md["trace_start_time"], utc=True, errors="coerce")
+    starts = (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
+    if "trace_sampling_rate_hz" in md.columns:
+        sr = pd.to_numeric(md["trace_sampling_rate_hz"], errors="coerce").to_numpy(dtype=float)
+    else:
+        sr = np.full(len(md), float(ds.data_format.get("sampling_rate", np.nan)))
+    from .windows import _part_lengths
+
+    ends = starts + _part_lengths(ds) / sr
+    return stations, starts, ends
+
+
 def assign_splits(
     dataset: sbd.WaveformDataset,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -51,31 +68,25 @@ def assign_splits(
 ) -> sbd.WaveformDataset:
     """Write a ``split`` column (train/dev/test) into the dataset's metadata, by event.
 
-    All traces sharing a ``by`` value (event id) land in the same split; traces without one (noise) are
-    split individually. The assignment is deterministic for a given ``seed``. Existing splits are kept
+    The package's one split algorithm (:func:`~.splits.split_by_event`, shared with ``ingest``): all traces
+    sharing a ``by`` value (event id) land in one split; traces without one (noise) are split individually;
+    traces that already have a split keep it and their event's other traces follow it (the majority, with a
+    warning where the existing splits disagree); events whose traces overlap in time at the same station
+    (from ``station_code`` + ``trace_start_time``, where present) are placed together. Warns when a split ends
+    up empty or tiny. Deterministic for a given ``seed``. A complete existing split column is left untouched
     unless ``overwrite``. Modifies ``dataset`` in place and returns it.
     """
     md = dataset.metadata
     if "split" in md.columns and not overwrite and md["split"].notna().all():
         return dataset
-    fr = np.asarray(fractions, dtype=float)
-    if fr.shape != (3,) or (fr < 0).any() or fr.sum() <= 0:
-        raise ValueError(f"fractions must be three non-negative numbers (train, dev, test), got {fractions}")
-    fr = fr / fr.sum()
-    keys = _group_keys(md, by)
-    uniq = np.array(sorted(set(keys)))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(uniq)
-    bounds = np.round(np.cumsum(fr) * len(uniq)).astype(int)
-    split_of = {}
-    for i, key in enumerate(uniq):
-        split_of[key] = SPLITS[int(np.searchsorted(bounds, i, side="right"))]
-    new = np.array([split_of[k] for k in keys], dtype=object)
-    if "split" in md.columns and not overwrite:
-        missing = md["split"].isna().to_numpy()
-        md.loc[missing, "split"] = new[missing]
-    else:
-        md["split"] = new
+    events = md[by].tolist() if by in md.columns else [None] * len(md)
+    existing = md["split"].tolist() if "split" in md.columns and not overwrite else None
+    stations, starts, ends = _trace_spans(md, dataset)
+    split, _ = split_by_event(
+        events, fractions, seed, existing=existing, stations=stations, starts=starts, ends=ends,
+        what=f"assign_splits({getattr(dataset, 'name', '')})",
+    )
+    md["split"] = split
     return dataset
 
 
