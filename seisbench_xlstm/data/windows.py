@@ -12,7 +12,6 @@ the dataset's sampling rate exactly as :mod:`.resample` (the annotate resampler)
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import seisbench.data as sbd
+
+from .resample import output_length
 
 __all__ = [
     "WindowEligibility",
@@ -42,9 +43,7 @@ def resampled_length(n: int, source: float, target: float | None, eps: float = 1
     """Samples of an ``n``-sample trace at ``source`` Hz after resampling to ``target`` Hz (see :mod:`.resample`)."""
     if target is None or not np.isfinite(source) or 1 - eps < target / source < 1 + eps:
         return int(n)
-    if source % target == 0:  # integer decimation: every q-th sample
-        return int(math.ceil(n / int(source // target)))
-    return int(n / (source / float(target)))  # ObsPy's Trace.resample
+    return output_length(int(n), float(source), float(target))
 
 
 def _length_from_name(name: str, w_axis: int) -> int | None:
