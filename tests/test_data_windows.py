@@ -150,3 +150,18 @@ def test_ncedc154_noise_eligibility(shared_data):
     np.random.seed(3)
     for i in range(0, len(ds), 7):
         assert flat_edge(gen[i]["X"]) < 10
+
+
+def test_picks_outside_the_trace(tmp_path):
+    # picks all before the start: the trace holds the event's coda, neither noise nor a pick window -> skipped;
+    # an S after the trace's end is ignored when choosing the pick window (no window past the end)
+    specs = [(6000, -500.0, -100.0), (6000, 3000.0, 7000.0), (6000, 5000.0, None)]
+    ds = open_dataset(write_traces(tmp_path / "out", specs))
+    e = window_eligibility(ds, window_len=W, margin=MARGIN)
+    assert (e.picks_outside, e.usable, e.eligible_event_traces, e.ineligible_event_traces) == (1, 2, 1, 1)
+    with pytest.warns(UserWarning, match="1 with all picks before the trace start"):
+        gen = picking_generator(ds, PickingConfig(noise_window_p=0.0), train=False)
+    np.random.seed(4)
+    for _ in range(20):
+        s = gen[0]
+        assert flat_edge(s["X"]) < 10 and s["y"][0].max() > 0.5

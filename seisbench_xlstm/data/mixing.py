@@ -49,13 +49,9 @@ def _trace_spans(md: pd.DataFrame, ds) -> tuple[list | None, np.ndarray | None, 
     stations = md[cols].astype(str).agg(".".join, axis=1).tolist()
     t = pd.to_datetime(md["trace_start_time"], utc=True, errors="coerce")
     starts = (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
-    if "trace_sampling_rate_hz" in md.columns:
-        sr = pd.to_numeric(md["trace_sampling_rate_hz"], errors="coerce").to_numpy(dtype=float)
-    else:
-        sr = np.full(len(md), float(ds.data_format.get("sampling_rate", np.nan)))
-    from .windows import _part_lengths
+    from .windows import _part_lengths, _source_rates
 
-    ends = starts + _part_lengths(ds) / sr
+    ends = starts + _part_lengths(ds) / _source_rates(ds)
     return stations, starts, ends
 
 

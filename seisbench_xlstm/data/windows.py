@@ -93,18 +93,23 @@ def _part_lengths(ds: sbd.WaveformDataset) -> np.ndarray:
     return n
 
 
+def _source_rates(ds: sbd.WaveformDataset) -> np.ndarray:
+    """Stored sampling rate per trace (``trace_sampling_rate_hz``, else the file's ``data_format``)."""
+    md = ds.metadata
+    default = float(ds.data_format.get("sampling_rate", np.nan))
+    if "trace_sampling_rate_hz" not in md.columns:
+        return np.full(len(md), default)
+    sr = pd.to_numeric(md["trace_sampling_rate_hz"], errors="coerce").to_numpy(dtype=float)
+    return np.where(np.isfinite(sr), sr, default)
+
+
 def trace_lengths(dataset) -> np.ndarray:
     """Samples per trace at the dataset's sampling rate (what ``get_sample`` returns), in metadata order."""
     out = []
     for ds in _parts(dataset):
         n = _part_lengths(ds)
-        target = ds.sampling_rate
-        md = ds.metadata
-        if "trace_sampling_rate_hz" in md.columns:
-            src = pd.to_numeric(md["trace_sampling_rate_hz"], errors="coerce").to_numpy(dtype=float)
-        else:
-            src = np.full(len(md), float(ds.data_format.get("sampling_rate", np.nan)))
-        out.append(np.array([resampled_length(k, s, target) for k, s in zip(n, src)], dtype=np.int64))
+        out.append(np.array([resampled_length(k, s, ds.sampling_rate) for k, s in zip(n, _source_rates(ds))],
+                            dtype=np.int64))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -115,9 +120,8 @@ def _part_picks(ds: sbd.WaveformDataset, columns: Sequence[str], n: np.ndarray):
     if not cols:
         return np.full(len(md), np.nan), np.zeros(len(md), dtype=bool)
     picks = md[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    if ds.sampling_rate is not None and "trace_sampling_rate_hz" in md.columns:
-        src = pd.to_numeric(md["trace_sampling_rate_hz"], errors="coerce").to_numpy(dtype=float)
-        picks = picks * (ds.sampling_rate / src)[:, None]
+    if ds.sampling_rate is not None:
+        picks = picks * (ds.sampling_rate / _source_rates(ds))[:, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
         first = np.nanmin(picks, axis=1)
