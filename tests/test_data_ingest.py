@@ -10,11 +10,15 @@ import pytest
 from obspy import Stream, Trace, UTCDateTime
 from obspy.core.event import Catalog, Event, Magnitude, Origin, Pick, WaveformStreamID
 
-from seisbench_xlstm.data import IngestConfig, ingest, open_dataset
+from seisbench_xlstm.data import IngestConfig, open_dataset
+from seisbench_xlstm.data.ingest import ingest
 from seisbench_xlstm.data.ingest import add_ingest_subcommand
 
 T0 = UTCDateTime(2021, 3, 4, 5, 0, 0)
 NET = "XX"
+#: The expectations below (P 30 s into the window, 6201 samples at A, ...) were made for 30 s before the first
+#: pick, the old default; the default is now 60 s (room for a noise window, see test_default_window_*).
+BEFORE = 30
 
 
 def _tr(sta, cha, start, sr, n, data=None, seed=0):
@@ -168,7 +172,7 @@ def _remember(network):
 def test_ingest_quakeml(network, tmp_path):
     qml = tmp_path / "picks.xml"
     _catalog().write(str(qml), format="QUAKEML")
-    s = ingest(network["wav"], qml, "quakeml", tmp_path / "out", progress=False)
+    s = ingest(network["wav"], qml, "quakeml", tmp_path / "out", progress=False, window_before=BEFORE)
     ds = _check_output(tmp_path / "out", s, "quakeml")
     assert set(ds.metadata["source_id"]) == {"smi:test/E1", "smi:test/E2", "smi:test/E3"}
 
@@ -185,7 +189,7 @@ def test_ingest_csv_with_a_malformed_row(network, tmp_path):
     df = pd.DataFrame(rows)
     text = df.to_csv(index=False) + "E2,XX,A,HHZ,P,not-a-time,,,,,\n"
     csv.write_text(text)
-    s = ingest(network["wav"], csv, "csv", tmp_path / "out", progress=False)
+    s = ingest(network["wav"], csv, "csv", tmp_path / "out", progress=False, window_before=BEFORE)
     _check_output(tmp_path / "out", s, "csv")
     assert s.skipped_counts["malformed line"] == 1
     bad = csv.with_name("bad.csv")
@@ -226,7 +230,7 @@ def test_ingest_nordic_duplicates_and_malformed_line(network, tmp_path):
     lines.insert(i + 1, " B    HZ IP        0 1X:3.000".ljust(80) + "\n")
     paths[1].write_text("".join(lines))
 
-    s = ingest(network["wav"], rea, "nordic", tmp_path / "out", progress=False)
+    s = ingest(network["wav"], rea, "nordic", tmp_path / "out", progress=False, window_before=BEFORE)
     _check_output(tmp_path / "out", s, "nordic")
     assert s.pick_files == 4 and s.events_read == 4
     assert s.skipped_counts["malformed line"] == 1
@@ -254,7 +258,7 @@ def test_options_fill_gaps_incomplete_and_rates(network, tmp_path):
     # existing output is protected
     with pytest.raises(FileExistsError):
         ingest(network["wav"], qml, "quakeml", tmp_path / "o1", progress=False)
-    assert ingest(network["wav"], qml, "quakeml", tmp_path / "o1", progress=False, overwrite=True).traces == 8
+    assert ingest(network["wav"], qml, "quakeml", tmp_path / "o1", progress=False, window_before=BEFORE, overwrite=True).traces == 8
     with pytest.raises(ValueError):
         ingest(network["wav"], qml, "sac", tmp_path / "o2")
     with pytest.raises(FileNotFoundError):
@@ -266,7 +270,7 @@ def test_console_subcommand(network, tmp_path, capsys):
     _catalog().write(str(qml), format="QUAKEML")
     parser = argparse.ArgumentParser(prog="seisbench-xlstm")
     add_ingest_subcommand(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["ingest", "--waveforms", str(network["wav"]), "--picks", str(qml), "--format",
+    args = parser.parse_args(["ingest", "--before", "30", "--waveforms", str(network["wav"]), "--picks", str(qml), "--format",
                               "quakeml", "--out", str(tmp_path / "cli"), "--no-progress", "--split", "1", "0", "0"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -286,7 +290,7 @@ def test_relative_paths_and_empty_pick_folder(network, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "cwd")
     rel_wav = "../" + str(network["wav"].relative_to(network["wav"].parents[1]))
     (tmp_path / network["wav"].parent.name).symlink_to(network["wav"].parent)
-    s = ingest(rel_wav, "../picks", "quakeml", "out", progress=False)  # ".." must not count as hidden
+    s = ingest(rel_wav, "../picks", "quakeml", "out", progress=False, window_before=BEFORE)  # ".." must not count as hidden
     assert s.traces == 8 and s.pick_files == 1
     (tmp_path / "empty").mkdir()
     s = ingest(rel_wav, "../empty", "quakeml", "out2", progress=False)

@@ -17,24 +17,31 @@ from .datasets import (
 )
 from .generators import (
     MODEL_LABELS,
+    PICKER_NORMS,
     AugmentationConfig,
+    NoiseOrPickWindow,
     NormalizeConfig,
     PickingConfig,
     PreArrivalNoiseWindow,
     PretrainConfig,
     RandomAmplitudeScale,
+    SegmentDemeanedGap,
     SuperimposeEvent,
     label_columns_for,
     picking_generator,
     pretraining_generator,
 )
+from .windows import WindowEligibility, drop_unusable, trace_lengths, window_eligibility
 from .loaders import make_loader
 from .mixing import MixedDataset, assign_splits, mix_datasets
 from .phases import PHASE_MAP, PICK_COLUMN_MAP, phase_of_column, phase_of_hint, pick_columns
 
-# NB: the function ``ingest`` shadows the submodule name; import the module as
-# ``from seisbench_xlstm.data.ingest import ...`` (ObsPy readers live there).
-from .ingest import IngestConfig, IngestSummary, add_ingest_subcommand, ingest  # noqa: E402
+# The ``ingest`` package keeps its name (``from seisbench_xlstm.data.ingest import ingest``); its function is
+# exported here as ``ingest_dataset``, so that ``seisbench_xlstm.data.ingest`` stays the package.
+from .ingest import IngestConfig, IngestSummary, add_ingest_subcommand  # noqa: E402
+from .ingest import ingest as ingest_dataset  # noqa: E402
+from .resample import resample_array, resample_trace, use_annotate_resampler  # noqa: E402
+from .splits import SplitReport, split_by_event  # noqa: E402
 
 __all__ = [
     "DATASET_NAMES",
@@ -47,7 +54,14 @@ __all__ = [
     "open_folder",
     "shared_data_dir",
     "MODEL_LABELS",
+    "PICKER_NORMS",
     "AugmentationConfig",
+    "NoiseOrPickWindow",
+    "SegmentDemeanedGap",
+    "WindowEligibility",
+    "window_eligibility",
+    "drop_unusable",
+    "trace_lengths",
     "NormalizeConfig",
     "PickingConfig",
     "PretrainConfig",
@@ -66,8 +80,13 @@ __all__ = [
     "phase_of_column",
     "phase_of_hint",
     "pick_columns",
-    "ingest",
+    "ingest_dataset",
     "IngestSummary",
+    "split_by_event",
+    "SplitReport",
+    "resample_array",
+    "resample_trace",
+    "use_annotate_resampler",
     "IngestConfig",
     "add_ingest_subcommand",
 ]

@@ -21,6 +21,7 @@ import seisbench
 import seisbench.data as sbd
 import seisbench.util
 
+from .resample import use_annotate_resampler
 __all__ = [
     "DATASET_NAMES",
     "EXTRA_DATASET_NAMES",
@@ -275,12 +276,13 @@ def open_folder(
 ) -> sbd.WaveformDataset:
     """Open one folder as a :class:`seisbench.data.WaveformDataset` (the single code path for all datasets).
 
-    Waveforms come out resampled to ``sampling_rate`` (100 Hz), in ``component_order`` (ZNE),
-    channels-first: ``get_waveforms(i)`` has shape ``(3, n_samples)``.
+    Waveforms come out resampled to ``sampling_rate`` (100 Hz) with the resampler of SeisBench's annotate
+    (:mod:`.resample`), in ``component_order`` (ZNE), channels-first: ``get_waveforms(i)`` has shape
+    ``(3, n_samples)``.
     ``cache=None`` reads lazily from HDF5 (streaming, data larger than memory); ``"full"`` only on request.
     """
     with _no_network(f"dataset {location.name}"):
-        return sbd.WaveformDataset(
+        ds = sbd.WaveformDataset(
             location.path,
             name=location.name,
             chunks=location.chunks,
@@ -291,6 +293,7 @@ def open_folder(
             missing_components=missing_components,
             **kwargs,
         )
+    return use_annotate_resampler(ds)
 
 
 def open_dataset(
@@ -311,7 +314,7 @@ def open_dataset(
         ``"mlaapde"``, ``"iquique"``, ``"pnw"``, ``"obst2024"`` (case-insensitive; see also
         :data:`EXTRA_DATASET_NAMES`), or a path to a folder with ``metadata.csv`` + ``waveforms.hdf5``.
         Named datasets are looked up in ``$SEISBENCH_CACHE_ROOT/datasets/<name>``.
-    :param sampling_rate: output rate in Hz (traces are resampled on read). Default 100.
+    :param sampling_rate: output rate in Hz (traces are resampled on read, as annotate resamples). Default 100.
     :param component_order: output component order. Default ``"ZNE"``; missing components are zero-padded.
     :param dimension_order: ``"NCW"`` = channels-first: ``get_waveforms(i)`` is ``(C, W)``.
     :param cache: ``None`` (default): lazy HDF5 reads, for data larger than memory.
@@ -334,7 +337,7 @@ def open_dataset(
     if allow_download and (key in _REGISTRY or key in _EXTRA):
         classes = _REGISTRY.get(key) or _EXTRA[key]
         sb_chunks = None if chunks in (None, "available") else list(chunks)
-        parts = [cls(chunks=sb_chunks, **common) for cls in classes]
+        parts = [use_annotate_resampler(cls(chunks=sb_chunks, **common)) for cls in classes]
     else:
         parts = [open_folder(loc, **common) for loc in locate_dataset(name_or_path, chunks)]
     if len(parts) == 1:

@@ -2,10 +2,9 @@
 
 Both generators are :class:`seisbench.generate.GenericGenerator` instances (usable directly as a
 ``torch.utils.data.Dataset``) whose augmentation pipeline is assembled from SeisBench's library blocks
-(``RandomWindow``, ``WindowAroundSample``, ``OneOf``, ``GaussianNoise``, ``AddGap``, ``ChannelDropout``,
-``Normalize``, ``ProbabilisticLabeller``, ``ChangeDtype``). Three blocks have no library equivalent and are
-defined here: :class:`PreArrivalNoiseWindow` (pure-noise windows cut before the first pick),
-:class:`SuperimposeEvent` (adds a second event with its picks) and :class:`RandomAmplitudeScale`.
+(``WindowAroundSample``, ``RandomWindow``, ``OneOf``, ``GaussianNoise``, ``ChannelDropout``, ``Normalize``,
+``ProbabilisticLabeller``, ``ChangeDtype``) and the blocks of :mod:`.augmentations` that have no library
+equivalent (noise windows before the first pick, annotate-like gaps, event superposition, amplitude scaling).
 
 Samples (model conventions: 100 Hz, ZNE, 4096 samples, channels-first, float32):
 
@@ -13,23 +12,37 @@ Samples (model conventions: 100 Hz, ZNE, 4096 samples, channels-first, float32):
 * picking: ``{"X": float32 (3, 4096), "y": float32 (3, 4096)}`` with label rows P, S, Noise ("PSN");
   ``y`` sums to 1 over the three rows at every sample.
 
-Normalisation (default, see :class:`NormalizeConfig`): ``seisbench.generate.Normalize(demean_axis=-1,
-amp_norm_axis=-1, amp_norm_type="std")``, i.e. each channel is demeaned and then divided by its *own*
-standard deviation (+1e-10). For one standard deviation over all three channels use
-``NormalizeConfig(amp_norm_axis=(-2, -1))``. Inference (``annotate_batch_pre``) must do the same.
+Windows are real data end to end: traces shorter than a window are skipped (counted in
+``generator.eligibility``, with a warning), and noise windows come only from traces with a full window of
+pre-arrival data (see :mod:`.windows`).
+
+Normalisation (:class:`NormalizeConfig`) is limited to what the pickers' ``annotate_batch_pre`` does: each
+channel demeaned, then divided by its own standard deviation (``"std"``) or absolute peak (``"peak"``), +1e-10.
 """
 
 from __future__ import annotations
 
-import copy
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import seisbench.data as sbd
 import seisbench.generate as sbg
 
+from .augmentations import (
+    SUPERIMPOSED_P,
+    SUPERIMPOSED_S,
+    NoiseOrPickWindow,
+    PreArrivalNoiseWindow,
+    RandomAmplitudeScale,
+    SegmentDemeanedGap,
+    Sequential,
+    SuperimposeEvent,
+    TrimFlatEdges,
+)
 from .phases import pick_columns
+from .windows import WindowEligibility, usable_mask, window_eligibility
 
 __all__ = [
     "NormalizeConfig",
@@ -37,6 +50,8 @@ __all__ = [
     "PretrainConfig",
     "PickingConfig",
     "PreArrivalNoiseWindow",
+    "NoiseOrPickWindow",
+    "SegmentDemeanedGap",
     "SuperimposeEvent",
     "RandomAmplitudeScale",
     "Sequential",
@@ -44,23 +59,34 @@ __all__ = [
     "picking_generator",
     "label_columns_for",
     "MODEL_LABELS",
+    "PICKER_NORMS",
     "SUPERIMPOSED_P",
     "SUPERIMPOSED_S",
 ]
 
 #: Order of the label rows in ``y``.
 MODEL_LABELS = "PSN"
-#: Metadata keys under which :class:`SuperimposeEvent` stores the added event's picks.
-SUPERIMPOSED_P = "trace_superimposedP_arrival_sample"
-SUPERIMPOSED_S = "trace_superimposedS_arrival_sample"
+#: Window normalisations the pickers' ``annotate_batch_pre`` (``normalize_windows``) implements.
+PICKER_NORMS = ("std", "peak")
+_PICKER_EPS = 1e-10
+
+
+def _last_axis(v) -> bool:
+    return v == -1 or (isinstance(v, (tuple, list)) and tuple(v) == (-1,))
 
 
 @dataclass
 class NormalizeConfig:
-    """Normalisation applied to every window (after waveform augmentations, before labels).
+    """Window normalisation (after the waveform augmentations, before the labels), as the pickers do it.
 
-    Defaults: demean each channel, divide each channel by its standard deviation (``amp_norm_axis=-1``).
-    ``enabled=False`` leaves raw counts.
+    Only what ``annotate_batch_pre`` reproduces is accepted: each channel demeaned (``demean_axis=-1``), then
+    divided by its own standard deviation (``amp_norm_type="std"``) or absolute peak (``"peak"``) plus 1e-10
+    (``amp_norm_axis=-1``, ``eps=1e-10``), no detrending, always on. Anything else raises ``ValueError``: a model
+    trained on windows that annotate normalises differently would be wrong without a word. The other fields
+    are kept so that the SeisBench ``Normalize`` arguments stay visible.
+
+    Store the choice in the model: ``XLSTMSeqPicker(norm=config.picker_norm)``; the reverse is
+    :meth:`for_picker`.
     """
 
     enabled: bool = True
@@ -68,17 +94,47 @@ class NormalizeConfig:
     detrend_axis: int | None = None
     amp_norm_axis: int | tuple[int, ...] | None = -1
     amp_norm_type: str = "std"
-    eps: float = 1e-10
+    eps: float = _PICKER_EPS
 
-    def build(self) -> sbg.Normalize | None:
-        if not self.enabled:
-            return None
+    def __post_init__(self):
+        bad = []
+        if self.enabled is not True:
+            bad.append(f"enabled={self.enabled!r}")
+        if not _last_axis(self.demean_axis):
+            bad.append(f"demean_axis={self.demean_axis!r}")
+        if self.detrend_axis is not None:
+            bad.append(f"detrend_axis={self.detrend_axis!r}")
+        if not _last_axis(self.amp_norm_axis):
+            bad.append(f"amp_norm_axis={self.amp_norm_axis!r}")
+        if self.amp_norm_type not in PICKER_NORMS:
+            bad.append(f"amp_norm_type={self.amp_norm_type!r}")
+        if self.eps != _PICKER_EPS:
+            bad.append(f"eps={self.eps!r}")
+        if bad:
+            raise ValueError(
+                f"NormalizeConfig({', '.join(bad)}) cannot be reproduced by the pickers' annotate_batch_pre, "
+                f"which demeans each window per channel and divides it by the per-channel 'std' or 'peak' "
+                f"(+{_PICKER_EPS:g}). Allowed: NormalizeConfig(amp_norm_type='std') or "
+                f"NormalizeConfig(amp_norm_type='peak'), other fields at their defaults (enabled=True, "
+                f"demean_axis=-1, detrend_axis=None, amp_norm_axis=-1, eps={_PICKER_EPS:g})."
+            )
+
+    @property
+    def picker_norm(self) -> str:
+        """The pickers' ``norm`` argument for this normalisation (``"std"`` or ``"peak"``)."""
+        return self.amp_norm_type
+
+    @classmethod
+    def for_picker(cls, picker_or_norm) -> "NormalizeConfig":
+        """The normalisation of a picker (anything with a ``norm`` attribute) or of a ``norm`` string."""
+        norm = getattr(picker_or_norm, "norm", picker_or_norm)
+        if norm not in PICKER_NORMS:
+            raise ValueError(f"norm must be one of {PICKER_NORMS}, got {norm!r}")
+        return cls(amp_norm_type=norm)
+
+    def build(self) -> sbg.Normalize:
         return sbg.Normalize(
-            demean_axis=self.demean_axis,
-            detrend_axis=self.detrend_axis,
-            amp_norm_axis=self.amp_norm_axis,
-            amp_norm_type=self.amp_norm_type,
-            eps=self.eps,
+            demean_axis=-1, detrend_axis=None, amp_norm_axis=-1, amp_norm_type=self.amp_norm_type, eps=self.eps
         )
 
 
@@ -87,8 +143,9 @@ class AugmentationConfig:
     """Probabilities and ranges of the training augmentations (set a probability to 0 to disable one).
 
     Order in the pipeline: demean -> superposition -> Gaussian noise -> gap -> channel dropout ->
-    normalise -> amplitude scaling. Gaps and dropped channels are zeros in the raw trace (as gaps are in merged
-    streams at inference); a pick inside a gap is removed from the labels.
+    normalise -> amplitude scaling. A gap is built as annotate sees one (:class:`SegmentDemeanedGap`: each
+    side demeaned by its own mean, the gap exactly 0); dropped channels are zeros (as missing components at
+    inference); a pick inside a gap is removed from the labels.
     Amplitude scaling multiplies the *normalised* window by a log-uniform factor, so the model does not
     rely on unit standard deviation (a pre-normalisation gain would be undone by the normalisation).
     """
@@ -132,180 +189,6 @@ class PickingConfig:
     extra_pick_columns: dict[str, str] = field(default_factory=dict)
 
 
-class Sequential:
-    """Apply several state-dict augmentations in order (so that ``sbg.OneOf`` can choose between chains)."""
-
-    def __init__(self, augmentations: Sequence[Callable]):
-        self.augmentations = list(augmentations)
-
-    def __call__(self, state_dict):
-        for aug in self.augmentations:
-            aug(state_dict)
-
-    def __str__(self):
-        return "Sequential(" + ", ".join(str(a) for a in self.augmentations) + ")"
-
-
-def _arrival_keys(metadata: dict) -> list[str]:
-    return [k for k in metadata if k.endswith("_arrival_sample")]
-
-
-def _first_pick(metadata: dict, columns: Sequence[str]) -> float:
-    vals = []
-    for col in columns:
-        v = metadata.get(col)
-        if v is None:
-            continue
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(v):
-            vals.append(v)
-    return min(vals) if vals else np.nan
-
-
-class PreArrivalNoiseWindow:
-    """Cut a pure-noise window of ``windowlen`` samples ending at least ``margin`` samples before the first pick.
-
-    Traces without picks (noise traces) give a random window anywhere. When the trace has less than
-    ``windowlen`` samples of pre-arrival noise, the available noise is taken and zero-padded at the end.
-    All ``*_arrival_sample`` entries of the metadata are set to NaN, so the labeller marks only Noise.
-    No SeisBench generator cuts windows relative to "before the first pick", hence this class.
-
-    :param pick_columns: metadata keys that hold picks (sample units).
-    """
-
-    def __init__(self, pick_columns: Sequence[str], windowlen: int, margin: int, key: str = "X"):
-        self.pick_columns = list(pick_columns)
-        self.windowlen = int(windowlen)
-        self.margin = int(margin)
-        self.key = key
-
-    def __call__(self, state_dict):
-        x, metadata = state_dict[self.key]
-        metadata = copy.copy(metadata)
-        n = x.shape[-1]
-        first = _first_pick(metadata, self.pick_columns)
-        end = n if np.isnan(first) else int(min(n, np.floor(first) - self.margin))
-        end = max(end, 0)
-        if end >= self.windowlen:
-            p0 = np.random.randint(0, end - self.windowlen + 1)
-            window = x[..., p0 : p0 + self.windowlen]
-        else:
-            window = np.zeros(x.shape[:-1] + (self.windowlen,), dtype=x.dtype)
-            window[..., :end] = x[..., :end]
-        for key in _arrival_keys(metadata):
-            metadata[key] = np.nan
-        state_dict[self.key] = (np.array(window), metadata)
-
-    def __str__(self):
-        return f"PreArrivalNoiseWindow(windowlen={self.windowlen}, margin={self.margin})"
-
-
-class RandomAmplitudeScale:
-    """Multiply the window by a log-uniform random factor in ``scale`` (one factor, or one per channel)."""
-
-    def __init__(self, scale: tuple[float, float] = (0.5, 2.0), per_channel: bool = False, key: str = "X"):
-        if scale[0] <= 0 or scale[1] < scale[0]:
-            raise ValueError(f"scale must be 0 < low <= high, got {scale}")
-        self.scale = scale
-        self.per_channel = per_channel
-        self.key = key
-
-    def __call__(self, state_dict):
-        x, metadata = state_dict[self.key]
-        shape = x.shape[:-1] + (1,) if self.per_channel else ()
-        factor = np.exp(np.random.uniform(np.log(self.scale[0]), np.log(self.scale[1]), size=shape))
-        state_dict[self.key] = ((x * factor).astype(x.dtype, copy=False), metadata)
-
-    def __str__(self):
-        return f"RandomAmplitudeScale(scale={self.scale}, per_channel={self.per_channel})"
-
-
-class SuperimposeEvent:
-    """Add a second, randomly chosen event window (with its picks) to the current window.
-
-    The other trace is cut with the same library windowing as the picking windows (a random offset
-    around one of its picks), demeaned, scaled to ``U(scale) * max|x - mean(x)|`` of the current window
-    and added. Its earliest P and S (per :mod:`.phases`) are written to :data:`SUPERIMPOSED_P` /
-    :data:`SUPERIMPOSED_S`, which the picking labeller maps to P and S. Windows that already are pure
-    noise (no pick inside) are left unchanged, so noise stays noise.
-
-    :param dataset: dataset to draw the second event from (only traces with a P or S pick are used).
-    """
-
-    def __init__(
-        self,
-        dataset,
-        pick_map: dict[str, str],
-        windowlen: int,
-        scale: tuple[float, float] = (0.1, 1.0),
-        key: str = "X",
-    ):
-        self.dataset = dataset
-        self.pick_map = dict(pick_map)
-        self.windowlen = int(windowlen)
-        self.scale = scale
-        self.key = key
-        cols = [c for c in self.pick_map if c in dataset.metadata.columns]
-        if cols:
-            has_pick = dataset.metadata[cols].notna().any(axis=1).to_numpy()
-            self.candidates = np.flatnonzero(has_pick)
-        else:
-            self.candidates = np.zeros(0, dtype=int)
-        self._window = _pick_window(list(self.pick_map), self.windowlen)
-
-    def __call__(self, state_dict):
-        x, metadata = state_dict[self.key]
-        if len(self.candidates) == 0:
-            return
-        first = _first_pick(metadata, list(self.pick_map))
-        if np.isnan(first):
-            return  # pure-noise window: keep it pure
-        idx = int(self.candidates[np.random.randint(len(self.candidates))])
-        other, other_meta = self.dataset.get_sample(idx)
-        tmp = {"X": (np.asarray(other, dtype=np.float64), dict(other_meta))}
-        self._window(tmp)
-        w, wmeta = tmp["X"]
-        w = w - w.mean(axis=-1, keepdims=True)
-        peak = np.abs(w).max()
-        if not np.isfinite(peak) or peak == 0:
-            return
-        base = np.abs(x - x.mean(axis=-1, keepdims=True)).max()
-        if not np.isfinite(base) or base == 0:
-            base = 1.0
-        w = w / peak * base * np.random.uniform(*self.scale)
-        metadata = copy.copy(metadata)
-        for out_key, label in ((SUPERIMPOSED_P, "P"), (SUPERIMPOSED_S, "S")):
-            cols = [c for c, lab in self.pick_map.items() if lab == label]
-            metadata[out_key] = _first_pick(wmeta, cols)
-        state_dict[self.key] = ((x + w).astype(x.dtype, copy=False), metadata)
-
-    def __str__(self):
-        return f"SuperimposeEvent(n_candidates={len(self.candidates)}, scale={self.scale})"
-
-
-def _pick_window(columns: list[str], windowlen: int) -> Sequential:
-    """Library windowing: a 2*windowlen span around a random pick, then a random windowlen cut of it.
-
-    The pick lands uniformly anywhere in the output window (the SeisBench pick-benchmark recipe).
-    Traces without picks get a random window from their start.
-    """
-    return Sequential(
-        [
-            sbg.WindowAroundSample(
-                columns,
-                samples_before=windowlen,
-                windowlen=2 * windowlen,
-                selection="random",
-                strategy="variable",
-            ),
-            sbg.RandomWindow(windowlen=windowlen, strategy="pad"),
-        ]
-    )
-
-
 def _maybe(aug, p: float):
     if p <= 0:
         return None
@@ -336,10 +219,40 @@ def label_columns_for(dataset, extra: dict[str, str] | None = None) -> dict[str,
 def _waveform_augmentations(aug: AugmentationConfig) -> list:
     out = [
         _maybe(sbg.GaussianNoise(scale=aug.gaussian_noise_scale), aug.gaussian_noise_p),
-        _maybe(sbg.AddGap(metadata_picks_in_gap_threshold=0), aug.gap_p),
+        _maybe(SegmentDemeanedGap(metadata_picks_in_gap_threshold=0), aug.gap_p),
         _maybe(sbg.ChannelDropout(check_meta_picks_in_gap=True), aug.channel_dropout_p),
     ]
     return [a for a in out if a is not None]
+
+
+def _usable_traces(dataset, window_len: int, columns, margin: int):
+    """(SeisBench dataset without unusable traces, the MixedDataset filtered alike or None, eligibility)."""
+    inner = _unwrap(dataset)
+    elig = window_eligibility(inner, window_len, margin, columns)
+    mixed = dataset if inner is not dataset else None
+    if elig.usable < elig.traces:
+        mask = usable_mask(inner, window_len, columns)
+        warnings.warn(f"training windows: {elig.report()}", UserWarning, stacklevel=3)
+        if mixed is not None:
+            mixed = mixed.filter(mask)
+            inner = mixed.dataset
+            warnings.warn(
+                "the mixture held traces that cannot give a full window: draw with generator.mixed.sampler(n), "
+                "not with the unfiltered mixture's sampler (or mix with min_samples=window_len)",
+                UserWarning,
+                stacklevel=3,
+            )
+        else:
+            inner = inner.filter(mask, inplace=False)
+    return inner, mixed, elig
+
+
+def _generator(dataset, augs, mixed, elig: WindowEligibility) -> sbg.GenericGenerator:
+    gen = sbg.GenericGenerator(dataset)
+    gen.add_augmentations(augs)
+    gen.eligibility = elig
+    gen.mixed = mixed
+    return gen
 
 
 def pretraining_generator(dataset, config: PretrainConfig | None = None) -> sbg.GenericGenerator:
@@ -347,27 +260,28 @@ def pretraining_generator(dataset, config: PretrainConfig | None = None) -> sbg.
 
     :param dataset: ``WaveformDataset``/``MultiWaveformDataset`` (or a :class:`~.mixing.MixedDataset`),
         opened at 100 Hz, ZNE, channels-first (see :func:`~.datasets.open_dataset`).
-    :return: ``GenericGenerator``; ``gen[i]["X"]`` is float32 ``(3, window_len)`` from trace ``i``
-        (a random window; traces shorter than ``window_len`` are zero-padded at a random side).
+    :return: ``GenericGenerator``; ``gen[i]["X"]`` is float32 ``(3, window_len)``, a random window of trace
+        ``i``. Traces shorter than ``window_len`` are skipped, never padded: ``gen.eligibility.short`` counts
+        them (with a warning), ``gen.dataset`` is the dataset without them (``gen.mixed`` the filtered
+        mixture, for a MixedDataset input).
     """
     config = config or PretrainConfig()
-    dataset = _unwrap(dataset)
-    augs: list[Any] = [sbg.RandomWindow(windowlen=config.window_len, strategy="pad")]
+    inner, mixed, elig = _usable_traces(dataset, config.window_len, [], 0)
+    augs: list[Any] = [
+        TrimFlatEdges(config.window_len),
+        sbg.RandomWindow(windowlen=config.window_len, strategy="fail"),
+    ]
     if config.augment is not None:
         # demean first, so that noise scaled to the window's peak is not scaled to a DC offset
         augs.append(sbg.Normalize(demean_axis=-1))
         augs += _waveform_augmentations(config.augment)
-    norm = config.normalize.build()
-    if norm is not None:
-        augs.append(norm)
+    augs.append(config.normalize.build())
     if config.augment is not None:
         a = _maybe(RandomAmplitudeScale(config.augment.amplitude_scale_range), config.augment.amplitude_scale_p)
         if a is not None:
             augs.append(a)
     augs.append(sbg.ChangeDtype(np.float32, "X"))
-    gen = sbg.GenericGenerator(dataset)
-    gen.add_augmentations(augs)
-    return gen
+    return _generator(inner, augs, mixed, elig)
 
 
 def picking_generator(
@@ -375,10 +289,14 @@ def picking_generator(
 ) -> sbg.GenericGenerator:
     """Generator of labelled windows for phase picking.
 
-    Each sample is, with probability ``1 - noise_window_p``, a ``window_len`` window containing one of
-    the trace's picks at a uniformly random position (``WindowAroundSample`` + ``RandomWindow``), and
-    otherwise a pure-noise window cut before the first pick (:class:`PreArrivalNoiseWindow`). Noise traces
-    (no picks) give noise windows either way. Training adds the augmentations of ``config.augment``.
+    Each sample of an event trace is, with probability ``noise_window_p``, a pure-noise window cut before the
+    first pick, if the trace holds ``window_len`` samples before (first pick - ``noise_margin``); otherwise a
+    ``window_len`` window containing one of the trace's picks at a uniformly random position
+    (``WindowAroundSample`` + ``RandomWindow``). Noise traces (no picks) give noise windows. Nothing is padded:
+    traces shorter than ``window_len`` (or whose picks all lie before the trace) are skipped, and
+    ``gen.eligibility`` (:class:`~.windows.WindowEligibility`) says how many traces were skipped and how many
+    can give noise windows; a warning is issued when traces are skipped or when the expected share of noise
+    windows is below half of ``noise_window_p``. Training adds the augmentations of ``config.augment``.
 
     :param dataset: ``WaveformDataset``/``MultiWaveformDataset``/:class:`~.mixing.MixedDataset` at 100 Hz,
         ZNE, channels-first.
@@ -387,38 +305,32 @@ def picking_generator(
         ``y`` rows P, S, Noise (ProbabilisticLabeller, gaussian of std ``sigma``), summing to 1 per sample.
     """
     config = config or PickingConfig()
-    dataset = _unwrap(dataset)
     label_cols = label_columns_for(dataset, config.extra_pick_columns)
-    window_cols = [c for c in label_cols if c in dataset.metadata.columns]
+    window_cols = [c for c in label_cols if c in _unwrap(dataset).metadata.columns]
     margin = config.noise_margin if config.noise_margin is not None else int(round(5 * config.sigma))
-
-    pick_win = _pick_window(window_cols, config.window_len)
-    noise_win = PreArrivalNoiseWindow(window_cols, config.window_len, margin)
+    inner, mixed, elig = _usable_traces(dataset, config.window_len, window_cols, margin)
     p = float(config.noise_window_p)
-    if p <= 0:
-        windowing = pick_win
-    elif p >= 1:
-        windowing = noise_win
-    else:
-        windowing = sbg.OneOf([pick_win, noise_win], probabilities=[1 - p, p])
+    expected = elig.expected_noise_fraction(p)
+    if p > 0 and expected < 0.5 * p:
+        warnings.warn(
+            f"noise windows: {expected:.1%} expected, {p:.0%} asked ({elig.report()})", UserWarning, stacklevel=2
+        )
 
-    augs: list[Any] = [windowing]
+    augs: list[Any] = [NoiseOrPickWindow(window_cols, config.window_len, margin, p)]
     aug = config.augment if train else None
     if aug is not None:
         # demean first, so that noise scaled to the window's peak is not scaled to a DC offset
         augs.append(sbg.Normalize(demean_axis=-1))
         sup = _maybe(
             SuperimposeEvent(
-                dataset, {c: label_cols[c] for c in window_cols}, config.window_len, aug.superposition_scale
+                inner, {c: label_cols[c] for c in window_cols}, config.window_len, aug.superposition_scale
             ),
             aug.superposition_p,
         )
         if sup is not None:
             augs.append(sup)
         augs += _waveform_augmentations(aug)
-    norm = config.normalize.build()
-    if norm is not None:
-        augs.append(norm)
+    augs.append(config.normalize.build())
     if aug is not None:
         a = _maybe(RandomAmplitudeScale(aug.amplitude_scale_range), aug.amplitude_scale_p)
         if a is not None:
@@ -434,6 +346,4 @@ def picking_generator(
         ),
         sbg.ChangeDtype(np.float32, "y"),
     ]
-    gen = sbg.GenericGenerator(dataset)
-    gen.add_augmentations(augs)
-    return gen
+    return _generator(inner, augs, mixed, elig)

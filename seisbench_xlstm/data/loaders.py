@@ -38,10 +38,17 @@ def make_loader(
     Batches are dicts of float32 tensors: ``X`` ``(batch, 3, 4096)`` (and ``y`` ``(batch, 3, 4096)``).
     Each worker gets its own NumPy seed (PyTorch seeds NumPy per worker), so augmentations differ
     between workers. Pass ``sampler=mixed.sampler(n)`` to draw with mixture weights (then ``shuffle``
-    is ignored).
+    is ignored); a weighted sampler over another number of traces than the generator's raises ``ValueError``.
     """
     import torch
 
+    weights = getattr(sampler, "weights", None)
+    if weights is not None and len(weights) != len(generator):
+        raise ValueError(
+            f"the sampler draws from {len(weights)} traces, the generator has {len(generator)}: build the sampler "
+            f"from the generator's own dataset (generator.mixed.sampler(n) when the generator left out traces "
+            f"that cannot give a full window)"
+        )
     if num_workers is None:
         num_workers = default_num_workers()
     kwargs = {}

@@ -15,6 +15,7 @@ picks, so the picking generator labels them Noise.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,10 +24,10 @@ import pandas as pd
 import seisbench.data as sbd
 
 from .datasets import open_dataset
+from .splits import SPLITS, split_by_event
+from .windows import usable_mask
 
 __all__ = ["MixedDataset", "mix_datasets", "assign_splits", "SPLITS"]
-
-SPLITS = ("train", "dev", "test")
 
 
 def _group_keys(metadata: pd.DataFrame, by: str = "source_id") -> np.ndarray:
@@ -40,6 +41,20 @@ def _group_keys(metadata: pd.DataFrame, by: str = "source_id") -> np.ndarray:
     return np.array(keys, dtype=object)
 
 
+def _trace_spans(md: pd.DataFrame, ds) -> tuple[list | None, np.ndarray | None, np.ndarray | None]:
+    """Station key and time span (seconds, end exclusive) per trace, where the metadata allows it."""
+    if "station_code" not in md.columns or "trace_start_time" not in md.columns:
+        return None, None, None
+    cols = [c for c in ("station_network_code", "station_code", "station_location_code") if c in md.columns]
+    stations = md[cols].astype(str).agg(".".join, axis=1).tolist()
+    t = pd.to_datetime(md["trace_start_time"], utc=True, errors="coerce")
+    starts = (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
+    from .windows import _part_lengths, _source_rates
+
+    ends = starts + _part_lengths(ds) / _source_rates(ds)
+    return stations, starts, ends
+
+
 def assign_splits(
     dataset: sbd.WaveformDataset,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -49,31 +64,25 @@ def assign_splits(
 ) -> sbd.WaveformDataset:
     """Write a ``split`` column (train/dev/test) into the dataset's metadata, by event.
 
-    All traces sharing a ``by`` value (event id) land in the same split; traces without one (noise) are
-    split individually. The assignment is deterministic for a given ``seed``. Existing splits are kept
+    The package's one split algorithm (:func:`~.splits.split_by_event`, shared with ``ingest``): all traces
+    sharing a ``by`` value (event id) land in one split; traces without one (noise) are split individually;
+    traces that already have a split keep it and their event's other traces follow it (the majority, with a
+    warning where the existing splits disagree); events whose traces overlap in time at the same station
+    (from ``station_code`` + ``trace_start_time``, where present) are placed together. Warns when a split ends
+    up empty or tiny. Deterministic for a given ``seed``. A complete existing split column is left untouched
     unless ``overwrite``. Modifies ``dataset`` in place and returns it.
     """
     md = dataset.metadata
     if "split" in md.columns and not overwrite and md["split"].notna().all():
         return dataset
-    fr = np.asarray(fractions, dtype=float)
-    if fr.shape != (3,) or (fr < 0).any() or fr.sum() <= 0:
-        raise ValueError(f"fractions must be three non-negative numbers (train, dev, test), got {fractions}")
-    fr = fr / fr.sum()
-    keys = _group_keys(md, by)
-    uniq = np.array(sorted(set(keys)))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(uniq)
-    bounds = np.round(np.cumsum(fr) * len(uniq)).astype(int)
-    split_of = {}
-    for i, key in enumerate(uniq):
-        split_of[key] = SPLITS[int(np.searchsorted(bounds, i, side="right"))]
-    new = np.array([split_of[k] for k in keys], dtype=object)
-    if "split" in md.columns and not overwrite:
-        missing = md["split"].isna().to_numpy()
-        md.loc[missing, "split"] = new[missing]
-    else:
-        md["split"] = new
+    events = md[by].tolist() if by in md.columns else [None] * len(md)
+    existing = md["split"].tolist() if "split" in md.columns and not overwrite else None
+    stations, starts, ends = _trace_spans(md, dataset)
+    split, _ = split_by_event(
+        events, fractions, seed, existing=existing, stations=stations, starts=starts, ends=ends,
+        what=f"assign_splits({getattr(dataset, 'name', '')})",
+    )
+    md["split"] = split
     return dataset
 
 
@@ -114,8 +123,12 @@ class MixedDataset:
     groups: list[int]
     names: list[str]
     dataset_weights: np.ndarray
+    #: per input: traces dropped because they cannot give a full window (see ``min_samples``)
+    dropped: list[int] | None = None
 
     def __post_init__(self):
+        if self.dropped is None:
+            self.dropped = [0] * len(self.names)
         nonempty = [p for p in self.parts if len(p) > 0] or self.parts[:1]
         self.dataset = nonempty[0] if len(nonempty) == 1 else sbd.MultiWaveformDataset(nonempty)
         self._nonempty = nonempty
@@ -143,6 +156,24 @@ class MixedDataset:
                 out.append(np.full(len(part), w[g] / sizes[g]))
         return np.concatenate(out) if out else np.zeros(0)
 
+    def filter(self, mask) -> "MixedDataset":
+        """A new mixture with only the traces where ``mask`` (over :attr:`dataset`, in its order) is True.
+
+        Mixture weights stay per input, so :attr:`trace_weights` and :meth:`sampler` follow the new traces.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if len(mask) != len(self.dataset):
+            raise ValueError(f"mask has {len(mask)} entries for {len(self.dataset)} traces")
+        parts, dropped, k = [], list(self.dropped), 0
+        for part, g in zip(self.parts, self.groups):
+            if part in self._nonempty and len(part) > 0:
+                m = mask[k : k + len(part)]
+                k += len(part)
+                dropped[g] += int((~m).sum())
+                part = part if m.all() else part.filter(m, inplace=False)
+            parts.append(part)
+        return MixedDataset(parts, list(self.groups), list(self.names), self.dataset_weights.copy(), dropped)
+
     def get_split(self, split: str) -> "MixedDataset":
         """The ``split`` ("train", "dev" or "test") of every part, mixed with the same weights."""
         parts = []
@@ -150,7 +181,8 @@ class MixedDataset:
             if "split" not in p.metadata.columns:
                 raise ValueError(f"dataset {p.name} has no split column; use assign_splits()")
             parts.append(p.filter((p.metadata["split"] == split).to_numpy(), inplace=False))
-        return MixedDataset(parts, list(self.groups), list(self.names), self.dataset_weights.copy())
+        return MixedDataset(parts, list(self.groups), list(self.names), self.dataset_weights.copy(),
+                            list(self.dropped))
 
     def train(self) -> "MixedDataset":
         return self.get_split("train")
@@ -177,7 +209,8 @@ class MixedDataset:
         )
 
     def summary(self) -> pd.DataFrame:
-        """Per input: traces, noise traces (no P/S pick), events, traces per split, weight."""
+        """Per input: traces, noise traces (no P/S pick), events, traces per split, weight, and
+        ``short_dropped``: traces left out because they cannot give a window of ``min_samples``."""
         from .phases import pick_columns
 
         rows = []
@@ -192,6 +225,7 @@ class MixedDataset:
                 "noise_traces": noise,
                 "events": int(md["source_id"].nunique()) if "source_id" in md.columns else np.nan,
                 "weight": float(self.dataset_weights[g]),
+                "short_dropped": int(self.dropped[g]),
             }
             for s in SPLITS:
                 row[s] = int((md["split"] == s).sum()) if "split" in md.columns else 0
@@ -206,6 +240,7 @@ def mix_datasets(
     *,
     seed: int = 0,
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    min_samples: int | None = 4096,
     **open_kwargs,
 ) -> MixedDataset:
     """Combine datasets (names, paths or opened datasets) into a :class:`MixedDataset`.
@@ -216,6 +251,9 @@ def mix_datasets(
     :param fractions: per dataset, the share of events kept (0 < f <= 1; default all).
     :param seed: seed of the subsampling and of splits assigned to datasets without a split column.
     :param split_fractions: train/dev/test fractions for datasets that lack a split column.
+    :param min_samples: traces that cannot give a window of this many samples (shorter, or all picks before
+        the trace start) are left out and counted (``summary()["short_dropped"]``, and a warning): windows are
+        never padded. Default one model window (4096); None keeps every trace.
     :param open_kwargs: passed to :func:`~.datasets.open_dataset` for names/paths (e.g. ``cache="full"``).
     :return: :class:`MixedDataset`; ``.dataset`` is a SeisBench dataset, ``.sampler()`` draws with the weights.
     """
@@ -232,7 +270,7 @@ def mix_datasets(
         if arg is not None and len(arg) != len(items):
             raise ValueError(f"{label} has {len(arg)} entries for {len(items)} datasets")
 
-    parts, groups, names = [], [], []
+    parts, groups, names, dropped = [], [], [], [0] * len(items)
     for g, item in enumerate(items):
         ds = open_dataset(item, **open_kwargs) if isinstance(item, (str, os.PathLike)) else item
         comps = _components(ds)
@@ -241,6 +279,11 @@ def mix_datasets(
             c = c.copy()
             if fractions is not None:
                 c = _subsample(c, float(fractions[g]), seed)
+            if min_samples is not None and len(c) > 0:
+                keep = usable_mask(c, int(min_samples))
+                if not keep.all():
+                    dropped[g] += int((~keep).sum())
+                    c = c.filter(keep, inplace=False)
             assign_splits(c, split_fractions, seed=seed)
             parts.append(c)
             groups.append(g)
@@ -255,4 +298,12 @@ def mix_datasets(
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
     w = w / w.sum()
-    return MixedDataset(parts, groups, names, w)
+    for g, n in enumerate(dropped):
+        if n:
+            warnings.warn(
+                f"mix_datasets: {n} traces of {names[g]} cannot give a window of {min_samples} samples "
+                f"(shorter, or all picks before the trace start): left out",
+                UserWarning,
+                stacklevel=2,
+            )
+    return MixedDataset(parts, groups, names, w, dropped)
