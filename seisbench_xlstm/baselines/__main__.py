@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .install import (
+from .installer import (
     DEFAULT_TOLERANCE,
     ConversionCheckError,
     check_conversions,

@@ -158,7 +158,7 @@ def eqtransformer_structure(m: KerasModelFile) -> EqTStructure:
     s.gate_activation = acts.pop()
     for layer in [m[n] for n in s.encoder] + [m[n] for d in s.decoders.values() for n in d]:
         if layer.config.get("padding") != "same":
-            raise KerasFormatError(f"{layer.name}: padding {layer.config.get('padding')}, expected 'same'")
+            raise KerasFormatError(f"{layer.name}: padding {layer.config.get('padding')!r}, expected 'same'")
     return s
 
 

