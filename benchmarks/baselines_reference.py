@@ -129,7 +129,7 @@ def eqt_windows(rng) -> tuple[np.ndarray, list[str]]:
     return normalise(np.stack([w for w, _ in wins])), [d for _, d in wins]
 
 
-# --- the original models ------------------------------------------------------------------------------------------------
+# --- the original models --------------------------------------------------------------------------------------------
 
 def run_phasenet(model_py: Path, prefix: Path, x: np.ndarray) -> np.ndarray:
     """PhaseNet's own TF1 graph on ``x`` (batch, 3, n) E, N, Z -> probabilities (batch, 3, n) noise, P, S."""

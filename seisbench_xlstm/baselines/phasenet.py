@@ -91,7 +91,9 @@ def convert_phasenet(prefix: str | Path):
         raise CheckpointFormatError(f"state dict mismatch: {sorted(set(sd) ^ set(expected))[:5]}")
     for k, v in sd.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointFormatError(f"{k}: converted shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}")
+            raise CheckpointFormatError(
+                f"{k}: converted shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
+            )
     model.load_state_dict(sd)
     model.eval()
     return model
