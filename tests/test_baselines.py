@@ -409,3 +409,14 @@ def test_cli_install_reports_missing_sources(tmp_path, capsys):
     assert rc == 1
     assert "is missing" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_cli_check_prints_differences(source_files, capsys):
+    from seisbench_xlstm.baselines.__main__ import main
+
+    rc = main(["check", "--downloads", str(sources.default_download_dir()), "--no-pip", "--references", str(DATA)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    diffs = {line.split()[0]: float(line.split()[-1]) for line in out.strip().splitlines()}
+    assert set(diffs) == {"PhaseNet/original", "EQTransformer/original", "EQTransformer/conservative"}
+    assert max(diffs.values()) < TOL
