@@ -154,12 +154,15 @@ def mlstm_branches(
     x_conv = F.silu(
         causal_depthwise_conv(x_mlstm, stacked(lambda d: d.conv1d.conv.weight[:, 0]), stacked(lambda d: d.conv1d.conv.bias))
     )
-    dense = x_mlstm.is_cuda
-    q, k = headwise_linear(x_conv, (stacked(lambda d: d.q_proj.weight), stacked(lambda d: d.k_proj.weight)), dense)
-    (v,) = headwise_linear(x_mlstm, (stacked(lambda d: d.v_proj.weight),), dense)
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
-    gates = sum(_batched_linear(t, w) for t, w in zip((q, k, v), gate_w.split(inner, dim=-1)))
+    w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
+    if x_mlstm.is_cuda:
+        q, k, v, gates = _qkv_gates_dense(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
+    else:
+        q, k = headwise_linear(x_conv, (w_q, w_k))
+        (v,) = headwise_linear(x_mlstm, (w_v,))
+        gates = sum(_batched_linear(t, w) for t, w in zip((q, k, v), gate_w.split(inner, dim=-1)))
     gates = gates + gate_b[:, None, None]
     # (directions * batch, heads, steps, ...): the directions become part of the kernel's batch axis (views only)
     i, f = gates.flatten(0, 1).transpose(1, 2).split(heads, dim=1)
@@ -204,25 +207,44 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return y if bias is None else y + bias.to(x.dtype)[..., None, None, :]
 
 
-def headwise_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], dense: bool) -> list[torch.Tensor]:
+def headwise_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """xlstm's ``LinearHeadwiseExpand`` of one input with several per-direction ``(directions, heads, d_out, d_in)``
-    weights.
+    weights, as per-head ``einsum`` (the cheap form on CPUs; GPUs use :func:`_qkv_gates_dense`).
 
     :param x: ``(directions, batch, steps, heads * d_in)``
     :return: one ``(directions, batch, steps, heads * d_out)`` output per weight
-
-    ``dense=True`` multiplies by the stacked block-diagonal matrices in one batched GEMM (more FLOPs, but tensor
-    cores make it far faster than many tiny per-head products on a GPU); ``dense=False`` uses per-head ``einsum``
-    (cheaper on CPUs). Both give the same result.
     """
-    if dense:
-        stacked = torch.cat([_block_diagonal(w) for w in weights], dim=1)
-        return list(_batched_linear(x, stacked).split([w.shape[1] * w.shape[2] for w in weights], dim=-1))
     outputs = []
     for w in weights:
         out = torch.einsum("zbthd,zhod->zbtho", x.unflatten(-1, (w.shape[1], -1)), w)
         outputs.append(out.flatten(-2))
     return outputs
+
+
+def _qkv_gates_dense(
+    x_conv: torch.Tensor, x_mlstm: torch.Tensor, qkv_weights: tuple[torch.Tensor, ...], gate_w: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """q, k, v and the gate pre-activations (without bias) in two batched GEMMs.
+
+    The headwise q/k/v projections become block-diagonal matrices (more FLOPs than per-head products, but tensor
+    cores make one large GEMM far faster than many tiny ones), and since the gates are linear in q, k and v, their
+    weights are folded into the same GEMMs as extra output columns (``gate_q @ W_q + gate_k @ W_k`` on the conv
+    output, ``gate_v @ W_v`` on the branch input) instead of three thin GEMMs over q, k and v.
+
+    :param x_conv: ``(directions, batch, steps, inner)``, input of q and k
+    :param x_mlstm: ``(directions, batch, steps, inner)``, input of v
+    :param qkv_weights: headwise weights ``(directions, heads, d_out, d_in)`` of q, k, v
+    :param gate_w: ``(directions, 2 * heads, 3 * inner)``, the input and forget gate weights over ``[q, k, v]``
+    :return: q, k, v ``(directions, batch, steps, inner)`` and gates ``(directions, batch, steps, 2 * heads)``
+    """
+    inner = x_conv.shape[-1]
+    w_q, w_k, w_v = (_block_diagonal(w) for w in qkv_weights)
+    g_q, g_k, g_v = gate_w.split(inner, dim=-1)
+    out_conv = _batched_linear(x_conv, torch.cat([w_q, w_k, g_q @ w_q + g_k @ w_k], dim=1))
+    out_mlstm = _batched_linear(x_mlstm, torch.cat([w_v, g_v @ w_v], dim=1))
+    q, k, gates_qk = out_conv.split([inner, inner, gate_w.shape[1]], dim=-1)
+    v, gates_v = out_mlstm.split([inner, gate_w.shape[1]], dim=-1)
+    return q, k, v, gates_qk + gates_v
 
 
 def _block_diagonal(weight: torch.Tensor) -> torch.Tensor:

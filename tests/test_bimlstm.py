@@ -98,13 +98,20 @@ def test_fast_direction_matches_xlstm_components():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
-def test_dense_and_headwise_projections_agree():
-    from seisbench_xlstm.bimlstm import headwise_linear
+def test_dense_gemms_with_folded_gates_match_headwise_projections():
+    """The GPU form (block-diagonal GEMMs with the gate weights folded in) equals per-head projections followed by
+    the gate projections."""
+    from seisbench_xlstm.bimlstm import _batched_linear, _qkv_gates_dense, headwise_linear
 
-    weights = (torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4))  # (directions, heads, d_out, d_in)
-    x = torch.randn(2, 3, 7, 24)
-    for dense, sparse in zip(headwise_linear(x, weights, dense=True), headwise_linear(x, weights, dense=False)):
-        torch.testing.assert_close(dense, sparse)
+    torch.manual_seed(0)
+    weights = tuple(torch.randn(2, 6, 4, 4) for _ in range(3))  # (directions, heads, d_out, d_in)
+    gate_w = torch.randn(2, 8, 3 * 24)
+    x_conv, x_m = torch.randn(2, 3, 7, 24), torch.randn(2, 3, 7, 24)
+    q, k = headwise_linear(x_conv, weights[:2])
+    (v,) = headwise_linear(x_m, weights[2:])
+    gates = sum(_batched_linear(t, w) for t, w in zip((q, k, v), gate_w.split(24, dim=-1)))
+    for dense, ref in zip(_qkv_gates_dense(x_conv, x_m, weights, gate_w), (q, k, v, gates)):
+        torch.testing.assert_close(dense, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("share", [False, True])
