@@ -35,6 +35,7 @@ __all__ = [
     "compose_config",
     "list_experiments",
     "backbone_name",
+    "from_container",
     "to_objects",
 ]
 
@@ -252,6 +253,16 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     if cfg.out_dir is None:
         cfg.out_dir = str(Path("runs") / cfg.name)
     return cfg
+
+
+def from_container(values: dict) -> DictConfig:
+    """A plain dict of a composed config (as stored in checkpoints) back as a typed, validated config."""
+    base = OmegaConf.structured(RunConfig)
+    backbone = values.get("backbone") or {}
+    recipe = values.get("recipe") or {}
+    base.backbone = OmegaConf.structured(UNetBackboneConfig if "dims" in backbone else SequentialBackboneConfig)
+    base.recipe = OmegaConf.structured(ContrastiveConfig if "num_codes" in recipe else MaskedReconstructionConfig)
+    return OmegaConf.merge(base, values)
 
 
 def backbone_name(cfg: DictConfig) -> str:
