@@ -60,7 +60,7 @@ class PretrainModule(L.LightningModule):
 
     # ---------------------------------------------------------------- steps
     def total_steps(self) -> int:
-        if self.trainer is None:
+        if self._trainer is None:  # outside a trainer (benchmarks): the configured steps
             return max(1, int(self._omega.trainer.max_steps))
         return max(1, int(self.trainer.estimated_stepping_batches))
 
