@@ -61,17 +61,17 @@ def plot_loss_curve(log_root: str | Path, out: str | Path, title: str = "") -> P
     if extra:
         ax2 = axes[0, 1]
         ppl = df[["step", "train/code_perplexity"]].dropna()
-        ax2.plot(ppl["step"], ppl["train/code_perplexity"], color="C2", label="code perplexity (train)")
+        lines = ax2.plot(ppl["step"], ppl["train/code_perplexity"], color="C2", label="code perplexity (train)")
         if "train/codes_in_use" in df:
             use = df[["step", "train/codes_in_use"]].dropna()
             ax3 = ax2.twinx()
-            ax3.plot(use["step"], use["train/codes_in_use"], color="C3", label="codes in use")
+            lines += ax3.plot(use["step"], use["train/codes_in_use"], color="C3", label="codes in use (train batch)")
             ax3.set_ylabel("fraction of codes in use")
             ax3.set_ylim(0, 1.05)
         ax2.set_xlabel("optimizer step")
-        ax2.set_ylabel("perplexity (of 640)")
+        ax2.set_ylabel("perplexity (sum over codebooks)")
         ax2.grid(alpha=0.3)
-        ax2.legend(loc="upper left")
+        ax2.legend(lines, [line.get_label() for line in lines], loc="lower right")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
