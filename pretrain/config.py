@@ -213,9 +213,14 @@ def _check_key(cfg: DictConfig, key: str) -> None:
         if isinstance(node, DictConfig):
             if part not in node:
                 where = ".".join(done) or "the top level"
+                hint = ""
+                if done == ["backbone"]:
+                    hint = " Each backbone has its own keys: choose one with backbone=sequential or backbone=unet."
+                elif done == ["recipe"]:
+                    hint = " Each recipe has its own keys: choose one with recipe=masked or recipe=contrastive."
                 raise UnknownConfigKeyError(
                     f"Unknown config key {key!r}: {part!r} is not an option of {where}. "
-                    f"Valid keys there: {', '.join(str(k) for k in node.keys())}."
+                    f"Valid keys there: {', '.join(str(k) for k in node.keys())}.{hint}"
                 )
             node = node._get_node(part)
         elif isinstance(node, ListConfig):

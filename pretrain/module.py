@@ -73,10 +73,14 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.recipe(batch["X"])
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every rank stops together (a rank that raised alone would leave the others waiting in a collective)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             stats = {k: float(v) for k, v in out.items() if k != "loss"}
             raise NonFiniteLossError(
-                f"Training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"Training loss is {loss.item()} (on this rank) at step {self.global_step} (epoch {self.current_epoch}, batch "
                 f"{batch_idx}); statistics of the step: {stats}. Stopped before the optimizer applied it. Resume "
                 f"from the last checkpoint with a lower optim.lr, stronger trainer.gradient_clip_val, or "
                 f"trainer.precision=32-true to look for the cause."
