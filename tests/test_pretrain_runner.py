@@ -70,7 +70,7 @@ def _train_losses(out_dir):
 SEED_RECIPE_1 = {
     "backbone": {"d_model": 176, "num_layers": 24, "in_channels": 3},
     "recipe": {"mask_ratio": 0.75},
-    "data": {"datasets": ["stead", "mlaapde"], "window_len": 4096, "batch_size": 128},
+    "data": {"datasets": ["stead", "mlaapde"], "window_len": 4096, "batch_size": 128, "windows_per_epoch": 2_104_320},
     "optim": {"lr": 0.002, "weight_decay": 0.01, "betas": [0.9, 0.95], "warmup_fraction": 0.1},
     "trainer": {"devices": 2, "precision": "bf16-mixed", "max_steps": 452_100, "max_epochs": 55,
                 "val_check_interval": 1.0},
@@ -101,6 +101,8 @@ def test_experiments_equal_the_seed_tables(name, table, backbone):
     assert cfg.data.batch_size * cfg.trainer.devices == 256  # effective batch of the seed
     if backbone == "sequential":
         assert warmup_steps(cfg.trainer.max_steps, cfg.optim.warmup_fraction) == 45_210
+        # 55 epochs of the configured length are the 452,100 steps
+        assert cfg.trainer.max_epochs * cfg.data.windows_per_epoch // 256 == cfg.trainer.max_steps
 
 
 def test_local_variants_read_the_shared_data():
