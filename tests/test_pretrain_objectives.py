@@ -45,7 +45,10 @@ def test_span_mask_statistics():
         assert starts[row][first].all()
     # isolated starts (no other start within 10 tokens on either side) give runs of exactly 10 tokens
     row = starts[0].nonzero().flatten().tolist()
-    isolated = [s for i, s in enumerate(row) if (i == 0 or s - row[i - 1] > 10) and (i == len(row) - 1 or row[i + 1] - s > 10)]
+    isolated = [
+        s for i, s in enumerate(row)
+        if (i == 0 or s - row[i - 1] > 10) and (i == len(row) - 1 or row[i + 1] - s > 10)
+    ]
     assert isolated
     for s in isolated:
         assert mask[0, s : s + 10].all()

@@ -57,7 +57,8 @@ def tiny(records, out_dir, recipe="masked", steps=6, extra=()):
                  "trainer.accelerator=cpu", "optim.lr=0.01"]
     overrides += [f"backbone.{k}={_list(v)}" for k, v in backbone.items()]
     if recipe == "contrastive":
-        overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32", "recipe.num_negatives=10"]
+        overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32",
+                      "recipe.num_negatives=10"]
     return compose_config(overrides + list(extra))
 
 
@@ -107,8 +108,9 @@ def test_experiments_equal_the_seed_tables(name, table, backbone):
 
 def test_local_variants_read_the_shared_data():
     assert set(list_experiments()) >= {"xlstm_large/pure_mlstm_sequential_12m_local", "contrastive/xlstm_unet_local"}
-    for name, base in (("xlstm_large/pure_mlstm_sequential_12m_local", "xlstm_large/pure_mlstm_sequential_12m_foundation"),
-                       ("contrastive/xlstm_unet_local", "contrastive/xlstm_unet_seisbench")):
+    pairs = (("xlstm_large/pure_mlstm_sequential_12m_local", "xlstm_large/pure_mlstm_sequential_12m_foundation"),
+             ("contrastive/xlstm_unet_local", "contrastive/xlstm_unet_seisbench"))
+    for name, base in pairs:
         cfg, seed = compose_config([f"experiment={name}"]), compose_config([f"experiment={base}"])
         assert cfg.backbone == seed.backbone and cfg.recipe == seed.recipe and cfg.optim == seed.optim
         assert [p.split("/")[-1] for p in cfg.data.datasets] == ["ncedc154"]
