@@ -92,6 +92,11 @@ def test_quantizer_eval_is_argmax_and_perplexity_bounds():
     assert 1.0 <= out.prob_perplexity.item() <= 640
     assert 1.0 <= out.code_perplexity.item() <= 640
     assert 0 < out.codes_in_use.item() <= 1
+    # statistics over the masked vectors only equal those of the subset
+    mask = torch.rand(4, 100, generator=torch.Generator().manual_seed(2)) < 0.3
+    on_mask, subset = q(x, mask=mask), q(x[mask])
+    for key in ("prob_perplexity", "code_perplexity", "codes_in_use", "diversity_loss"):
+        torch.testing.assert_close(getattr(on_mask, key), getattr(subset, key))
     # a collapsed codebook (one code per group) has perplexity = groups, and the largest diversity loss
     with torch.no_grad():
         q.to_logits.weight.zero_()
