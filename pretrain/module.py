@@ -60,8 +60,9 @@ class PretrainModule(L.LightningModule):
 
     # ---------------------------------------------------------------- steps
     def total_steps(self) -> int:
-        if self._trainer is None:  # outside a trainer (benchmarks): the configured steps
-            return max(1, int(self._omega.trainer.max_steps))
+        if self._trainer is None:  # outside a trainer (benchmarks): the configured steps, else a long run
+            steps = int(self._omega.trainer.max_steps)
+            return steps if steps > 0 else 1_000_000
         return max(1, int(self.trainer.estimated_stepping_batches))
 
     def on_train_batch_start(self, batch, batch_idx):
