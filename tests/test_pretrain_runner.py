@@ -212,3 +212,27 @@ def test_non_finite_loss_stops_the_run(records, tmp_path):
     cfg = tiny(records, tmp_path / "run", steps=6)
     with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(on this rank\) at step 2"):
         run(cfg, extra_callbacks=[Poison()])
+
+
+def test_local_data_uses_every_shared_waveform_and_ingests_once(shared_data, tmp_path):
+    from pretrain.config import IngestSourceConfig
+    from pretrain.data import PretrainDataModule, ingest_cached
+
+    cfg = compose_config(["experiment=xlstm_large/pure_mlstm_sequential_12m_local", f"data.cache_dir={tmp_path}",
+                          "data.num_workers=0"])
+    data = PretrainDataModule(cfg)
+    data.setup("fit")
+    sizes = {type(s).__name__: len(s) for s in data.train_set.sources}
+    # NCEDC-154 train split (93) + NZ-DFDP ingested train split; continuous: 85% of 720,000 samples in 4096-windows
+    assert sizes["_TraceSource"] > 93 and sizes["_ContinuousSource"] == int(0.85 * 720_000) // 4096
+    assert len(data.val_set) > 0
+    item = data.train_set[(0, 0, len(data.train_set) - 1)]
+    assert item["X"].shape == (3, 4096) and torch.isfinite(item["X"]).all()
+    hdf5 = tmp_path / "nz-dfdp" / "waveforms.hdf5"
+    stamp = hdf5.stat().st_mtime_ns
+    source = cfg.data.ingest[0]
+    assert ingest_cached(source, tmp_path) == tmp_path / "nz-dfdp" and hdf5.stat().st_mtime_ns == stamp  # reused
+    other_picks = str(shared_data / "nz-dfdp" / "REA" / "2013")
+    other = IngestSourceConfig(name="nz-dfdp", waveforms=source.waveforms, picks=other_picks)
+    with pytest.raises(ValueError, match="holds an ingest of"):
+        ingest_cached(other, tmp_path)
