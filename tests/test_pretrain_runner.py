@@ -169,14 +169,16 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
-def test_resume_repeats_the_uninterrupted_run(records, tmp_path):
-    # 12 windows per epoch / batch 4 = 3 steps per epoch: the interruption at step 4 is inside epoch 1
+@pytest.mark.parametrize("stop", [4, 3])
+def test_resume_repeats_the_uninterrupted_run(records, tmp_path, stop):
+    # 12 windows per epoch / batch 4 = 3 steps per epoch: step 4 is inside epoch 1, step 3 ends epoch 0
     full = tmp_path / "full"
     run(tiny(records, full, steps=8))
     part = tmp_path / "part"
-    first = run(tiny(records, part, steps=8), extra_callbacks=[StopAt(4)])
-    assert first.global_step == 4
-    resumed = run(tiny(records, part, steps=8, extra=[f"resume={part / 'checkpoints' / 'step00000004.ckpt'}"]))
+    first = run(tiny(records, part, steps=8, extra=[f"trainer.checkpoint_every_n_steps={stop}"]),
+                extra_callbacks=[StopAt(stop)])
+    assert first.global_step == stop
+    resumed = run(tiny(records, part, steps=8, extra=[f"resume={part / 'checkpoints' / f'step{stop:08d}.ckpt'}"]))
     assert resumed.global_step == 8
     a, b = _train_losses(full), _train_losses(part)
     assert list(b.index) == list(range(8))
