@@ -65,6 +65,11 @@ class PretrainModule(L.LightningModule):
             return steps if steps > 0 else 1_000_000
         return max(1, int(self.trainer.estimated_stepping_batches))
 
+    def on_fit_start(self):
+        """Turns on ``torch.compile`` of the mLSTM layers per ``model.compile`` (``null``: on CUDA)."""
+        enabled = self.run_config.model.compile
+        self.backbone.set_compile(self.device.type == "cuda" if enabled is None else bool(enabled))
+
     def on_train_batch_start(self, batch, batch_idx):
         torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, 0x57E9))
         if isinstance(self.recipe, ContrastiveVQ):
