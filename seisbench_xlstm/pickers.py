@@ -225,6 +225,9 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
                 flexible=self._argdict_get_with_default(argdict, "flexible_horizontal_components"),
                 strict=self._argdict_get_with_default(argdict, "strict"),
             )
+            # Conflicting overlapping records are dropped on the raw data, before demeaning could hide a
+            # conflict of a constant offset (SeisBench checks again later, after annotate_stream_pre).
+            stream = self.sanitize_mismatching_overlapping_records(stream)
         spans = data_spans(stream)
         annotations = await _raise_pipeline_errors(super().annotate_async(stream, copy=False, **kwargs))
         return keep_spans(annotations, spans)

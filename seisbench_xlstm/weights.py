@@ -113,7 +113,12 @@ class OfflineWeightsMixin:
         names = sorted(n for n in names if cls._candidates(n))
         if not details:
             return names
-        return {n: _read_metadata(cls._find_weights(n, "latest")[0]).get("docstring") for n in names}
+        return {n: cls._get_latest_docstring(n, remote=False) for n in names}
+
+    @classmethod
+    def _get_latest_docstring(cls, name: str, remote: bool = False):
+        """Docstring of the newest offline version of ``name`` (``remote`` ignored, as everywhere here)."""
+        return _read_metadata(cls._find_weights(name, "latest")[0]).get("docstring")
 
     @classmethod
     def _find_weights(cls, name: str, version_str: str) -> tuple[Path, Path, str | None]:
@@ -147,8 +152,10 @@ class OfflineWeightsMixin:
         """
         if update:
             raise ValueError("seisbench-xlstm weights are not downloaded; update=True is not supported.")
-        _, stem, suffix = cls._find_weights(name, version_str)
-        return cls.load(stem, version_str=suffix)
+        path_json, stem, suffix = cls._find_weights(name, version_str)
+        model = cls.load(stem, version_str=suffix)
+        cls._version_warnings(name, model.weights_version)
+        return model
 
     # ------------------------------------------------------------------ checked metadata
     @classmethod
