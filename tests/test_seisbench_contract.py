@@ -416,7 +416,7 @@ def test_cut_fragments_array(cls):  # same name, with the pickers' 4096-sample w
 
 def _segments(values, offsets=None):
     offsets = offsets or [3584 * i for i in range(11)] + [40001 - 4096]
-    return [PredictionSegment(data=np.ones((4096, 3)) * v, key=(0.0, "key"), start_time=UTCDateTime(0),
+    return [PredictionSegment(data=np.ones((4096, 3), dtype=np.float32) * v, key=(0.0, "key"), start_time=UTCDateTime(0),
                               window_offset=o, n_windows=len(offsets), stations=["SB.ABC1."], in_samples=4096,
                               pred_sample=(0, 4096)) for v, o in zip(values, offsets)]
 
