@@ -15,7 +15,9 @@ import numpy as np
 from seisbench.models import WaveformModel
 
 #: SeisBench's arguments that apply to these pickers (``stride`` is for point-prediction models only).
-_SEISBENCH_ARGS = ("batch_size", "overlap", "stacking", "strict", "flexible_horizontal_components", "zerophase_resample")
+_SEISBENCH_ARGS = (
+    "batch_size", "overlap", "stacking", "strict", "flexible_horizontal_components", "zerophase_resample",
+)
 
 
 def picker_annotate_args() -> dict[str, tuple[str, Any]]:

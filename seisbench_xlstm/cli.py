@@ -152,7 +152,9 @@ def annotate_record(model, stream, kwargs: dict, piece_seconds: float = PIECE_SE
             if n <= core + 2 * margin:
                 pieces.append((r0, 0, n, 0, n))
             else:
-                pieces += [(r0, c, min(c + core, n), max(0, c - margin), min(n, c + core + margin)) for c in range(0, n, core)]
+                pieces += [
+                    (r0, c, min(c + core, n), max(0, c - margin), min(n, c + core + margin)) for c in range(0, n, core)
+                ]
     if progress is not None:
         progress.total += len(pieces)
         progress.refresh()
@@ -195,7 +197,7 @@ def _run_over_instruments(args, work) -> int:
                 warnings.simplefilter("always", AnnotateWarning)
                 try:
                     annotations = annotate_record(model, read_instrument(key, paths), kwargs, args.piece_seconds, bar)
-                except Exception as e:  # one instrument's bad data (ObsPy raises plain Exceptions) must not stop the rest
+                except Exception as e:  # one instrument's bad data (ObsPy raises plain Exceptions) stops no other
                     reports.append(f"skipped {key}: {type(e).__name__}: {e}")
                     continue
             reports += [f"{w.message}" for w in caught if issubclass(w.category, AnnotateWarning)]
@@ -269,7 +271,8 @@ def cmd_info(args) -> int:
     for name, cls in PICKERS.items():
         backbone = build_backbone(name)
         print(f"{cls.__name__}: backbone {name!r}, {count_parameters(backbone):,} backbone parameters")
-        print(f"  offline weights: {cls.list_pretrained() or 'none'} (looked in {[str(p) for p in cls._weight_dirs()]})")
+        folders = [str(p) for p in cls._weight_dirs()]
+        print(f"  offline weights: {cls.list_pretrained() or 'none'} (looked in {folders})")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         print(f"mLSTM kernel on {dev}: {resolve_kernel('auto', torch.device(dev))}")

@@ -8,8 +8,10 @@
     picks = model.classify(stream).picks             # seisbench.util.PickList
 
 Input: 4096-sample windows at 100 Hz, components ZNE. Output: per-sample softmax probabilities of P, S and
-noise ("PSN"). Normalisation (``annotate_batch_pre``, the same as in training): each window and channel is
-demeaned, then divided by its standard deviation (``norm="std"``) or absolute peak (``norm="peak"``).
+noise ("PSN"). Each gap-free segment is demeaned before gaps and padding are zero-filled, and each record is
+annotated to its first and last sample (:mod:`seisbench_xlstm.records`). Normalisation (``annotate_batch_pre``,
+the same as in training): each window and channel is demeaned, then divided by its standard deviation
+(``norm="std"``) or absolute peak (``norm="peak"``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
 
     _annotate_args = picker_annotate_args()
     #: WaveformModel arguments that saved model_args may hold besides the constructor's own.
-    _passthrough_model_args = ("component_order", "filter_args", "filter_kwargs", "grouping", "citation", "default_args")
+    _passthrough_model_args = (
+        "component_order", "filter_args", "filter_kwargs", "grouping", "citation", "default_args",
+    )
 
     def __init__(
         self,
@@ -135,7 +139,9 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
         if unknown:
             raise TypeError(f"Unknown argument(s) {unknown}. Valid: {sorted(self._model_arg_names())}.")
         if kwargs.get("grouping", "instrument") != "instrument":
-            raise ValueError(f"The pickers annotate per instrument: grouping must be 'instrument', got {kwargs['grouping']!r}.")
+            raise ValueError(
+                f"The pickers annotate per instrument: grouping must be 'instrument', got {kwargs['grouping']!r}."
+            )
         kwargs.setdefault("component_order", "ZNE")
         super().__init__(
             citation=kwargs.pop("citation", CITATION),

@@ -196,7 +196,8 @@ def pad_short_records(stream: obspy.Stream, n_samples: int) -> None:
     for tr in stream:
         by_instrument[instrument_id(tr)].append(tr)
     for traces in by_instrument.values():
-        for start, end, rate in _union([(tr.stats.starttime, tr.stats.endtime, tr.stats.sampling_rate) for tr in traces]):
+        records = _union([(tr.stats.starttime, tr.stats.endtime, tr.stats.sampling_rate) for tr in traces])
+        for start, end, rate in records:
             length = int(round((end - start) * rate)) + 1
             if length < n_samples:
                 stream.extend(_zero_traces(traces, end + 1.0 / rate, n_samples - length))

@@ -18,7 +18,6 @@ Documented deviations, where the pickers differ from SeisBench by design (each t
 
 import asyncio
 import inspect
-import json
 import logging
 from pathlib import Path
 from unittest.mock import patch
@@ -416,8 +415,8 @@ def test_cut_fragments_array(cls):  # same name, with the pickers' 4096-sample w
 
 def _segments(values, offsets=None):
     offsets = offsets or [3584 * i for i in range(11)] + [40001 - 4096]
-    return [PredictionSegment(data=np.ones((4096, 3), dtype=np.float32) * v, key=(0.0, "key"), start_time=UTCDateTime(0),
-                              window_offset=o, n_windows=len(offsets), stations=["SB.ABC1."], in_samples=4096,
+    return [PredictionSegment(data=np.ones((4096, 3), dtype=np.float32) * v, key=(0.0, "key"),
+                              start_time=UTCDateTime(0), window_offset=o, n_windows=len(offsets), stations=["SB.ABC1."], in_samples=4096,
                               pred_sample=(0, 4096)) for v, o in zip(values, offsets)]
 
 
