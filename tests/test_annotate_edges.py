@@ -87,7 +87,7 @@ def test_bad_arguments_raise_at_once(method, kwargs, message):
 
 def test_valid_edge_arguments_are_accepted():
     model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
-    st = noise_stream(6000)
+    st = noise_stream(4600)
     for kwargs in ({"overlap": 0.5}, {"overlap": 4000, "batch_size": 64}, {"blinding": [0, 0], "overlap": 0},
                    {"stacking": "MAX"}, {"P_threshold": 1.0, "S_threshold": 0.01}, {"strict": np.True_}):
         ann = run_with_timeout(lambda: model.annotate(st, **kwargs), timeout=120)
