@@ -12,16 +12,12 @@ from .backbones import (  # noqa: E402
 )
 from .bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig  # noqa: E402
 from .kernels import set_default_kernel  # noqa: E402
-from .pickers import (  # noqa: E402
-    PICKERS,
-    CorruptWeightsError,
-    WeightsNotFoundError,
-    XLSTMSeqPicker,
-    XLSTMUNetPicker,
-    normalize_windows,
-)
+from .pickers import PICKERS, XLSTMSeqPicker, XLSTMUNetPicker, load_picker, normalize_windows  # noqa: E402
+from .records import AnnotateWarning  # noqa: E402
+from .weights import CorruptWeightsError, WeightsNotFoundError  # noqa: E402
 
 __all__ = [
+    "AnnotateWarning",
     "BiMLSTMLayer",
     "BiMLSTMLayerConfig",
     "CorruptWeightsError",
@@ -35,6 +31,7 @@ __all__ = [
     "XLSTMUNetPicker",
     "build_backbone",
     "count_parameters",
+    "load_picker",
     "normalize_windows",
     "set_default_kernel",
 ]

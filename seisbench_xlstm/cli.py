@@ -4,19 +4,33 @@ Subcommands:
 
 - ``pick``: phase picks of waveform files or folders (anything ObsPy reads) as CSV
   (``seisbench.util.PickList.to_dataframe()``).
-- ``annotate``: the P/S/noise probability traces as miniSEED, one file per station and input file; channel
-  codes ``PRP``, ``PRS``, ``PRN`` (miniSEED allows 3 characters), the model's name in the file name.
+- ``annotate``: the P/S/noise probability traces as miniSEED, one file per instrument; channel codes ``PRP``,
+  ``PRS``, ``PRN`` (miniSEED allows 3 characters), the model's name in the file name.
 - ``info``: parameter counts, available offline weights and the kernel each device would use.
 - ``ingest``: a network's own waveforms and picks into a SeisBench dataset (see ``seisbench_xlstm.data``).
+
+Files are grouped by instrument (network, station, location and the band and instrument codes of the channel,
+e.g. ``O2.WILZ..EH``) and each group's traces are merged with ObsPy before annotation: a folder with one file per
+component, or hourly files, is annotated as one record per instrument, without lost borders. Long records are
+annotated in pieces (:func:`annotate_record`) aligned to the window grid, so the output equals a direct
+``model.annotate`` of the whole record while the model's memory stays bounded by the piece length. One
+instrument's data is held in memory at a time (a 24 h, 3-component, 100 Hz record: about 0.6 GB in all).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
 import sys
+import warnings
+from collections import defaultdict
 from pathlib import Path
 
 WAVEFORM_SUFFIXES_SKIPPED = {".csv", ".json", ".txt", ".md", ".xml", ".py", ".pt", ".hdf5", ".h5"}
+
+#: Long records are annotated in pieces of about this length (aligned to the window step) ...
+PIECE_SECONDS = 3600.0
 
 
 def iter_waveform_files(inputs: list[str]) -> list[Path]:
@@ -35,15 +49,44 @@ def iter_waveform_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _read_waveforms(files: list[Path]):
-    """Yields (path, stream or None, error message or None) per file."""
+def instrument_key(trace) -> str:
+    """``NET.STA.LOC.BI``: the channel without its component code (band and instrument codes)."""
+    return f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}.{trace.stats.channel[:-1]}"
+
+
+def group_files(files: list[Path]) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
+    """Reads the headers of ``files`` and groups them by :func:`instrument_key`.
+
+    :return: ``{key: files holding traces of it}`` and ``[(file, error)]`` for unreadable files
+    """
     import obspy
 
+    groups: dict[str, list[Path]] = defaultdict(list)
+    failures = []
     for path in files:
         try:
-            yield path, obspy.read(str(path)), None
+            try:
+                stream = obspy.read(str(path), headonly=True)
+            except TypeError:  # formats without a header-only reader
+                stream = obspy.read(str(path))
         except Exception as e:  # ObsPy raises many types for unreadable files
-            yield path, None, f"{type(e).__name__}: {e}"
+            failures.append((path, f"{type(e).__name__}: {e}"))
+            continue
+        for key in sorted({instrument_key(tr) for tr in stream}):
+            groups[key].append(path)
+    return dict(sorted(groups.items())), failures
+
+
+def read_instrument(key: str, paths: list[Path]):
+    """The traces of one instrument from ``paths``, merged with ObsPy (gaps and conflicting overlaps masked)."""
+    import obspy
+
+    net, sta, loc, bi = key.split(".")
+    stream = obspy.Stream()
+    for path in paths:
+        stream += obspy.read(str(path)).select(network=net, station=sta, location=loc, channel=bi + "?")
+    stream.merge(method=0)
+    return stream
 
 
 def _load_model(args):
@@ -54,8 +97,8 @@ def _load_model(args):
     if args.weights is None:
         raise SystemExit(
             "seisbench-xlstm: no trained weights ship with this release yet. Pass --weights PATH (a model saved "
-            "with model.save(PATH), i.e. PATH.json + PATH.pt) or --weights NAME --backbone sequential|unet for "
-            "weights in $SEISBENCH_CACHE_ROOT. Untrained models are never used to pick."
+            "with model.save(PATH), i.e. PATH.json + PATH.pt, or either file) or --weights NAME --backbone "
+            "sequential|unet for weights in $SEISBENCH_CACHE_ROOT. Untrained models are never used to pick."
         )
     model = load_picker(args.weights, args.backbone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,94 +109,134 @@ def _load_model(args):
 
 
 def _annotate_kwargs(args) -> dict:
-    kwargs = {"batch_size": args.batch_size, "nan_policy": args.nan_policy}
+    kwargs = {"batch_size": args.batch_size, "nan_policy": args.nan_policy, "stacking": args.stacking}
     if args.overlap is not None:
         kwargs["overlap"] = args.overlap
     return kwargs
 
 
-def _per_station(stream):
-    """Splits a stream into one stream per instrument (network.station.location)."""
-    groups = {}
-    for tr in stream:
-        groups.setdefault((tr.stats.network, tr.stats.station, tr.stats.location), []).append(tr)
+def annotate_record(model, stream, kwargs: dict, piece_seconds: float = PIECE_SECONDS, progress=None):
+    """Annotations of one instrument's stream, equal to ``model.annotate(stream, **kwargs)``, computed in pieces.
+
+    The stream is prepared once as annotate prepares it (gaps, segment demeaning, resampling, bridging; see
+    :mod:`seisbench_xlstm.records`). Each contiguous record longer than a piece is then annotated in pieces
+    whose cores start on the record's window grid (multiples of the step ``in_samples - overlap``) and which
+    carry a margin of at least one window on each side: every core sample is predicted by exactly the windows of
+    a direct run, and the piece edges, where windows differ, fall in the margins, which are dropped.
+
+    :param progress: optional ``tqdm`` bar, advanced by one per piece
+    :return: annotation stream (channels ``<model name>_<label>``), only where the instrument has data
+    """
     import obspy
 
-    return [obspy.Stream(traces) for _, traces in sorted(groups.items())]
+    from .annotate_args import overlap_in_samples
+    from .records import check_components, data_spans, keep_spans, split_at_gaps
+
+    argdict = {**model.default_args, **kwargs}
+    get = model._argdict_get_with_default
+    stream = split_at_gaps(stream, get(argdict, "nan_policy"))
+    stream = check_components(
+        stream, model.component_order, get(argdict, "flexible_horizontal_components"), get(argdict, "strict")
+    )
+    if not len(stream):
+        return obspy.Stream()
+    spans = data_spans(stream)
+    model.annotate_stream_pre(stream, argdict)
+    rate = model.sampling_rate
+    step = model.in_samples - overlap_in_samples(get(argdict, "overlap"), model.in_samples)
+    margin = math.ceil(model.in_samples / step) * step
+    core = max(1, round(piece_seconds * rate / step)) * step
+    pieces = []
+    for records in data_spans(stream).values():
+        for r0, r1 in records:
+            n = int(round((r1 - r0) * rate)) + 1
+            if n <= core + 2 * margin:
+                pieces.append((r0, 0, n, 0, n))
+            else:
+                pieces += [
+                    (r0, c, min(c + core, n), max(0, c - margin), min(n, c + core + margin)) for c in range(0, n, core)
+                ]
+    if progress is not None:
+        progress.total += len(pieces)
+        progress.refresh()
+    out = obspy.Stream()
+    tol = 0.25 / rate  # sample times are compared with a quarter-sample tolerance
+    # One event loop for all pieces (annotate would start one per call): its worker threads, and the memory
+    # arenas the C allocator keeps for them, are reused, which keeps the peak memory flat over many pieces.
+    loop = asyncio.new_event_loop()
+    try:
+        for r0, c0, c1, p0, p1 in pieces:
+            piece = stream.slice(r0 + p0 / rate - tol, r0 + (p1 - 1) / rate + tol, nearest_sample=False)
+            annotations = loop.run_until_complete(model.annotate_async(piece, prepared=True, **kwargs))
+            for tr in annotations.slice(r0 + c0 / rate - tol, r0 + (c1 - 1) / rate + tol, nearest_sample=False):
+                tr.data = tr.data.copy()  # keep the core only, not the whole piece's arrays
+                out.append(tr)
+            if progress is not None:
+                progress.update(1)
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+    out.merge(method=-1)
+    return keep_spans(out, spans)
 
 
-#: Long records are processed in pieces of this length (for the progress bar and bounded memory) ...
-CHUNK_SECONDS = 3600.0
-#: ... each read with this much extra data on both sides, so that window edges never fall inside a piece's core.
-CHUNK_MARGIN_SECONDS = 60.0
+def _run_over_instruments(args, work) -> int:
+    """Groups the input files by instrument, annotates each (:func:`annotate_record`) and calls
+    ``work(model, key, annotations, argdict)``; reports unreadable files and skipped instruments on stderr.
 
-
-def time_chunks(stream, chunk_s: float = CHUNK_SECONDS, margin_s: float = CHUNK_MARGIN_SECONDS):
-    """Splits one station's stream into pieces of ``chunk_s`` seconds, each sliced with ``margin_s`` seconds of
-    context on both sides.
-
-    :return: list of ``(core_start, core_end, piece)``; results of a piece belong to it if they fall in
-        ``[core_start, core_end)``; the last core ends after the record, so nothing at the very end is lost.
+    :return: 0 if at least one instrument was annotated, else 1
     """
-    t0 = min(tr.stats.starttime for tr in stream)
-    t1 = max(tr.stats.endtime for tr in stream)
-    if t1 - t0 <= chunk_s + 2 * margin_s:
-        return [(t0, t1 + 1.0, stream)]
-    chunks = []
-    start = t0
-    while start < t1:
-        end = min(start + chunk_s, t1)
-        core_end = end if end < t1 else t1 + 1.0
-        chunks.append((start, core_end, stream.slice(start - margin_s, end + margin_s)))
-        start = end
-    return chunks
-
-
-def _run_over_inputs(args, work):
-    """Reads each input file, splits it per station and in time (:func:`time_chunks`) and calls
-    ``work(model, path, piece, core_start, core_end)``, with a progress bar over the pieces."""
     from tqdm import tqdm
+
+    from .records import AnnotateWarning
 
     files = iter_waveform_files(args.inputs)
     if not files:
         print(f"seisbench-xlstm: no waveform files found in {args.inputs}", file=sys.stderr)
         return 1
     model = _load_model(args)
-    failures = []
-    failed_files = 0
+    kwargs = _annotate_kwargs(args)
+    model.check_annotate_args({**model.default_args, **kwargs})
+    groups, failures = group_files(files)
+    reports = [f"skipped {path}: {error}" for path, error in failures]
+    processed = 0
     with tqdm(total=0, unit="piece", disable=args.quiet or None) as bar:
-        for path, stream, error in _read_waveforms(files):
-            if error is not None:
-                failures.append((path, error))
-                failed_files += 1
-                continue
-            pieces = [(sta, *chunk) for sta in _per_station(stream) for chunk in time_chunks(sta)]
-            bar.total += len(pieces)
-            bar.refresh()
-            for station_stream, start, end, piece in pieces:
-                bar.set_postfix_str(f"{path.name} {station_stream[0].id[:-1]}* {start}")
+        for key, paths in groups.items():
+            bar.set_postfix_str(key)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", AnnotateWarning)
                 try:
-                    work(model, path, piece, start, end)
-                except ValueError as e:
-                    failures.append((f"{path} [{station_stream[0].id[:-1]}* from {start}]", str(e)))
-                bar.update(1)
-    for path, error in failures:
-        print(f"seisbench-xlstm: skipped {path}: {error}", file=sys.stderr)
-    return 0 if failed_files < len(files) else 1
+                    annotations = annotate_record(model, read_instrument(key, paths), kwargs, args.piece_seconds, bar)
+                except Exception as e:  # one instrument's bad data (ObsPy raises plain Exceptions) stops no other
+                    reports.append(f"skipped {key}: {type(e).__name__}: {e}")
+                    continue
+            reports += [f"{w.message}" for w in caught if issubclass(w.category, AnnotateWarning)]
+            if len(annotations):
+                work(model, key, annotations, {**model.default_args, **kwargs})
+                processed += 1
+            elif not any(issubclass(w.category, AnnotateWarning) and "skipped" in str(w.message) for w in caught):
+                reports.append(f"skipped {key}: no annotations")
+    for line in reports:
+        print(f"seisbench-xlstm: {line}", file=sys.stderr)
+    if not processed:
+        print(f"seisbench-xlstm: nothing was annotated ({len(groups)} instrument(s), {len(failures)} unreadable "
+              "file(s)).", file=sys.stderr)
+    return 0 if processed else 1
 
 
 def cmd_pick(args) -> int:
     import pandas as pd
-    import seisbench.util as sbu
 
     frames = []
 
-    def work(model, path, stream, start, end):
-        out = model.classify(stream, P_threshold=args.p_threshold, S_threshold=args.s_threshold,
-                             **_annotate_kwargs(args))
-        frames.append(sbu.PickList([p for p in out.picks if start <= p.peak_time < end]).to_dataframe())
+    def work(model, key, annotations, argdict):
+        argdict = {**argdict, "P_threshold": args.p_threshold, "S_threshold": args.s_threshold}
+        frames.append(model.classify_aggregate(annotations, argdict).picks.to_dataframe())
 
-    status = _run_over_inputs(args, work)
+    for name, value in (("--p-threshold", args.p_threshold), ("--s-threshold", args.s_threshold)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value}.")
+    status = _run_over_instruments(args, work)
     frames = [f for f in frames if len(f)]
     picks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["station", "time", "start_time", "end_time", "probability", "phase"]
@@ -169,31 +252,22 @@ def cmd_pick(args) -> int:
 
 
 def cmd_annotate(args) -> int:
-    import obspy
-
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    collected: dict[tuple[Path, str], obspy.Stream] = {}
+    written = []
 
-    def work(model, path, stream, start, end):
-        annotations = model.annotate(stream, **_annotate_kwargs(args))
+    def work(model, key, annotations, argdict):
         for tr in annotations:
             # miniSEED channel codes have 3 characters: XLSTMSeqPicker_P -> PRP (probability of P), etc.
             tr.stats.channel = "PR" + tr.stats.channel.rsplit("_", 1)[-1]
             tr.data = tr.data.astype("float32")
-            tr.trim(start, end - 0.5 / tr.stats.sampling_rate)
-            if tr.stats.npts:
-                station = tr.id.rsplit(".", 1)[0]
-                collected.setdefault((path, station), obspy.Stream()).append(tr)
-
-    status = _run_over_inputs(args, work)
-    for (path, station), annotations in collected.items():
-        annotations.merge(method=1)
-        annotations = annotations.split()  # real gaps stay gaps (miniSEED cannot hold masked samples)
         start = min(tr.stats.starttime for tr in annotations).strftime("%Y%m%dT%H%M%S")
-        target = out_dir / f"{station.replace('.', '_')}_{start}_{path.stem}.mseed"
+        target = out_dir / f"{key.replace('.', '_')}_{start}_{model.name}.mseed"
         annotations.write(str(target), format="MSEED")
-    print(f"{len(collected)} annotation files written to {out_dir}", file=sys.stderr)
+        written.append(target)
+
+    status = _run_over_instruments(args, work)
+    print(f"{len(written)} annotation files written to {out_dir}", file=sys.stderr)
     return status
 
 
@@ -207,7 +281,8 @@ def cmd_info(args) -> int:
     for name, cls in PICKERS.items():
         backbone = build_backbone(name)
         print(f"{cls.__name__}: backbone {name!r}, {count_parameters(backbone):,} backbone parameters")
-        print(f"  offline weights: {cls.list_pretrained() or 'none'} (looked in {[str(p) for p in cls._weight_dirs()]})")
+        folders = [str(p) for p in cls._weight_dirs()]
+        print(f"  offline weights: {cls.list_pretrained() or 'none'} (looked in {folders})")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         print(f"mLSTM kernel on {dev}: {resolve_kernel('auto', torch.device(dev))}")
@@ -216,14 +291,17 @@ def cmd_info(args) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="waveform files or folders (anything ObsPy reads)")
-    p.add_argument("--weights", help="saved model path stem (PATH.json + PATH.pt) or name of offline weights")
+    p.add_argument("--weights", help="saved model (PATH for PATH.json + PATH.pt, or either file) or a weights name")
     p.add_argument("--backbone", choices=["sequential", "unet"], help="needed with a weights name")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--kernel", help="mLSTM kernel override (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
     p.add_argument("--overlap", type=int, help="overlap of windows in samples (default: the model's, 512)")
+    p.add_argument("--stacking", choices=["avg", "max"], default="avg", help="stacking of overlapping windows")
     p.add_argument("--nan-policy", choices=["raise", "gap"], default="raise",
-                   help="NaN/inf samples: skip the station with a message (raise) or treat them as gaps")
+                   help="NaN/inf samples: skip the instrument with a message (raise) or treat them as gaps")
+    p.add_argument("--piece-seconds", type=float, default=PIECE_SECONDS,
+                   help="long records are annotated in pieces of about this length (bounded memory)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -256,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pickers import CorruptWeightsError, WeightsNotFoundError
+    from .weights import CorruptWeightsError, WeightsNotFoundError
 
     args = build_parser().parse_args(argv)
     try:

@@ -8,13 +8,18 @@
     picks = model.classify(stream).picks             # seisbench.util.PickList
 
 Input: 4096-sample windows at 100 Hz, components ZNE. Output: per-sample softmax probabilities of P, S and
-noise ("PSN"). Normalisation (``annotate_batch_pre``, the same as in training): each window and channel is
-demeaned, then divided by its standard deviation (``norm="std"``) or absolute peak (``norm="peak"``).
+noise ("PSN"). Each gap-free segment is demeaned before gaps and padding are zero-filled, and each record is
+annotated to its first and last sample (:mod:`seisbench_xlstm.records`). Normalisation (``annotate_batch_pre``,
+the same as in training): each window and channel is demeaned, then divided by its standard deviation
+(``norm="std"``) or absolute peak (``norm="peak"``).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextvars
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,19 @@ import torch
 import torch.nn as nn
 from seisbench.models import WaveformModel
 
-from .backbones import build_backbone
+from .annotate_args import picker_annotate_args, validate_annotate_args
+from .backbones import BACKBONES, build_backbone
 from .kernels import AUTO
-
-#: Folder of weights shipped inside the package, one subfolder per model class (lower-case class name).
-PACKAGE_WEIGHTS_ROOT = Path(__file__).parent / "weights"
+from .records import (
+    bridge_gaps,
+    check_components,
+    data_spans,
+    demean_segments,
+    keep_spans,
+    pad_short_records,
+    split_at_gaps,
+)
+from .weights import CorruptWeightsError, OfflineWeightsMixin, WeightsNotFoundError, _read_metadata
 
 CITATION = (
     "seisbench-xlstm: bidirectional mLSTM phase pickers for SeisBench. "
@@ -37,23 +50,63 @@ CITATION = (
     "TFLA kernels: Beck et al. (2025), Tiled Flash Linear Attention, arXiv:2503.14376."
 )
 
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Raised when named weights are neither shipped with the package nor in the SeisBench cache."""
-
-
-class CorruptWeightsError(ValueError):
-    """Raised when a weights or metadata file cannot be read (truncated, corrupt, or of another model)."""
+#: Default output labels: P, S and noise.
+DEFAULT_PHASES = "PSN"
 
 
-class _XLSTMPicker(WaveformModel):
+#: Errors raised by the pipeline steps of the annotate call in progress (one list per call, via the context).
+_PIPELINE_ERRORS: contextvars.ContextVar[list | None] = contextvars.ContextVar("pipeline_errors", default=None)
+
+
+def _reported(method):
+    """Records an exception of a SeisBench pipeline step in the current call's error list, then re-raises it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            errors = _PIPELINE_ERRORS.get()
+            if errors is not None:
+                errors.append(e)
+            raise
+
+    return wrapper
+
+
+async def _raise_pipeline_errors(coro, poll_s: float = 0.1):
+    """Awaits ``coro`` (SeisBench's annotate pipeline), raising the first error of any of its steps.
+
+    SeisBench's pipeline runs its steps in asyncio tasks connected by queues; when a step fails (a model error,
+    out of memory), the task ends and its consumer waits forever on the queue. The steps are wrapped with
+    :func:`_reported`, which puts their errors in a list that this coroutine watches.
+    """
+    errors: list = []
+    token = _PIPELINE_ERRORS.set(errors)
+    try:
+        main = asyncio.ensure_future(coro)  # the task and the tasks it starts inherit the list through the context
+    finally:
+        _PIPELINE_ERRORS.reset(token)
+    try:
+        while True:
+            done, _ = await asyncio.wait({main}, timeout=poll_s)
+            if done:
+                return main.result()
+            if errors:
+                raise errors[0]
+    finally:
+        if not main.done():
+            main.cancel()
+
+
+class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
     """Shared implementation of the xLSTM pickers; use :class:`XLSTMSeqPicker` or :class:`XLSTMUNetPicker`.
 
     .. document_args:: seisbench_xlstm.pickers _XLSTMPicker
 
     :param backbone_config: options of the backbone config (see :mod:`seisbench_xlstm.backbones`); unknown
         keys raise ``ValueError``.
-    :param phases: output labels, in order; ``"PSN"`` (P, S, noise).
+    :param phases: output labels, in order; ``"PSN"`` (P, S, noise), also for ``None``.
     :param sampling_rate: model sampling rate in Hz (input streams are resampled to it).
     :param norm: window normalisation, ``"std"`` or ``"peak"`` (after per-channel demeaning).
     :param in_samples: window length in samples (a multiple of the backbone's ``sample_multiple``).
@@ -61,38 +114,34 @@ class _XLSTMPicker(WaveformModel):
 
     backbone_name: str = ""
 
-    _annotate_args = WaveformModel._annotate_args.copy()
-    _annotate_args["*_threshold"] = ("Detection threshold for the provided phase", 0.3)
-    _annotate_args["detection_threshold"] = (
-        "Threshold on 1 - noise probability for detections (classify's detections)",
-        0.3,
-    )
-    _annotate_args["blinding"] = (
-        "Number of prediction samples to discard on each side of each window prediction",
-        (256, 256),
-    )
-    # 512 is the least overlap that covers every sample with the default blinding; more overlap averages more
-    # predictions per sample at proportionally more windows (benchmarks/results/annotate_*.md).
-    _annotate_args["overlap"] = (_annotate_args["overlap"][0], 512)
-    _annotate_args["nan_policy"] = (
-        "What to do with NaN/inf samples: 'raise' (ValueError naming the traces) or 'gap' (cut them out and treat "
-        "them like gaps in the record, following SeisBench's gap handling and the 'strict' argument)",
-        "raise",
+    _annotate_args = picker_annotate_args()
+    #: WaveformModel arguments that saved model_args may hold besides the constructor's own.
+    _passthrough_model_args = (
+        "component_order", "filter_args", "filter_kwargs", "grouping", "citation", "default_args",
     )
 
     def __init__(
         self,
         backbone_config: dict | None = None,
-        phases: str = "PSN",
+        phases: str | None = DEFAULT_PHASES,
         sampling_rate: float = 100,
         norm: str = "std",
         in_samples: int = 4096,
         **kwargs,
     ):
+        if phases is None:
+            phases = DEFAULT_PHASES
         if norm not in ("std", "peak"):
             raise ValueError(f"norm must be 'std' or 'peak', got {norm!r}")
         if sorted(phases) != sorted(set(phases)) or "N" not in phases:
             raise ValueError(f"phases must be distinct labels including 'N' for noise, got {phases!r}")
+        unknown = sorted(set(kwargs) - set(self._passthrough_model_args))
+        if unknown:
+            raise TypeError(f"Unknown argument(s) {unknown}. Valid: {sorted(self._model_arg_names())}.")
+        if kwargs.get("grouping", "instrument") != "instrument":
+            raise ValueError(
+                f"The pickers annotate per instrument: grouping must be 'instrument', got {kwargs['grouping']!r}."
+            )
         kwargs.setdefault("component_order", "ZNE")
         super().__init__(
             citation=kwargs.pop("citation", CITATION),
@@ -111,6 +160,8 @@ class _XLSTMPicker(WaveformModel):
             )
         self.head = nn.Conv1d(self.backbone.out_channels, len(phases), 1)
         self.precision = AUTO
+        if self.default_args:
+            self.check_annotate_args(self.default_args)
 
     # ------------------------------------------------------------------ run-time settings (never saved)
     def set_kernel(self, kernel: str) -> "_XLSTMPicker":
@@ -149,71 +200,99 @@ class _XLSTMPicker(WaveformModel):
         y = y.float()
         return y if logits else torch.softmax(y, dim=1)
 
+    # ------------------------------------------------------------------ arguments
+    def check_annotate_args(self, argdict: dict[str, Any]) -> None:
+        """Raises ``ValueError`` for unknown or invalid annotate/classify arguments (see :mod:`.annotate_args`)."""
+        validate_annotate_args(argdict, self._annotate_args, self.in_samples, self.labels, self._stack_options)
+
+    def _verify_argdict(self, argdict: dict[str, Any]) -> None:
+        # SeisBench only logs unknown arguments; here they raise, as do invalid values.
+        self.check_annotate_args({**self.default_args, **argdict})
+
+    def _check_default_args(self, default_args: dict[str, Any]) -> None:
+        self.check_annotate_args(default_args)
+
     # ------------------------------------------------------------------ SeisBench annotate hooks
-    def annotate_stream_pre(self, stream: obspy.Stream, argdict: dict[str, Any]) -> obspy.Stream:
-        """Handles non-finite samples per ``nan_policy``, resamples and filters (SeisBench's default), and
-        zero-pads instruments recorded for less than one window to one window (cut back in the output)."""
-        policy = self._argdict_get_with_default(argdict, "nan_policy")
-        if policy not in ("raise", "gap"):
-            raise ValueError(f"nan_policy must be 'raise' or 'gap', got {policy!r}")
-        bad = [tr.id for tr in stream if not np.all(np.isfinite(tr.data))]
-        if bad:
-            if policy == "raise":
-                raise ValueError(
-                    f"Traces with NaN or inf samples: {', '.join(sorted(set(bad)))}. Pass nan_policy='gap' to "
-                    "cut these samples out and treat them as gaps (SeisBench's gap handling; see 'strict'), or clean the data "
-                    "first."
-                )
-            for tr in [tr for tr in stream if tr.id in bad]:
-                stream.remove(tr)
-                masked = np.ma.masked_invalid(tr.data.astype(np.float64))
-                piece = tr.copy()
-                piece.data = masked
-                stream += piece.split()
-        stream = super().annotate_stream_pre(stream, argdict)
-        half_sample = 0.5 / self.sampling_rate
-        for key, (t0, t1) in self._short_instruments(stream).items():
-            net, sta, loc = key.split(".")
-            for tr in stream.select(network=net, station=sta, location=loc):
-                if tr.stats.endtime > t1 - half_sample:  # the last record of each channel
-                    end = t0 + (self.in_samples - 1) / self.sampling_rate
-                    tr.trim(tr.stats.starttime, end, pad=True, fill_value=0)
-        return stream
-
-    def _short_instruments(self, stream: obspy.Stream) -> dict[str, tuple[obspy.UTCDateTime, obspy.UTCDateTime]]:
-        """Time spans of the instruments (``net.sta.loc``) whose records are shorter than one window."""
-        spans: dict[str, list] = {}
-        for tr in stream:
-            key = self._grouping.trace_id_without_component(tr)
-            t0, t1 = spans.get(key, (tr.stats.starttime, tr.stats.endtime))
-            spans[key] = (min(t0, tr.stats.starttime), max(t1, tr.stats.endtime))
-        window_s = (self.in_samples - 1) / self.sampling_rate
-        return {k: v for k, v in spans.items() if v[1] - v[0] < window_s}
-
     async def annotate_async(self, stream: obspy.Stream, copy: bool = True, **kwargs) -> obspy.Stream:
-        """SeisBench's ``annotate_async``; instruments recorded for less than one window are zero-padded at the
-        end to one window (in :meth:`annotate_stream_pre`) and their annotations cut back to the recorded span."""
-        short = self._short_instruments(stream)
-        annotations = await super().annotate_async(stream, copy=copy, **kwargs)
-        for tr in annotations:
-            span = short.get(self._grouping.trace_id_without_component(tr))
-            if span is not None:
-                tr.trim(*span)
-        return annotations
+        """SeisBench's ``annotate_async``, with arguments checked first and the stream's gaps, components and
+        edges handled as :mod:`seisbench_xlstm.records` describes; annotations only where there is data.
+
+        Any error inside SeisBench's asynchronous pipeline is raised instead of leaving the call waiting.
+        """
+        argdict = {**self.default_args, **kwargs}
+        self.check_annotate_args(argdict)
+        if copy:
+            stream = stream.copy()
+        if not self._argdict_get_with_default(argdict, "prepared"):
+            stream = split_at_gaps(stream, self._argdict_get_with_default(argdict, "nan_policy"))
+            stream = check_components(
+                stream,
+                self.component_order,
+                flexible=self._argdict_get_with_default(argdict, "flexible_horizontal_components"),
+                strict=self._argdict_get_with_default(argdict, "strict"),
+            )
+            # Conflicting overlapping records are dropped on the raw data, before demeaning could hide a
+            # conflict of a constant offset (SeisBench checks again later, after annotate_stream_pre).
+            stream = self.sanitize_mismatching_overlapping_records(stream)
+        spans = data_spans(stream)
+        annotations = await _raise_pipeline_errors(super().annotate_async(stream, copy=False, **kwargs))
+        return keep_spans(annotations, spans)
+
+    def annotate_stream_pre(self, stream: obspy.Stream, argdict: dict[str, Any]) -> obspy.Stream:
+        """In place: splits traces at masked and (``nan_policy="gap"``) non-finite samples, demeans every
+        gap-free segment, filters and resamples (SeisBench's default), bridges gaps shorter than one window with
+        zeros and zero-pads records shorter than one window. With ``prepared=True`` only the last two."""
+        stream.traces = split_at_gaps(stream, self._argdict_get_with_default(argdict, "nan_policy")).traces
+        if not self._argdict_get_with_default(argdict, "prepared"):
+            demean_segments(stream)
+            super().annotate_stream_pre(stream, argdict)
+        bridge_gaps(stream, self.in_samples)
+        pad_short_records(stream, self.in_samples)
+        return stream
 
     def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
         """Per window and channel: demean, then divide by the std (or absolute peak). ``(batch, 3, samples)``."""
         return normalize_windows(batch, self.norm)
 
     def annotate_batch_post(self, batch: torch.Tensor, piggyback: Any, argdict: dict[str, Any]) -> torch.Tensor:
-        """``(batch, labels, samples)`` to ``(batch, samples, labels)``, blinded samples set to NaN."""
-        batch = batch.transpose(1, 2).contiguous()
-        pre, post = argdict.get("blinding", self._annotate_args["blinding"][1])
-        if pre > 0:
-            batch[:, :pre] = np.nan
-        if post > 0:
-            batch[:, -post:] = np.nan
-        return batch
+        """``(batch, labels, samples)`` to ``(batch, samples, labels)``; blinding comes at stacking."""
+        return batch.transpose(1, 2).contiguous()
+
+    def _blind(self, predictions: list, argdict: dict[str, Any]) -> None:
+        """Sets the blinded samples of each window prediction ``(samples, labels)`` to NaN, except the outer edge
+        of the first and the last window of the record, so that a record is annotated to its first and last
+        sample."""
+        pre, post = self._argdict_get_with_default(argdict, "blinding")
+        first = min(p.window_offset for p in predictions)
+        last = max(p.window_offset for p in predictions)
+        for p in predictions:
+            if pre > 0 and p.window_offset != first:
+                p.data[:pre] = np.nan
+            if post > 0 and p.window_offset != last:
+                p.data[-post:] = np.nan
+
+    @_reported
+    def _stack_predictions_array_ext(self, predictions, argdict):
+        self._blind(predictions, argdict)
+        return super()._stack_predictions_array_ext(predictions, argdict)
+
+    @_reported
+    def _stack_predictions_array(self, predictions, argdict):
+        self._blind(predictions, argdict)
+        return super()._stack_predictions_array(predictions, argdict)
+
+    # The other steps SeisBench runs in asyncio tasks, wrapped so that their errors are raised (see _reported).
+    @_reported
+    def stream_to_array(self, traces, argdict):
+        return super().stream_to_array(traces, argdict)
+
+    @_reported
+    def _cut_fragments_array(self, group, argdict):
+        return super()._cut_fragments_array(group, argdict)
+
+    @_reported
+    def _predict_windows(self, segments, argdict):
+        return super()._predict_windows(segments, argdict)
 
     def classify_aggregate(self, annotations: obspy.Stream, argdict: dict[str, Any]) -> sbu.ClassifyOutput:
         """Picks (trigger on ``<phase>_threshold``, off at half of it) and detections (1 - noise probability).
@@ -236,7 +315,7 @@ class _XLSTMPicker(WaveformModel):
         )
         return sbu.ClassifyOutput(self.name, picks=sbu.PickList(sorted(picks)), detections=detections)
 
-    # ------------------------------------------------------------------ saving and loading
+    # ------------------------------------------------------------------ saving
     def get_model_args(self) -> dict[str, Any]:
         model_args = super().get_model_args()
         for key in ("citation", "in_samples", "output_type", "default_args", "pred_sample", "labels"):
@@ -251,98 +330,19 @@ class _XLSTMPicker(WaveformModel):
         return model_args
 
     @classmethod
-    def load(cls, path, version_str=None, **kwargs):
-        """Loads weights saved with :meth:`save`; unreadable files raise :class:`CorruptWeightsError`."""
-        path_json, path_pt = cls._get_weights_file_paths(path, version_str)
-        for p in (path_json, path_pt):
-            if not Path(p).is_file():
-                raise WeightsNotFoundError(f"Weights file {p} does not exist.")
-        try:
-            with open(path_json) as f:
-                json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CorruptWeightsError(f"Metadata file {path_json} is not valid JSON ({e}).") from e
-        kwargs.setdefault("map_location", "cpu")
-        kwargs.setdefault("weights_only", True)
-        try:
-            return super().load(path, version_str=version_str, **kwargs)
-        except (RuntimeError, EOFError, OSError) as e:
-            # torch raises RuntimeError for truncated archives and for state dicts of another architecture.
-            raise CorruptWeightsError(
-                f"Could not load {cls.__name__} weights from {path_pt} with metadata {path_json}: {e}"
-            ) from e
-        except Exception as e:  # unpickling errors of non-tensor content
-            if type(e).__name__ == "UnpicklingError":
-                raise CorruptWeightsError(f"Weights file {path_pt} is not a PyTorch state dict: {e}") from e
-            raise
+    def _architecture_hint(cls, model_args: dict) -> str:
+        config = model_args.get("backbone_config") or {}
+        if not isinstance(config, dict):
+            return ""
+        for name, backbone in BACKBONES.items():
+            fields = {f.name for f in dataclasses.fields(backbone.config_class)}
+            if name != cls.backbone_name and set(config) <= fields and not set(config) <= cls._config_fields():
+                return f" (its backbone_config is that of {PICKERS[name].__name__})"
+        return ""
 
     @classmethod
-    def _weight_dirs(cls) -> list[Path]:
-        return [PACKAGE_WEIGHTS_ROOT / cls._name_internal().lower(), cls._model_path()]
-
-    @classmethod
-    def list_pretrained(cls, details: bool = False, remote: bool = False):
-        """Names of the weights available offline (shipped with the package or in ``SEISBENCH_CACHE_ROOT``).
-
-        ``remote`` is accepted for compatibility and ignored: this package never contacts a remote repository.
-        """
-        names = {}
-        for folder in cls._weight_dirs():
-            if folder.is_dir():
-                for f in folder.iterdir():
-                    name, ftype, _ = cls._parse_weight_filename(f)
-                    if name is not None and ftype == "json":
-                        names.setdefault(name, None)
-        if not details:
-            return sorted(names)
-        return {name: cls._find_weights(name, "latest")[0].get("docstring") for name in sorted(names)}
-
-    @classmethod
-    def _find_weights(cls, name: str, version_str: str) -> tuple[dict, Path, str | None]:
-        """Locates ``name`` in the weight folders; returns (metadata, path stem, version suffix or None)."""
-        looked = []
-        for folder in cls._weight_dirs():
-            looked.append(str(folder))
-            if not folder.is_dir():
-                continue
-            files = [f.name for f in folder.iterdir()]
-            versions = cls._get_versions_from_files(name, files)
-            if f"{name}.json" in files:
-                versions.append("")
-            if version_str != "latest":
-                versions = [v for v in versions if v == version_str]
-            if not versions:
-                continue
-            from packaging import version as pversion
-
-            best = max(versions, key=lambda v: pversion.parse(v or "0"))
-            suffix = best or None
-            path_json, _ = cls._get_weights_file_paths(folder / name, suffix)
-            try:
-                metadata = json.loads(path_json.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CorruptWeightsError(f"Metadata file {path_json} is not valid JSON ({e}).") from e
-            return metadata, folder / name, suffix
-        available = cls.list_pretrained()
-        raise WeightsNotFoundError(
-            f"No weights named {name!r} (version {version_str}) for {cls.__name__}. Looked in: {', '.join(looked)}. "
-            f"Available offline: {available or 'none'}. seisbench-xlstm never downloads weights: copy "
-            f"'{name}.json.v<version>' and '{name}.pt.v<version>' into {cls._model_path()} (SEISBENCH_CACHE_ROOT), "
-            f"or load a saved model with {cls.__name__}.load(path)."
-        )
-
-    @classmethod
-    def from_pretrained(cls, name, version_str="latest", update=False, force=False, wait_for_file=False):
-        """Loads named weights offline, from the package's ``weights/`` folder or ``SEISBENCH_CACHE_ROOT``.
-
-        Never contacts the network; unknown names raise :class:`WeightsNotFoundError` at once, saying where
-        weights were looked for and how to provide them. ``update``, ``force`` and ``wait_for_file`` are
-        accepted for SeisBench compatibility; ``update=True`` raises, since nothing can be downloaded.
-        """
-        if update:
-            raise ValueError("seisbench-xlstm weights are not downloaded; update=True is not supported.")
-        _, stem, suffix = cls._find_weights(name, version_str)
-        return cls.load(stem, version_str=suffix)
+    def _config_fields(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(BACKBONES[cls.backbone_name].config_class)}
 
 
 def normalize_windows(batch: torch.Tensor, norm: str = "std", eps: float = 1e-10) -> torch.Tensor:
@@ -380,28 +380,24 @@ class XLSTMUNetPicker(_XLSTMPicker):
 PICKERS = {"sequential": XLSTMSeqPicker, "unet": XLSTMUNetPicker}
 
 
-
 def load_picker(weights: str | Path, backbone: str | None = None) -> _XLSTMPicker:
-    """Loads a picker from a saved path (``<path>.json`` + ``<path>.pt``, as written by ``save``) or by name.
+    """Loads a picker from saved files or by name.
 
-    :param weights: path stem of saved weights, or the name of offline pretrained weights
+    :param weights: a saved model (``PATH`` for ``PATH.json`` + ``PATH.pt`` as written by ``save``, or either file
+        itself), or the name of offline pretrained weights
     :param backbone: ``"sequential"`` or ``"unet"``; needed for names, detected from the metadata for paths
     """
-    stem = Path(weights)
+    path = Path(weights)
+    stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
     json_path = stem.with_name(stem.name + ".json")
-    if json_path.is_file() or stem.suffix == ".json":
-        if stem.suffix == ".json":
-            stem, json_path = stem.with_suffix(""), stem
-        try:
-            config = json.loads(json_path.read_text()).get("model_args", {}).get("backbone_config", {})
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CorruptWeightsError(f"Metadata file {json_path} is not valid JSON ({e}).") from e
-        detected = "unet" if "dims" in config else "sequential"
+    if json_path.is_file():
+        config = (_read_metadata(json_path).get("model_args") or {}).get("backbone_config") or {}
+        detected = "unet" if isinstance(config, dict) and "dims" in config else "sequential"
         if backbone is not None and backbone != detected:
-            raise ValueError(f"{json_path} holds a {detected!r} picker, not {backbone!r}.")
+            raise CorruptWeightsError(f"{json_path} holds a {detected!r} picker, not {backbone!r}.")
         return PICKERS[detected].load(stem)
     if backbone is None:
-        if any(sep in str(weights) for sep in ("/", "\\")) or stem.suffix in (".pt", ".json"):
+        if any(sep in str(weights) for sep in ("/", "\\")) or path.suffix in (".pt", ".json") or path.exists():
             raise WeightsNotFoundError(f"No saved model at {weights}: expected {json_path} and {stem}.pt.")
         raise ValueError(f"Pass the backbone ('sequential' or 'unet') to load pretrained weights {weights!r}.")
     if backbone not in PICKERS:

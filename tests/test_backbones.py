@@ -95,6 +95,7 @@ def test_full_seed_configuration_runs_one_window(cls, config, low, high):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (TFLA Triton kernels)")
 @pytest.mark.parametrize("name", ["sequential", "unet"])
 def test_tfla_matches_native_on_gpu(name):
+    torch.manual_seed(0)
     backbone = build_backbone(name).cuda().eval()
     x = torch.randn(2, 3, 4096, device="cuda")
     with torch.no_grad():
@@ -103,7 +104,10 @@ def test_tfla_matches_native_on_gpu(name):
         backbone.set_kernel("chunkwise--triton_xl_chunk")
         out = backbone(x)
     rel = (out - ref).norm() / ref.norm()
-    assert rel < 3e-2, f"TFLA (bf16) vs native (fp32) relative error {rel:.3g}"
+    # Measured on an H200 (benchmarks/results/gpu_kernels.md): 6.9e-4 (sequential), 3.8e-4 (U-Net). 5e-3 leaves
+    # a factor of 7 for other inputs and GPUs while a wrong kernel, mask or gate (errors of order 1e-1 and up)
+    # still fails; 3e-2 was loose enough to pass a kernel that drifts by a few percent.
+    assert rel < 5e-3, f"TFLA (bf16) vs native (fp32) relative error {rel:.3g}"
 
 
 @pytest.mark.slow
