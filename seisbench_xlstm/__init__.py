@@ -14,7 +14,7 @@ from .bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig  # noqa: E402
 from .kernels import set_default_kernel  # noqa: E402
 from .pickers import PICKERS, XLSTMSeqPicker, XLSTMUNetPicker, load_picker, normalize_windows  # noqa: E402
 from .records import AnnotateWarning  # noqa: E402
-from .weights import CorruptWeightsError, WeightsNotFoundError  # noqa: E402
+from .weight_lookup import CorruptWeightsError, WeightsNotFoundError  # noqa: E402
 
 __all__ = [
     "AnnotateWarning",

@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .weights import CorruptWeightsError, WeightsNotFoundError
+    from .weight_lookup import CorruptWeightsError, WeightsNotFoundError
 
     args = build_parser().parse_args(argv)
     try:

@@ -42,7 +42,7 @@ from .records import (
     pad_short_records,
     split_at_gaps,
 )
-from .weights import CorruptWeightsError, OfflineWeightsMixin, WeightsNotFoundError, _read_metadata
+from .weight_lookup import CorruptWeightsError, OfflineWeightsMixin, WeightsNotFoundError, _read_metadata
 
 CITATION = (
     "seisbench-xlstm: bidirectional mLSTM phase pickers for SeisBench. "

@@ -32,7 +32,7 @@ from obspy import UTCDateTime
 from seisbench.models.utils import GroupedTraceData, PredictionSegment, PredictionsStacked, TraceSegment
 
 from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker
-from seisbench_xlstm import weights as weights_module
+from seisbench_xlstm import weight_lookup as weights_module
 from tiny import TINY_SEQUENTIAL, TINY_UNET
 
 CONFIGS = {XLSTMSeqPicker: TINY_SEQUENTIAL, XLSTMUNetPicker: TINY_UNET}

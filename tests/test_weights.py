@@ -1,4 +1,4 @@
-"""Saving, loading and offline lookup of picker weights (seisbench_xlstm.weights)."""
+"""Saving, loading and offline lookup of picker weights (seisbench_xlstm.weight_lookup)."""
 
 import configparser
 import fnmatch
@@ -13,7 +13,7 @@ import seisbench
 import torch
 
 from seisbench_xlstm import CorruptWeightsError, WeightsNotFoundError, XLSTMSeqPicker, XLSTMUNetPicker
-from seisbench_xlstm import weights as weights_module
+from seisbench_xlstm import weight_lookup as weights_module
 from seisbench_xlstm.pickers import load_picker
 from tiny import TINY_SEQUENTIAL, TINY_UNET
 
