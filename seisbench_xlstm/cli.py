@@ -230,11 +230,13 @@ def cmd_pick(args) -> int:
     frames = []
 
     def work(model, key, annotations, argdict):
-        argdict = {**argdict, "P_threshold": args.p_threshold, "S_threshold": args.s_threshold}
+        # thresholds given on the command line override the model's own (tuned ones ship in default_args)
+        given = {"P_threshold": args.p_threshold, "S_threshold": args.s_threshold}
+        argdict = {**argdict, **{k: v for k, v in given.items() if v is not None}}
         frames.append(model.classify_aggregate(annotations, argdict).picks.to_dataframe())
 
     for name, value in (("--p-threshold", args.p_threshold), ("--s-threshold", args.s_threshold)):
-        if not 0 < value <= 1:
+        if value is not None and not 0 < value <= 1:
             raise ValueError(f"{name} must be in (0, 1], got {value}.")
     status = _run_over_instruments(args, work)
     frames = [f for f in frames if len(f)]
@@ -312,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     pick = sub.add_parser("pick", help="pick P and S phases, write CSV")
     _add_model_args(pick)
     pick.add_argument("-o", "--out", default="picks.csv", help="CSV file, or - for standard output")
-    pick.add_argument("--p-threshold", type=float, default=0.3)
-    pick.add_argument("--s-threshold", type=float, default=0.3)
+    pick.add_argument("--p-threshold", type=float, default=None,
+                      help="P pick threshold (default: the model's, from its weights; 0.3 if they set none)")
+    pick.add_argument("--s-threshold", type=float, default=None, help="S pick threshold (default: the model's)")
     pick.set_defaults(func=cmd_pick)
 
     annotate = sub.add_parser("annotate", help="write P/S/noise probability traces as miniSEED")
@@ -330,12 +333,29 @@ def build_parser() -> argparse.ArgumentParser:
         add_ingest_subcommand = None
     if add_ingest_subcommand is not None:
         add_ingest_subcommand(sub)
+
+    baselines = sub.add_parser(
+        "baselines", add_help=False,
+        help="original PhaseNet/EQTransformer weights converted exactly, installed into the SeisBench cache "
+             "(seisbench-xlstm baselines install|check --help)",
+    )
+    baselines.add_argument("baseline_args", nargs=argparse.REMAINDER)
+    baselines.set_defaults(func=cmd_baselines)
     return parser
+
+
+def cmd_baselines(args) -> int:
+    from .baselines.__main__ import main as baselines_main
+
+    return baselines_main(args.baseline_args or ["--help"])
 
 
 def main(argv: list[str] | None = None) -> int:
     from .weight_lookup import CorruptWeightsError, WeightsNotFoundError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["baselines"]:  # its own parser (argparse's REMAINDER does not pass on options)
+        return cmd_baselines(argparse.Namespace(baseline_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

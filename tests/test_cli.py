@@ -197,3 +197,24 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "XLSTMSeqPicker" in out and "chunkwise--native_autograd" in out
+
+
+def test_pick_uses_the_models_thresholds_unless_given(tmp_path, waveform_folder):
+    """Tuned thresholds ship in the weights' default_args: the console command uses them unless --p-threshold /
+    --s-threshold are given (it used to pass 0.3 always, overriding them)."""
+    torch.manual_seed(0)
+    model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL, default_args={"P_threshold": 1.0, "S_threshold": 1.0})
+    model.save(tmp_path / "strict")
+    out = tmp_path / "picks.csv"
+    assert main(["pick", str(waveform_folder), "--weights", str(tmp_path / "strict"), "-o", str(out), "-q"]) == 0
+    assert len(pd.read_csv(out)) == 0  # softmax probabilities never reach 1.0
+    assert main(["pick", str(waveform_folder), "--weights", str(tmp_path / "strict"), "-o", str(out), "-q",
+                 "--p-threshold", "0.01", "--s-threshold", "0.01"]) == 0
+    assert len(pd.read_csv(out)) > 0
+
+
+def test_baselines_subcommand_passes_its_arguments_on(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["baselines", "install", "--help"])
+    assert exit_info.value.code == 0
+    assert "--cache-root" in capsys.readouterr().out

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-pip", action="store_true", help="never call pip: the archives must be in --downloads")
         p.add_argument("--references", type=Path, default=None,
                        help="folder with phasenet_reference.npz and eqtransformer_reference.npz "
-                            "(default: tests/data/baselines of this source checkout)")
+                            "(default: the references shipped in seisbench_xlstm/baselines/references)")
         p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                        help=f"largest accepted max abs probability difference (default {DEFAULT_TOLERANCE:g})")
         if name == "install":

@@ -14,7 +14,7 @@ load without network access. Files: ``<root>/models/v3/<class, lower case>/<name
 default) and "conservative" is EqT_model.h5, as the two files are named in the EQTransformer repository.
 
 Nothing is installed unless every conversion matches the TensorFlow reference outputs
-(``tests/data/baselines``, made by ``benchmarks/baselines_reference.py``) within the tolerance.
+(``seisbench_xlstm/baselines/references``, shipped with the package, made by ``benchmarks/baselines_reference.py``) within the tolerance.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Reference outputs of the original TensorFlow models (present in a source checkout).
-REFERENCES_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "baselines"
+REFERENCES_DIR = Path(__file__).resolve().parent / "references"
 DEFAULT_TOLERANCE = 1e-4
 SEISBENCH_REQUIREMENT = "0.12.0"
 MANIFEST = "seisbench_xlstm_baselines.json"

@@ -32,6 +32,7 @@ from .generators import (
     pretraining_generator,
 )
 from .windows import WindowEligibility, drop_unusable, trace_lengths, window_eligibility
+from .continuous import ContinuousConfig, ContinuousWindows, segments_from_stream
 from .loaders import make_loader
 from .mixing import MixedDataset, assign_splits, mix_datasets
 from .phases import PHASE_MAP, PICK_COLUMN_MAP, phase_of_column, phase_of_hint, pick_columns
@@ -44,6 +45,9 @@ from .resample import resample_array, resample_trace, use_annotate_resampler  # 
 from .splits import SplitReport, split_by_event  # noqa: E402
 
 __all__ = [
+    "ContinuousConfig",
+    "ContinuousWindows",
+    "segments_from_stream",
     "DATASET_NAMES",
     "EXTRA_DATASET_NAMES",
     "DatasetLocation",
