@@ -284,8 +284,6 @@ def backbone_name(cfg: DictConfig) -> str:
 
 def to_objects(cfg: DictConfig):
     """The composed config as plain objects: ``(backbone name, backbone config, recipe config)``."""
-    from seisbench_xlstm.backbones import build_backbone  # noqa: F401  (the config classes' home)
-
     backbone_cls = OmegaConf.get_type(cfg.backbone)
     backbone_cfg = backbone_cls.from_dict(OmegaConf.to_container(cfg.backbone, resolve=True))
     recipe_cfg = OmegaConf.to_object(cfg.recipe)

@@ -27,8 +27,6 @@ import torch
 from omegaconf import OmegaConf
 
 from seisbench_xlstm.data import (
-    DATASET_NAMES,
-    EXTRA_DATASET_NAMES,
     DatasetNotAvailableError,
     PretrainConfig,
     check_available,

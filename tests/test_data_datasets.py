@@ -3,7 +3,6 @@
 import socket
 import time
 
-import numpy as np
 import pytest
 import seisbench
 import seisbench.data as sbd

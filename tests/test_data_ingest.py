@@ -10,7 +10,7 @@ import pytest
 from obspy import Stream, Trace, UTCDateTime
 from obspy.core.event import Catalog, Event, Magnitude, Origin, Pick, WaveformStreamID
 
-from seisbench_xlstm.data import IngestConfig, open_dataset
+from seisbench_xlstm.data import open_dataset
 from seisbench_xlstm.data.ingest import ingest
 from seisbench_xlstm.data.ingest import add_ingest_subcommand
 

@@ -12,7 +12,6 @@ import seisbench.data as sbd
 
 from seisbench_xlstm.data import (
     PickingConfig,
-    PretrainConfig,
     mix_datasets,
     open_dataset,
     picking_generator,

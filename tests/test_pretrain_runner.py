@@ -15,7 +15,6 @@ from pretrain.plots import read_metrics
 from pretrain.schedules import warmup_steps
 from pretrain.train import run
 from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker
-from seisbench_xlstm.data import DatasetNotAvailableError
 from tiny import TINY_SEQUENTIAL, TINY_UNET
 
 

@@ -58,19 +58,17 @@ def _arrival_keys(metadata: dict) -> list[str]:
     return [k for k in metadata if k.endswith("_arrival_sample")]
 
 
+def _pick_sample(metadata: dict, column: str) -> float | None:
+    """The pick in ``column`` as a finite float, or None (absent, NaN or not a number)."""
+    try:
+        v = float(metadata.get(column))
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
 def _finite_picks(metadata: dict, columns: Sequence[str]) -> list[float]:
-    vals = []
-    for col in columns:
-        v = metadata.get(col)
-        if v is None:
-            continue
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(v):
-            vals.append(v)
-    return vals
+    return [v for v in (_pick_sample(metadata, col) for col in columns) if v is not None]
 
 
 def first_pick(metadata: dict, columns: Sequence[str]) -> float:
@@ -183,14 +181,8 @@ class _PicksInsideTrace:
         n = x.shape[-1]
         changed = None
         for col in self.columns:
-            v = metadata.get(col)
-            if v is None:
-                continue
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                continue
-            if np.isfinite(v) and not 0 <= v < n:
+            v = _pick_sample(metadata, col)
+            if v is not None and not 0 <= v < n:
                 changed = changed or copy.copy(metadata)
                 changed[col] = np.nan
         if changed is not None:
