@@ -169,6 +169,13 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
         self.backbone.set_kernel(kernel)
         return self
 
+    def set_compile(self, enabled: bool = True) -> "_XLSTMPicker":
+        """Runs the mLSTM layers through ``torch.compile`` (run-time, never saved; see
+        :meth:`~seisbench_xlstm.backbones.SequentialBackbone.set_compile`): worth it for long GPU runs, since
+        each new batch shape compiles first (tens of seconds)."""
+        self.backbone.set_compile(enabled)
+        return self
+
     def set_precision(self, precision: str) -> "_XLSTMPicker":
         """Inference precision: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"bf16"`` or ``"fp32"``."""
         if precision not in (AUTO, "bf16", "fp32"):

@@ -203,3 +203,17 @@ def test_real_continuous_data(shared_data):
     annotations = model.annotate(st)
     _check_probabilities(annotations, model.name)
     assert annotations[0].stats.endtime - annotations[0].stats.starttime > 590
+
+
+def test_run_time_settings_are_not_saved(tmp_path):
+    """Kernel, precision and compilation are run-time choices: set on the picker, absent from saved weights."""
+    model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL)
+    assert model.set_kernel("parallel--native_autograd").kernel == "parallel--native_autograd"
+    assert model.set_compile(True).backbone.compiled
+    model.set_precision("fp32").save(tmp_path / "m")
+    text = (tmp_path / "m.json").read_text()
+    assert "parallel" not in text and "compile" not in text and "fp32" not in text
+    loaded = XLSTMSeqPicker.load(tmp_path / "m")
+    assert not loaded.backbone.compiled and loaded.kernel == "auto"
+    with pytest.raises(ValueError, match="precision"):
+        model.set_precision("fp16")
