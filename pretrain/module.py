@@ -1,0 +1,121 @@
+"""The Lightning module of a pretraining run: a recipe around a backbone, AdamW, schedules, a NaN/inf guard."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from seisbench_xlstm.backbones import build_backbone
+
+from .config import to_objects
+from .data import item_seed
+from .recipes import ContrastiveVQ, build_recipe
+from .schedules import annealed_temperature, warmup_cosine, warmup_steps
+
+__all__ = ["PretrainModule", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf: the run stops before the optimizer applies that step."""
+
+
+class PretrainModule(L.LightningModule):
+    """A recipe (:mod:`pretrain.recipes`) around a backbone, trained with AdamW.
+
+    :param config: the composed run config (DictConfig or the plain dict of one; stored in checkpoints)
+
+    Randomness of a training step (masks, negatives, Gumbel noise, dropout) comes from the global torch RNG,
+    seeded at every step from ``(seed, global step, rank)``, so a resumed run repeats the uninterrupted one.
+    Validation masks use a generator seeded from ``(seed, batch index)``: the same masks at every validation.
+    """
+
+    def __init__(self, config: DictConfig | dict):
+        super().__init__()
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        self.save_hyperparameters({"config": config})
+        cfg = self._omega = self._structured(config)
+        self.backbone_name, backbone_cfg, recipe_cfg = to_objects(cfg)
+        torch.manual_seed(item_seed(int(cfg.seed), 0xB00))  # initialisation
+        backbone = build_backbone(self.backbone_name, backbone_cfg)
+        backbone.gradient_checkpointing = bool(cfg.model.gradient_checkpointing)
+        backbone.set_kernel(str(cfg.model.kernel))
+        self.recipe = build_recipe(backbone, recipe_cfg)
+
+    @staticmethod
+    def _structured(config: dict) -> DictConfig:
+        """The stored plain dict back as a typed config (checkpoints hold plain dicts)."""
+        from .config import from_container
+
+        return from_container(config)
+
+    @property
+    def backbone(self):
+        return self.recipe.backbone
+
+    @property
+    def run_config(self) -> DictConfig:
+        return self._omega
+
+    # ---------------------------------------------------------------- steps
+    def total_steps(self) -> int:
+        if self._trainer is None:  # outside a trainer (benchmarks): the configured steps
+            return max(1, int(self._omega.trainer.max_steps))
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def on_train_batch_start(self, batch, batch_idx):
+        torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, 0x57E9))
+        if isinstance(self.recipe, ContrastiveVQ):
+            c = self.recipe.config
+            self.recipe.set_temperature(annealed_temperature(self.global_step, self.total_steps(), c.tau_start, c.tau_end))
+
+    def training_step(self, batch, batch_idx):
+        out = self.recipe(batch["X"])
+        loss = out["loss"]
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every rank stops together (a rank that raised alone would leave the others waiting in a collective)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            stats = {k: float(v) for k, v in out.items() if k != "loss"}
+            raise NonFiniteLossError(
+                f"Training loss is {loss.item()} (on this rank) at step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}); statistics of the step: {stats}. Stopped before the optimizer applied it. Resume "
+                f"from the last checkpoint with a lower optim.lr, stronger trainer.gradient_clip_val, or "
+                f"trainer.precision=32-true to look for the cause."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        for key, value in out.items():
+            if key != "loss":
+                self.log(f"train/{key}", value)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        g = torch.Generator(device=batch["X"].device).manual_seed(item_seed(int(self._omega.seed), batch_idx, 0x7A1))
+        out = self.recipe(batch["X"], generator=g)
+        self.log("val/loss", out["loss"], prog_bar=True, sync_dist=True, batch_size=len(batch["X"]))
+        for key, value in out.items():
+            if key not in ("loss", "temperature"):
+                self.log(f"val/{key}", value, sync_dist=True, batch_size=len(batch["X"]))
+
+    # ---------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        o = self._omega.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 and "codevectors" not in name else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=float(o.lr),
+            betas=tuple(float(b) for b in o.betas),
+            eps=float(o.eps),
+        )
+        total = self.total_steps()
+        warm = warmup_steps(total, float(o.warmup_fraction))
+        min_ratio = float(o.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warm, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,111 @@
+"""Gumbel-softmax vector quantiser (wav2vec 2.0's product quantisation), written for this project.
+
+Each input vector ``(..., in_dim)`` is mapped to ``groups`` logit vectors of ``codes`` entries. In training a code
+is drawn per group with the Gumbel-softmax trick at temperature ``tau``: the forward pass uses the *hard* one-hot
+choice, the backward pass the gradient of the soft Gumbel-softmax probabilities (straight-through estimator). In
+evaluation the code is the argmax of the logits. The chosen codevectors (``codevector_dim / groups`` wide each) are
+concatenated to a ``(..., codevector_dim)`` vector.
+
+Statistics (over the vectors given in ``mask``, or all vectors):
+
+* ``prob_perplexity``: sum over groups of ``exp(entropy)`` of the codes' softmax probabilities averaged over the
+  vectors (no Gumbel noise). It lies in ``[groups, groups * codes]`` and drives the diversity loss
+  ``(groups * codes - prob_perplexity) / (groups * codes)``, which is 0 when every code is equally likely.
+* ``code_perplexity``: the same for the hard code choices (how evenly the codes are really used).
+* ``codes_in_use``: fraction of the ``groups * codes`` codes chosen at least once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["GumbelVectorQuantizer", "QuantizerOutput", "perplexity"]
+
+
+@dataclass
+class QuantizerOutput:
+    """:ivar vectors: quantised vectors ``(..., codevector_dim)``
+    :ivar codes: chosen code per group ``(..., groups)`` (int64)
+    :ivar prob_perplexity: soft-probability perplexity, summed over groups (scalar tensor, differentiable)
+    :ivar code_perplexity: hard-choice perplexity, summed over groups (scalar tensor)
+    :ivar codes_in_use: fraction of all codes chosen at least once (scalar tensor)
+    :ivar diversity_loss: ``(G * V - prob_perplexity) / (G * V)`` (scalar tensor, differentiable)
+    """
+
+    vectors: torch.Tensor
+    codes: torch.Tensor
+    prob_perplexity: torch.Tensor
+    code_perplexity: torch.Tensor
+    codes_in_use: torch.Tensor
+    diversity_loss: torch.Tensor
+
+
+def perplexity(probs: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of ``exp(entropy)`` of distributions ``(groups, codes)`` (each row sums to 1)."""
+    entropy = -(probs * torch.log(probs.clamp_min(1e-7))).sum(dim=-1)
+    return entropy.exp().sum()
+
+
+class GumbelVectorQuantizer(nn.Module):
+    """``(..., in_dim)`` to quantised ``(..., codevector_dim)`` with ``groups`` x ``codes`` codebook entries.
+
+    :param in_dim: width of the input vectors
+    :param groups: codebooks (product quantisation)
+    :param codes: entries per codebook
+    :param codevector_dim: width of the output (split evenly between the groups)
+    """
+
+    def __init__(self, in_dim: int, groups: int = 2, codes: int = 320, codevector_dim: int = 256):
+        super().__init__()
+        if codevector_dim % groups:
+            raise ValueError(f"codevector_dim {codevector_dim} is not divisible by groups {groups}")
+        self.groups, self.codes = groups, codes
+        self.to_logits = nn.Linear(in_dim, groups * codes)
+        self.codevectors = nn.Parameter(torch.empty(groups, codes, codevector_dim // groups))
+        nn.init.normal_(self.to_logits.weight, std=1.0)
+        nn.init.zeros_(self.to_logits.bias)
+        nn.init.uniform_(self.codevectors)
+        self.tau = 2.0
+
+    @property
+    def num_codes(self) -> int:
+        return self.groups * self.codes
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
+        """
+        :param x: input vectors ``(..., in_dim)``
+        :param mask: boolean ``x.shape[:-1]``: the vectors the statistics are computed over (all if None)
+        """
+        lead = x.shape[:-1]
+        logits = self.to_logits(x).float().view(-1, self.groups, self.codes)  # (N, G, V)
+        hard_index = logits.argmax(dim=-1)
+        if self.training:
+            # straight-through Gumbel-softmax: hard one-hot forward, soft gradient backward
+            one_hot = F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)
+            hard_index = one_hot.argmax(dim=-1)
+        else:
+            one_hot = F.one_hot(hard_index, self.codes).to(logits.dtype)
+        selected = mask.reshape(-1) if mask is not None else None
+        probs = logits.softmax(dim=-1)
+        hard = F.one_hot(hard_index, self.codes).float()
+        if selected is not None:
+            probs, hard = probs[selected], hard[selected]
+        prob_ppl = perplexity(probs.mean(dim=0))
+        with torch.no_grad():
+            avg_hard = hard.mean(dim=0)
+            code_ppl = perplexity(avg_hard)
+            in_use = (avg_hard > 0).float().mean()
+        # (N, G, V) x (G, V, D/G) -> (N, G, D/G)
+        vectors = torch.einsum("ngv,gvd->ngd", one_hot, self.codevectors.float()).reshape(*lead, -1)
+        return QuantizerOutput(
+            vectors=vectors,
+            codes=hard_index.view(*lead, self.groups),
+            prob_perplexity=prob_ppl,
+            code_perplexity=code_ppl,
+            codes_in_use=in_use,
+            diversity_loss=(self.num_codes - prob_ppl) / self.num_codes,
+        )

@@ -1,0 +1,133 @@
+"""Running a pretraining experiment with Lightning: trainer, callbacks, resume, loss curve and export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from seisbench_xlstm.backbones import count_parameters
+
+from .data import PretrainDataModule, check_datasets
+from .export import export_backbone
+from .module import PretrainModule
+from .plots import plot_loss_curve
+
+__all__ = ["RunResult", "build_trainer", "resolve_precision", "run"]
+
+
+@dataclass
+class RunResult:
+    """:ivar out_dir: output folder; :ivar checkpoint: final checkpoint; :ivar backbone: exported backbone file
+    (None if ``export=false``); :ivar loss_curve: PNG; :ivar metrics: CSV logs of this run; :ivar global_step: steps
+    done"""
+
+    out_dir: Path
+    checkpoint: Path | None
+    backbone: Path | None
+    loss_curve: Path | None
+    metrics: Path | None
+    global_step: int
+
+
+def _uses_gpu(cfg: DictConfig) -> bool:
+    accelerator = str(cfg.trainer.accelerator)
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    """``trainer.precision``, with ``auto`` = ``bf16-mixed`` on GPUs and ``32-true`` on CPUs."""
+    precision = str(cfg.trainer.precision)
+    if precision == "auto":
+        return "bf16-mixed" if _uses_gpu(cfg) else "32-true"
+    return precision
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None = None) -> L.Trainer:
+    t = cfg.trainer
+    checkpoints = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step:08d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=int(t.checkpoint_every_n_steps),
+        save_top_k=-1,
+        save_last=True,
+        save_on_train_epoch_end=False,
+    )
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step")]
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    callbacks += extra_callbacks or []
+    return L.Trainer(
+        default_root_dir=str(out_dir),
+        accelerator=str(t.accelerator),
+        devices=t.devices,
+        num_nodes=int(t.num_nodes),
+        strategy=str(t.strategy),
+        precision=resolve_precision(cfg),
+        max_steps=int(t.max_steps),
+        max_epochs=None if t.max_epochs is None else int(t.max_epochs),
+        val_check_interval=float(t.val_check_interval),
+        limit_val_batches=t.limit_val_batches,
+        gradient_clip_val=float(t.gradient_clip_val) or None,
+        accumulate_grad_batches=int(t.accumulate_grad_batches),
+        log_every_n_steps=int(t.log_every_n_steps),
+        logger=CSVLogger(save_dir=str(out_dir), name="logs"),
+        callbacks=callbacks,
+        enable_progress_bar=bool(t.progress_bar),
+        use_distributed_sampler=False,  # pretrain.data.EpochSampler shards by rank itself
+        enable_model_summary=False,
+    )
+
+
+def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    if cfg.resume in (None, ""):
+        return None
+    if str(cfg.resume) == "auto":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    path = Path(str(cfg.resume))
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint")
+    return str(path)
+
+
+def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
+    """Runs (or resumes) the experiment ``cfg`` (from :func:`pretrain.config.compose_config`)."""
+    check_datasets(list(cfg.data.datasets))  # missing datasets: say so before building anything
+    out_dir = Path(str(cfg.out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    module = PretrainModule(cfg)
+    data = PretrainDataModule(cfg)
+    trainer = build_trainer(cfg, out_dir, extra_callbacks)
+    ckpt = _resume_path(cfg, out_dir)
+    if trainer.is_global_zero:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(
+            f"[pretrain] {cfg.name}: {module.backbone_name} backbone, {count_parameters(module.backbone):,} backbone "
+            f"parameters ({count_parameters(module):,} with the recipe), precision {resolve_precision(cfg)}, "
+            f"output {out_dir}" + (f", resuming from {ckpt}" if ckpt else "")
+        )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    result = RunResult(out_dir, None, None, None, None, int(trainer.global_step))
+    if trainer.interrupted:
+        print(f"[pretrain] interrupted at step {trainer.global_step}; resume with resume=auto")
+        return result
+    final = out_dir / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(final, weights_only=False)
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    result.checkpoint = final
+    if trainer.is_global_zero:
+        result.metrics = Path(trainer.logger.log_dir) / "metrics.csv"
+        result.loss_curve = plot_loss_curve(out_dir / "logs", out_dir / "loss_curve.png", title=str(cfg.name))
+        if cfg.export:
+            result.backbone = export_backbone(module, out_dir / "backbone.pt")
+        print(f"[pretrain] done: {trainer.global_step} steps; {data.summary()}")
+        print(f"[pretrain] checkpoint {final}; loss curve {result.loss_curve}; backbone {result.backbone}")
+    return result

@@ -1,0 +1,181 @@
+"""Masks, quantiser, losses and schedules of the pretraining recipes (pretrain/)."""
+
+import math
+
+import pytest
+import torch
+
+from pretrain.losses import info_nce, info_nce_windows, masked_mse, sample_negatives
+from pretrain.masking import expand_to_samples, mask_runs, random_token_mask, span_mask
+from pretrain.quantizer import GumbelVectorQuantizer
+from pretrain.schedules import annealed_temperature, warmup_cosine, warmup_steps
+
+
+def test_random_token_mask_is_exactly_the_ratio():
+    g = torch.Generator().manual_seed(0)
+    mask = random_token_mask(16, 1024, 0.75, generator=g)
+    assert mask.shape == (16, 1024)
+    assert (mask.sum(dim=1) == 768).all()
+    # positions differ between windows and are spread over the window
+    assert not (mask[0] == mask[1]).all()
+    assert 0.7 < mask[:, :512].float().mean() < 0.8
+
+
+def test_expand_to_samples():
+    mask = torch.tensor([[True, False, True]])
+    assert expand_to_samples(mask, 4).tolist() == [[[True] * 4 + [False] * 4 + [True] * 4]]
+
+
+def test_span_mask_statistics():
+    g = torch.Generator().manual_seed(1)
+    mask, starts = span_mask(256, 1024, 0.65, 10, generator=g, return_starts=True)
+    n_starts = starts.sum(dim=1).float()
+    # wav2vec 2.0: floor(0.65 * 1024 / 10 + u) spans = 66 or 67 per window
+    assert set(n_starts.tolist()) <= {66.0, 67.0}
+    assert abs(n_starts.mean().item() - 66.56) < 0.1
+    realised = mask.float().mean().item()
+    p = 0.065
+    assert abs(realised - (1 - (1 - p) ** 10)) < 0.01  # about 0.49: lower than 0.65 because spans overlap
+    # every masked run is made of whole spans: at least 10 tokens, and it starts at a span start
+    for row in range(8):
+        runs = mask_runs(mask[row])
+        assert min(runs) >= 10
+        assert sum(runs) == mask[row].sum()
+        first = torch.nn.functional.pad(mask[row].long(), (1, 0)).diff() == 1
+        assert starts[row][first].all()
+    # isolated starts (no other start within 10 tokens on either side) give runs of exactly 10 tokens
+    row = starts[0].nonzero().flatten().tolist()
+    isolated = [s for i, s in enumerate(row) if (i == 0 or s - row[i - 1] > 10) and (i == len(row) - 1 or row[i + 1] - s > 10)]
+    assert isolated
+    for s in isolated:
+        assert mask[0, s : s + 10].all()
+        assert s + 10 == 1024 or not mask[0, s + 10]
+
+
+def test_span_mask_min_masks_and_bounds():
+    mask, starts = span_mask(4, 40, 0.0, 10, min_masks=2, return_starts=True)
+    assert (starts.sum(dim=1) == 2).all()
+    assert not starts[:, 31:].any()  # spans never run past the end
+    with pytest.raises(ValueError):
+        span_mask(1, 5, 0.5, 10)
+
+
+def test_quantizer_hard_forward_straight_through_gradient():
+    torch.manual_seed(0)
+    q = GumbelVectorQuantizer(8, groups=2, codes=5, codevector_dim=6).train()
+    q.tau = 2.0
+    x = torch.randn(3, 7, 8, requires_grad=True)
+    out = q(x)
+    assert out.vectors.shape == (3, 7, 6)
+    assert out.codes.shape == (3, 7, 2)
+    # forward: exactly one codevector per group (hard one-hot)
+    cv = q.codevectors.detach()
+    expected = torch.cat([cv[g][out.codes[..., g]] for g in range(2)], dim=-1)
+    torch.testing.assert_close(out.vectors, expected)
+    # backward: gradients reach the logits (straight-through), not only the chosen codevectors
+    out.vectors.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert q.to_logits.weight.grad.abs().sum() > 0
+    assert 1.0 <= out.code_perplexity.item() <= 10 and 1.0 <= out.prob_perplexity.item() <= 10
+
+
+def test_quantizer_eval_is_argmax_and_perplexity_bounds():
+    torch.manual_seed(1)
+    q = GumbelVectorQuantizer(16, groups=2, codes=320, codevector_dim=256).eval()
+    x = torch.randn(4, 100, 16)
+    out = q(x)
+    logits = q.to_logits(x).view(4, 100, 2, 320)
+    assert torch.equal(out.codes, logits.argmax(-1))
+    assert 1.0 <= out.prob_perplexity.item() <= 640
+    assert 1.0 <= out.code_perplexity.item() <= 640
+    assert 0 < out.codes_in_use.item() <= 1
+    # a collapsed codebook (one code per group) has perplexity = groups, and the largest diversity loss
+    with torch.no_grad():
+        q.to_logits.weight.zero_()
+        q.to_logits.bias.zero_()
+        q.to_logits.bias[[0, 320]] = 100.0
+    collapsed = q(x)
+    assert collapsed.code_perplexity.item() == pytest.approx(2.0)
+    assert collapsed.prob_perplexity.item() == pytest.approx(2.0, abs=1e-3)
+    assert collapsed.codes_in_use.item() == pytest.approx(2 / 640)
+    assert collapsed.diversity_loss.item() == pytest.approx(638 / 640, abs=1e-5)
+
+
+def test_info_nce_hand_computed():
+    # context [1, 0]; positive [0.6, 0.8] (cos 0.6); negatives [0, 1] (cos 0), [0.8, 0.6] (cos 0.8) and one equal
+    # to the positive
+    context = torch.tensor([[1.0, 0.0]])
+    positive = torch.tensor([[0.6, 0.8]])
+    negatives = torch.tensor([[[0.0, 1.0], [0.8, 0.6], [0.6, 0.8]]])
+    loss, logits = info_nce(context, positive, negatives, temperature=0.1, return_logits=True)
+    assert logits[0, :3].tolist() == pytest.approx([6.0, 0.0, 8.0], rel=1e-5)
+    assert logits[0, 3].item() == float("-inf")  # equal to the positive: left out
+    expected = -math.log(math.exp(6) / (math.exp(6) + math.exp(0) + math.exp(8)))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the same negative, if it were counted, would change the loss
+    counted = -math.log(math.exp(6) / (2 * math.exp(6) + math.exp(0) + math.exp(8)))
+    assert abs(loss.item() - counted) > 0.05
+
+
+def test_negatives_come_from_other_masked_tokens_of_the_same_window():
+    g = torch.Generator().manual_seed(2)
+    mask = span_mask(3, 200, 0.65, 10, generator=g)
+    anchors, negatives = sample_negatives(mask, 50, generator=g)
+    flat = mask.reshape(-1)
+    assert torch.equal(anchors, flat.nonzero().flatten())
+    assert flat[negatives].all()  # masked tokens only
+    assert (negatives // 200 == (anchors // 200)[:, None]).all()  # same window
+    assert not (negatives == anchors[:, None]).any()  # never the anchor itself
+    # roughly uniform over the other masked tokens
+    row0 = anchors[anchors // 200 == 0][0]
+    draws = sample_negatives(mask, 20000, generator=g)[1][anchors == row0][0]
+    counts = torch.bincount(draws, minlength=600)[flat.nonzero().flatten()]
+    counts = counts[counts > 0]
+    assert len(counts) == int(mask[0].sum()) - 1
+    assert counts.float().std() / counts.float().mean() < 0.2
+
+
+def test_indexed_info_nce_equals_reference():
+    g = torch.Generator().manual_seed(3)
+    batch, tokens, dim = 2, 64, 8
+    context = torch.randn(batch, tokens, dim, generator=g)
+    codes = torch.randint(0, 3, (batch, tokens, 1), generator=g)  # few codes: many negatives equal the positive
+    table = torch.randn(3, dim, generator=g)
+    targets = table[codes[..., 0]]
+    mask = span_mask(batch, tokens, 0.65, 10, generator=g)
+    anchors, negatives = sample_negatives(mask, 10, generator=g)
+    flat_c, flat_t = context.reshape(-1, dim), targets.reshape(-1, dim)
+    reference = info_nce(flat_c[anchors], flat_t[anchors], flat_t[negatives], 0.1)
+    fast = info_nce_windows(context, targets, anchors, negatives, 0.1, target_codes=codes)
+    by_vectors = info_nce_windows(context, targets, anchors, negatives, 0.1)
+    torch.testing.assert_close(fast, reference)
+    torch.testing.assert_close(by_vectors, reference)
+
+
+def test_masked_mse_ignores_unmasked_samples():
+    target = torch.zeros(1, 3, 8)
+    prediction = torch.ones(1, 3, 8)
+    prediction[..., 4:] = 100.0  # errors outside the mask do not count
+    mask = torch.tensor([[[True] * 4 + [False] * 4]])
+    assert masked_mse(prediction, target, mask).item() == pytest.approx(1.0)
+
+
+def test_learning_rate_schedule():
+    total, warm = 452_100, warmup_steps(452_100, 0.1)
+    assert warm == 45_210
+    assert warmup_cosine(0, total, warm) == pytest.approx(1 / warm)
+    assert warmup_cosine(warm - 1, total, warm) == pytest.approx(1.0)
+    assert warmup_cosine(warm, total, warm) == pytest.approx(1.0)
+    middle = warm + (total - warm) // 2
+    assert warmup_cosine(middle, total, warm) == pytest.approx(0.5, abs=1e-4)
+    assert warmup_cosine(total, total, warm) == pytest.approx(0.0)
+    assert warmup_cosine(total + 10, total, warm, min_ratio=0.1) == pytest.approx(0.1)
+    values = [warmup_cosine(s, total, warm) for s in range(warm, total, 1000)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_temperature_annealing():
+    assert annealed_temperature(0, 1000) == pytest.approx(2.0)
+    assert annealed_temperature(500, 1000) == pytest.approx(1.0)  # geometric: sqrt(2.0 * 0.5)
+    assert annealed_temperature(1000, 1000) == pytest.approx(0.5)
+    assert annealed_temperature(5000, 1000) == pytest.approx(0.5)

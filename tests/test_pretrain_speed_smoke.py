@@ -1,0 +1,56 @@
+"""Smoke test of benchmarks/pretrain_speed.py on CPU with tiny backbones (no timing is checked)."""
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("pretrain_speed", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_report_and_csv(bench, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "speed.md"
+        args = ["--tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--samples", "1024", "--out", str(out)]
+        rows = bench.main(args + ["--label", "before"])
+        assert [(r["recipe"], r["batch"]) for r in rows] == [("masked", 2), ("contrastive", 2)]
+        for r in rows:
+            assert r["step_ms"] > 0 and r["windows_per_s"] > 0 and r["tflop_per_step"] > 0
+        bench.main(args + ["--label", "after", "--recipe", "masked", "--checkpointing", "yes"])
+    finally:
+        torch.set_num_threads(threads)
+    table = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [(r["label"], r["recipe"], r["checkpointing"]) for r in table] == [
+        ("before", "masked", "no"), ("before", "contrastive", "no"), ("after", "masked", "yes")]
+    text = out.read_text()
+    assert text.count("| before |") == 2 and text.count("| after |") == 1
+
+
+def test_cell_flops_formula_and_standin(bench):
+    # one call: batch 2, 4 heads, 1024 steps, head width 96, TFLA chunk 128
+    forward = 4 * 1024 * 96**2 + 4 * 1024 * 128 * 96
+    assert bench.cell_flops([(2, 4, 1024, 96)], "chunkwise--triton_xl_chunk") == 3 * forward * 2 * 4
+    # 100 steps are padded to 128 in one chunk of 128 (TFLA) or two of 64 (native)
+    assert bench.cell_flops([(1, 1, 100, 8)], "chunkwise--native_autograd") == 3 * (4 * 128 * 64 + 4 * 128 * 64 * 8)
+    module = bench.build("masked", True, False, "auto")
+    calls = []
+    x = torch.randn(1, 3, 1024, requires_grad=True)
+    with bench.cell_standin(calls):
+        module.recipe(x)["loss"].backward()
+    layers = module.backbone.config.num_layers
+    assert len(calls) == 2 * layers  # both directions of every layer went through the stand-in
+    assert x.grad is not None
