@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
+import obspy
 
 __all__ = [
     "MATCH_SLACK_S",
@@ -38,6 +39,8 @@ __all__ = [
     "classify_picks",
     "tune_pick_thresholds",
     "evaluate_model",
+    "TraceSet",
+    "dataset_traces",
 ]
 
 #: Slack added to the tolerance when comparing float times (seconds).
@@ -259,4 +262,95 @@ def evaluate_model(
         predicted = picks_by_trace(picks, phase)
         for tol in tolerances:
             out[(phase, float(tol))] = score_traces(predicted, reference.get(phase, {}), tol)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- whole traces
+#: Shortest constant run at a trace's start or end that counts as stored padding (as ``TrimFlatEdges``).
+FLAT_RUN = 50
+#: Start time given to every trace of a :class:`TraceSet` (the traces are told apart by their station code).
+TRACE_T0 = obspy.UTCDateTime(2000, 1, 1)
+
+
+@dataclass
+class TraceSet:
+    """Whole traces of a SeisBench dataset as one ObsPy stream, with the analyst picks as reference.
+
+    :ivar stream: 3 traces (``HHZ/HHN/HHE``, or the dataset's band/instrument code) per dataset trace; trace
+        ``k`` has network ``XX`` and station ``T<k>``, all start at :data:`TRACE_T0`
+    :ivar trace_ids: ``"XX.T<k>."`` per dataset row (the pick ``trace_id``)
+    :ivar rows: dataset row of each trace
+    :ivar offsets: samples cut from the start of each trace (stored padding, see ``flat_edges``)
+    :ivar lengths: samples kept of each trace
+    :ivar reference: ``{phase: {trace_id: [times]}}`` of the analyst picks inside the kept samples
+    :ivar outside: analyst picks left out because they lie outside the kept samples
+    :ivar sampling_rate: Hz
+    """
+
+    stream: obspy.Stream
+    trace_ids: list[str]
+    rows: list[int]
+    offsets: list[int]
+    lengths: list[int]
+    reference: dict[str, dict[str, list[float]]]
+    outside: int
+    sampling_rate: float
+
+    def time_to_sample(self, k: int, time: float) -> float:
+        """Sample of the dataset trace (row ``rows[k]``) at ``time`` (timestamp) on trace ``k``."""
+        return (time - TRACE_T0.timestamp) * self.sampling_rate + self.offsets[k]
+
+
+def dataset_traces(dataset, indices: Sequence[int] | None = None, trim_flat: bool = True,
+                   extra_pick_columns: Mapping[str, str] | None = None) -> TraceSet:
+    """The traces ``indices`` (default all) of a SeisBench dataset opened at 100 Hz, ZNE, channels first
+    (:func:`seisbench_xlstm.data.open_dataset`) as a :class:`TraceSet` for ``annotate``/``classify``.
+
+    Constant runs that a dataset stores at a trace's start or end (padding, 50+ samples on every channel) are
+    cut (``trim_flat``): annotate never sees such padding in real records. Analyst picks are read from the
+    dataset's pick columns (the data layer's P/S mapping, plus ``extra_pick_columns``).
+    """
+    from .data.augmentations import flat_edges
+    from .data.phases import pick_columns
+
+    md = dataset.metadata
+    rate = float(dataset.sampling_rate or 100.0)
+    columns = pick_columns(md.columns, extra=extra_pick_columns)
+    indices = range(len(dataset)) if indices is None else indices
+    stream = obspy.Stream()
+    out = TraceSet(stream, [], [], [], [], {"P": {}, "S": {}}, 0, rate)
+    for k, i in enumerate(indices):
+        i = int(i)
+        x = np.asarray(dataset.get_waveforms(i), dtype=np.float32)
+        row = md.iloc[i]
+        head, tail = flat_edges(x) if trim_flat else (0, 0)
+        head, tail = (head if head >= FLAT_RUN else 0), (tail if tail >= FLAT_RUN else 0)
+        if head + tail >= x.shape[-1]:  # constant throughout: keep as is
+            head, tail = 0, 0
+        x = x[:, head : x.shape[-1] - tail]
+        code = str(row.get("trace_channel", "") or "HH")[:2] if "trace_channel" in md.columns else "HH"
+        if len(code) != 2 or code == "na":
+            code = "HH"
+        for c, data in zip("ZNE", x):
+            stream += obspy.Trace(data.copy(), header=dict(network="XX", station=f"T{k}", location="",
+                                                           channel=f"{code}{c}", sampling_rate=rate,
+                                                           starttime=TRACE_T0))
+        trace_id = f"XX.T{k}."
+        out.trace_ids.append(trace_id)
+        out.rows.append(i)
+        out.offsets.append(head)
+        out.lengths.append(x.shape[-1])
+        for col, phase in columns.items():
+            v = row.get(col)
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                continue
+            if not np.isfinite(v):
+                continue
+            s = v - head
+            if 0 <= s < x.shape[-1]:
+                out.reference[phase].setdefault(trace_id, []).append(TRACE_T0.timestamp + s / rate)
+            else:
+                out.outside += 1
     return out
