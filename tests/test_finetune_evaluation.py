@@ -138,3 +138,27 @@ def test_tune_pick_thresholds_on_a_hand_made_case():
     assert scores[("P", 0.5)].f1 == scores[("S", 0.5)].f1 == 1.0
     assert len(classify_picks(model, annotations, {"P": 0.95})) == 0  # no P above 0.95, S below its default 0.3
     assert len(classify_picks(model, annotations, {"P": 0.95, "S": 0.2})) == 1
+
+
+def test_dataset_traces_cut_stored_padding_and_keep_pick_times(tmp_path):
+    import seisbench.data as sbd
+
+    from seisbench_xlstm.evaluation import TRACE_T0, dataset_traces
+
+    rng = np.random.default_rng(0)
+    with sbd.WaveformDataWriter(tmp_path / "metadata.csv", tmp_path / "waveforms.hdf5") as w:
+        w.data_format = {"dimension_order": "CW", "component_order": "ZNE", "sampling_rate": 100}
+        for k, pad in enumerate((0, 300)):
+            x = rng.normal(size=(3, 5000)).astype(np.float32)
+            x[:, :pad] = 0.0  # stored padding at the start
+            w.add_trace({"trace_name": f"t{k}", "trace_P_arrival_sample": 1000.0 + pad, "trace_S_arrival_sample": 100.0,
+                         "trace_channel": "EH", "trace_sampling_rate_hz": 100.0}, x)
+    ds = sbd.WaveformDataset(tmp_path, sampling_rate=100, component_order="ZNE")
+    ts = dataset_traces(ds)
+    assert ts.trace_ids == ["XX.T0.", "XX.T1."] and ts.offsets == [0, 300] and ts.lengths == [5000, 4700]
+    assert [tr.stats.channel for tr in ts.stream.select(station="T1")] == ["EHZ", "EHN", "EHE"]
+    # the P pick is 10 s after the first kept sample in both; the S of trace 1 lies in the cut padding
+    assert ts.reference["P"] == {"XX.T0.": [TRACE_T0.timestamp + 10.0], "XX.T1.": [TRACE_T0.timestamp + 10.0]}
+    assert ts.reference["S"] == {"XX.T0.": [TRACE_T0.timestamp + 1.0]} and ts.outside == 1
+    assert ts.time_to_sample(1, TRACE_T0.timestamp + 10.0) == pytest.approx(1300.0)
+    assert dataset_traces(ds, trim_flat=False).offsets == [0, 0]
