@@ -57,7 +57,7 @@ EXPERIMENTS = {
 }
 SEED_BATCH = {"masked": 128, "contrastive": 64}
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
-FIELDS = ["label", "device", "recipe", "backbone", "params", "batch", "checkpointing", "kernel", "step_ms",
+FIELDS = ["label", "device", "recipe", "backbone", "params", "batch", "checkpointing", "compiled", "kernel", "step_ms",
           "windows_per_s", "peak_gib", "tflop_per_step", "tflops", "mfu"]
 TINY_BACKBONE = {
     "masked": dict(d_model=32, num_layers=2, qkv_proj_blocksize=4, stem_channels=[8, 16], decoder_channels=[16, 16]),
@@ -137,11 +137,12 @@ def flops_per_window(recipe: str, tiny: bool, samples: int, kernel: str) -> floa
     return counter.get_total_flops() + cell_flops(calls, kernel)
 
 
-def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.device) -> dict:
+def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.device, compiled: bool = False) -> dict:
     kernel = resolve_kernel(args.kernel, device)
     flops = batch * flops_per_window(recipe, args.tiny, args.samples, kernel)
     torch.manual_seed(0)
     module = build(recipe, args.tiny, checkpointing, args.kernel).to(device).train()
+    module.backbone.set_compile(compiled)
     x = torch.randn(batch, 3, args.samples, device=device)
     step = make_step(module, x)
     for _ in range(args.warmup):
@@ -169,6 +170,7 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
         "params": count_parameters(module),
         "batch": batch,
         "checkpointing": "yes" if checkpointing else "no",
+        "compiled": "yes" if compiled else "no",
         "kernel": kernel,
         "step_ms": round(1e3 * seconds, 1),
         "windows_per_s": round(batch / seconds, 1),
@@ -186,7 +188,7 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
 
 def update_csv(path: Path, rows: list[dict]) -> list[dict]:
     """Adds rows to the CSV, replacing earlier rows of the same label, device, recipe, batch and checkpointing."""
-    key = lambda r: (r["label"], r["device"], r["recipe"], str(r["batch"]), r["checkpointing"])  # noqa: E731
+    key = lambda r: (r["label"], r["device"], r["recipe"], str(r["batch"]), r["checkpointing"], r.get("compiled", "no"))  # noqa: E731
     old = list(csv.DictReader(path.open())) if path.is_file() else []
     new_keys = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new_keys] + rows
@@ -201,12 +203,12 @@ def update_csv(path: Path, rows: list[dict]) -> list[dict]:
 def report(rows: list[dict], args) -> list[str]:
     lines = ["# Pretraining step speed", "", f"`benchmarks/pretrain_speed.py` (see its docstring for the method); "
              f"{args.steps} timed steps after {args.warmup} warm-up steps, {args.samples}-sample windows.", ""]
-    lines += ["| label | device | recipe | backbone | batch | act. ckpt | kernel | step ms | windows/s | peak GiB | "
-              "TFLOP/step | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| label | device | recipe | backbone | batch | act. ckpt | compiled | kernel | step ms | windows/s | "
+              "peak GiB | TFLOP/step | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['device']} | {r['recipe']} | {r['backbone']} | {r['batch']} | {r['checkpointing']} "
-            f"| {r['kernel']} | {r['step_ms']} | {r['windows_per_s']} | {r['peak_gib']} | {r['tflop_per_step']} | "
+            f"| {r.get('compiled') or 'no'} | {r['kernel']} | {r['step_ms']} | {r['windows_per_s']} | {r['peak_gib']} | {r['tflop_per_step']} | "
             f"{r['tflops']} | {r['mfu'] or 'n/a'} |"
         )
     return lines
@@ -218,6 +220,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: the seed's, 128 / 64)")
     parser.add_argument("--checkpointing", choices=["no", "yes", "both"], default="no",
                         help="activation checkpointing of the mLSTM layers")
+    parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
+                        help="torch.compile of the mLSTM layers (backbone.set_compile)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4096)
@@ -234,11 +238,13 @@ def main(argv=None):
         out = REPO / "benchmarks" / "results" / "pretrain_gpu.md"
     recipes = ["masked", "contrastive"] if args.recipe == "both" else [args.recipe]
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.checkpointing]
+    modes_compile = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
     rows = []
     for recipe in recipes:
         for batch in args.batch or [SEED_BATCH[recipe]]:
             for ckpt in modes:
-                rows.append(measure(args, recipe, batch, ckpt, device))
+                for compiled in modes_compile:
+                    rows.append(measure(args, recipe, batch, ckpt, device, compiled))
     if out is not None:
         rows = update_csv(out.with_suffix(".csv"), rows)
     write_report(report(rows, args), out)

@@ -79,7 +79,7 @@ def _default_cache_dir() -> Path:
 def ingest_cached(source, cache_dir: str | Path | None = None, progress: bool = False) -> Path:
     """Converts ``source`` (:class:`~pretrain.config.IngestSourceConfig`) with the ingest tool into
     ``cache_dir/<name>`` once; later calls reuse it. A cached folder made from other inputs is an error."""
-    from seisbench_xlstm.data import ingest
+    from seisbench_xlstm.data import ingest_dataset as ingest
 
     out = Path(cache_dir) if cache_dir else _default_cache_dir()
     out = out / source.name

@@ -60,15 +60,22 @@ class PretrainModule(L.LightningModule):
 
     # ---------------------------------------------------------------- steps
     def total_steps(self) -> int:
-        if self._trainer is None:  # outside a trainer (benchmarks): the configured steps
-            return max(1, int(self._omega.trainer.max_steps))
+        if self._trainer is None:  # outside a trainer (benchmarks): the configured steps, else a long run
+            steps = int(self._omega.trainer.max_steps)
+            return steps if steps > 0 else 1_000_000
         return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def on_fit_start(self):
+        """Turns on ``torch.compile`` of the mLSTM layers per ``model.compile`` (``null``: on CUDA)."""
+        enabled = self.run_config.model.compile
+        self.backbone.set_compile(self.device.type == "cuda" if enabled is None else bool(enabled))
 
     def on_train_batch_start(self, batch, batch_idx):
         torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, 0x57E9))
         if isinstance(self.recipe, ContrastiveVQ):
             c = self.recipe.config
-            self.recipe.set_temperature(annealed_temperature(self.global_step, self.total_steps(), c.tau_start, c.tau_end))
+            tau = annealed_temperature(self.global_step, self.total_steps(), c.tau_start, c.tau_end)
+            self.recipe.set_temperature(tau)
 
     def training_step(self, batch, batch_idx):
         out = self.recipe(batch["X"])
@@ -80,8 +87,8 @@ class PretrainModule(L.LightningModule):
         if not finite:
             stats = {k: float(v) for k, v in out.items() if k != "loss"}
             raise NonFiniteLossError(
-                f"Training loss is {loss.item()} (on this rank) at step {self.global_step} (epoch {self.current_epoch}, batch "
-                f"{batch_idx}); statistics of the step: {stats}. Stopped before the optimizer applied it. Resume "
+                f"Training loss is {loss.item()} (on this rank) at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); statistics of the step: {stats}. Stopped before the optimizer applied it. Resume "
                 f"from the last checkpoint with a lower optim.lr, stronger trainer.gradient_clip_val, or "
                 f"trainer.precision=32-true to look for the cause."
             )

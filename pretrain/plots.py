@@ -45,10 +45,12 @@ def plot_loss_curve(log_root: str | Path, out: str | Path, title: str = "") -> P
     ax = axes[0, 0]
     if "train/loss" in df:
         train = df[["step", "train/loss"]].dropna()
-        ax.plot(train["step"], train["train/loss"], color="C0", alpha=0.3, lw=0.8, label="train (per step)")
         window = max(1, len(train) // 50)
-        ax.plot(train["step"], train["train/loss"].rolling(window, min_periods=1).mean(), color="C0",
-                label=f"train (mean of {window})")
+        ax.plot(train["step"], train["train/loss"], color="C0", alpha=0.3 if window > 1 else 1.0, lw=0.8,
+                marker="." if len(train) < 50 else None, label="train (logged steps)")
+        if window > 1:
+            ax.plot(train["step"], train["train/loss"].rolling(window, min_periods=1).mean(), color="C0",
+                    label=f"train (running mean of {window})")
     if "val/loss" in df:
         val = df[["step", "val/loss"]].dropna()
         ax.plot(val["step"], val["val/loss"], "o-", color="C1", label="validation")

@@ -89,14 +89,12 @@ class GumbelVectorQuantizer(nn.Module):
             hard_index = one_hot.argmax(dim=-1)
         else:
             one_hot = F.one_hot(hard_index, self.codes).to(logits.dtype)
-        selected = mask.reshape(-1) if mask is not None else None
-        probs = logits.softmax(dim=-1)
-        hard = F.one_hot(hard_index, self.codes).float()
-        if selected is not None:
-            probs, hard = probs[selected], hard[selected]
-        prob_ppl = perplexity(probs.mean(dim=0))
+        # averages over the selected vectors as weighted sums (no boolean indexing: no device synchronisation)
+        weights = torch.ones(len(logits), device=x.device) if mask is None else mask.reshape(-1).float()
+        weights = weights / weights.sum().clamp_min(1.0)
+        prob_ppl = perplexity(torch.einsum("n,ngv->gv", weights, logits.softmax(dim=-1)))
         with torch.no_grad():
-            avg_hard = hard.mean(dim=0)
+            avg_hard = torch.einsum("n,ngv->gv", weights, one_hot.detach().float())
             code_ppl = perplexity(avg_hard)
             in_use = (avg_hard > 0).float().mean()
         # (N, G, V) x (G, V, D/G) -> (N, G, D/G)

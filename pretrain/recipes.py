@@ -140,7 +140,7 @@ class ContrastiveVQ(nn.Module):
             "code_perplexity": quantized.code_perplexity,
             "codes_in_use": quantized.codes_in_use,
             "mask_fraction": token_mask.float().mean(),
-            "temperature": torch.tensor(self.quantizer.tau),
+            "temperature": torch.tensor(self.quantizer.tau, device=x.device),
         }
 
 

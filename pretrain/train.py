@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
     )
     callbacks = [checkpoints, LearningRateMonitor(logging_interval="step")]
     if t.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        # every step on a terminal; every logging interval into a file (logs of GPU runs stay short)
+        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else int(t.log_every_n_steps)))
     callbacks += extra_callbacks or []
     return L.Trainer(
         default_root_dir=str(out_dir),

@@ -108,6 +108,17 @@ def test_instruments_are_grouped_by_band_and_instrument_code():
     assert [s.instrument for s in segs] == ["XX.OTHER..HH", "XX.STA..HH", "XX.STA..HN"]
 
 
+def test_unmergeable_records_are_skipped_and_listed():
+    st = _stream(n=3000)
+    st += _trace("HHZ", np.zeros(3000), start=T0 + 10, rate=50.0)  # the same channel at another rate
+    st += _stream(n=3000, seed=1).select(component="Z")[0].copy()
+    st[-1].stats.station = "GOOD"
+    segs, skipped = segments_from_stream(st)
+    assert [s.instrument for s in segs] == ["XX.GOOD..HH"]
+    assert ("XX.STA..HH", "instrument not used: a component could not be read as one record") in skipped
+    assert any(item == "XX.STA..HHZ" and "cannot be merged" in reason for item, reason in skipped)
+
+
 def test_resampled_to_100_hz():
     st = obspy.Stream(
         [_trace(f"HH{c}", np.random.default_rng(0).normal(size=8000), rate=200.0) for c in "ZNE"]

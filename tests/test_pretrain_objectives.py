@@ -45,7 +45,10 @@ def test_span_mask_statistics():
         assert starts[row][first].all()
     # isolated starts (no other start within 10 tokens on either side) give runs of exactly 10 tokens
     row = starts[0].nonzero().flatten().tolist()
-    isolated = [s for i, s in enumerate(row) if (i == 0 or s - row[i - 1] > 10) and (i == len(row) - 1 or row[i + 1] - s > 10)]
+    isolated = [
+        s for i, s in enumerate(row)
+        if (i == 0 or s - row[i - 1] > 10) and (i == len(row) - 1 or row[i + 1] - s > 10)
+    ]
     assert isolated
     for s in isolated:
         assert mask[0, s : s + 10].all()
@@ -89,6 +92,11 @@ def test_quantizer_eval_is_argmax_and_perplexity_bounds():
     assert 1.0 <= out.prob_perplexity.item() <= 640
     assert 1.0 <= out.code_perplexity.item() <= 640
     assert 0 < out.codes_in_use.item() <= 1
+    # statistics over the masked vectors only equal those of the subset
+    mask = torch.rand(4, 100, generator=torch.Generator().manual_seed(2)) < 0.3
+    on_mask, subset = q(x, mask=mask), q(x[mask])
+    for key in ("prob_perplexity", "code_perplexity", "codes_in_use", "diversity_loss"):
+        torch.testing.assert_close(getattr(on_mask, key), getattr(subset, key))
     # a collapsed codebook (one code per group) has perplexity = groups, and the largest diversity loss
     with torch.no_grad():
         q.to_logits.weight.zero_()

@@ -57,7 +57,8 @@ def tiny(records, out_dir, recipe="masked", steps=6, extra=()):
                  "trainer.accelerator=cpu", "optim.lr=0.01"]
     overrides += [f"backbone.{k}={_list(v)}" for k, v in backbone.items()]
     if recipe == "contrastive":
-        overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32", "recipe.num_negatives=10"]
+        overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32",
+                      "recipe.num_negatives=10"]
     return compose_config(overrides + list(extra))
 
 
@@ -70,7 +71,7 @@ def _train_losses(out_dir):
 SEED_RECIPE_1 = {
     "backbone": {"d_model": 176, "num_layers": 24, "in_channels": 3},
     "recipe": {"mask_ratio": 0.75},
-    "data": {"datasets": ["stead", "mlaapde"], "window_len": 4096, "batch_size": 128},
+    "data": {"datasets": ["stead", "mlaapde"], "window_len": 4096, "batch_size": 128, "windows_per_epoch": 2_104_320},
     "optim": {"lr": 0.002, "weight_decay": 0.01, "betas": [0.9, 0.95], "warmup_fraction": 0.1},
     "trainer": {"devices": 2, "precision": "bf16-mixed", "max_steps": 452_100, "max_epochs": 55,
                 "val_check_interval": 1.0},
@@ -101,12 +102,15 @@ def test_experiments_equal_the_seed_tables(name, table, backbone):
     assert cfg.data.batch_size * cfg.trainer.devices == 256  # effective batch of the seed
     if backbone == "sequential":
         assert warmup_steps(cfg.trainer.max_steps, cfg.optim.warmup_fraction) == 45_210
+        # 55 epochs of the configured length are the 452,100 steps
+        assert cfg.trainer.max_epochs * cfg.data.windows_per_epoch // 256 == cfg.trainer.max_steps
 
 
 def test_local_variants_read_the_shared_data():
     assert set(list_experiments()) >= {"xlstm_large/pure_mlstm_sequential_12m_local", "contrastive/xlstm_unet_local"}
-    for name, base in (("xlstm_large/pure_mlstm_sequential_12m_local", "xlstm_large/pure_mlstm_sequential_12m_foundation"),
-                       ("contrastive/xlstm_unet_local", "contrastive/xlstm_unet_seisbench")):
+    pairs = (("xlstm_large/pure_mlstm_sequential_12m_local", "xlstm_large/pure_mlstm_sequential_12m_foundation"),
+             ("contrastive/xlstm_unet_local", "contrastive/xlstm_unet_seisbench"))
+    for name, base in pairs:
         cfg, seed = compose_config([f"experiment={name}"]), compose_config([f"experiment={base}"])
         assert cfg.backbone == seed.backbone and cfg.recipe == seed.recipe and cfg.optim == seed.optim
         assert [p.split("/")[-1] for p in cfg.data.datasets] == ["ncedc154"]
@@ -165,14 +169,16 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
-def test_resume_repeats_the_uninterrupted_run(records, tmp_path):
-    # 12 windows per epoch / batch 4 = 3 steps per epoch: the interruption at step 4 is inside epoch 1
+@pytest.mark.parametrize("stop", [4, 3])
+def test_resume_repeats_the_uninterrupted_run(records, tmp_path, stop):
+    # 12 windows per epoch / batch 4 = 3 steps per epoch: step 4 is inside epoch 1, step 3 ends epoch 0
     full = tmp_path / "full"
     run(tiny(records, full, steps=8))
     part = tmp_path / "part"
-    first = run(tiny(records, part, steps=8), extra_callbacks=[StopAt(4)])
-    assert first.global_step == 4
-    resumed = run(tiny(records, part, steps=8, extra=[f"resume={part / 'checkpoints' / 'step00000004.ckpt'}"]))
+    first = run(tiny(records, part, steps=8, extra=[f"trainer.checkpoint_every_n_steps={stop}"]),
+                extra_callbacks=[StopAt(stop)])
+    assert first.global_step == stop
+    resumed = run(tiny(records, part, steps=8, extra=[f"resume={part / 'checkpoints' / f'step{stop:08d}.ckpt'}"]))
     assert resumed.global_step == 8
     a, b = _train_losses(full), _train_losses(part)
     assert list(b.index) == list(range(8))
@@ -208,3 +214,27 @@ def test_non_finite_loss_stops_the_run(records, tmp_path):
     cfg = tiny(records, tmp_path / "run", steps=6)
     with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(on this rank\) at step 2"):
         run(cfg, extra_callbacks=[Poison()])
+
+
+def test_local_data_uses_every_shared_waveform_and_ingests_once(shared_data, tmp_path):
+    from pretrain.config import IngestSourceConfig
+    from pretrain.data import PretrainDataModule, ingest_cached
+
+    cfg = compose_config(["experiment=xlstm_large/pure_mlstm_sequential_12m_local", f"data.cache_dir={tmp_path}",
+                          "data.num_workers=0"])
+    data = PretrainDataModule(cfg)
+    data.setup("fit")
+    sizes = {type(s).__name__: len(s) for s in data.train_set.sources}
+    # NCEDC-154 train split (93) + NZ-DFDP ingested train split; continuous: 85% of 720,000 samples in 4096-windows
+    assert sizes["_TraceSource"] > 93 and sizes["_ContinuousSource"] == int(0.85 * 720_000) // 4096
+    assert len(data.val_set) > 0
+    item = data.train_set[(0, 0, len(data.train_set) - 1)]
+    assert item["X"].shape == (3, 4096) and torch.isfinite(item["X"]).all()
+    hdf5 = tmp_path / "nz-dfdp" / "waveforms.hdf5"
+    stamp = hdf5.stat().st_mtime_ns
+    source = cfg.data.ingest[0]
+    assert ingest_cached(source, tmp_path) == tmp_path / "nz-dfdp" and hdf5.stat().st_mtime_ns == stamp  # reused
+    other_picks = str(shared_data / "nz-dfdp" / "REA" / "2013")
+    other = IngestSourceConfig(name="nz-dfdp", waveforms=source.waveforms, picks=other_picks)
+    with pytest.raises(ValueError, match="holds an ingest of"):
+        ingest_cached(other, tmp_path)

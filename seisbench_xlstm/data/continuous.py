@@ -108,7 +108,10 @@ def _contiguous_pieces(traces: list[obspy.Trace], rate: float) -> list[tuple[int
     st = obspy.Stream([tr.copy() for tr in traces])
     for tr in st:
         tr.data = np.ma.masked_invalid(np.asarray(tr.data, dtype=np.float64))
-    st.merge(method=1)
+    try:
+        st.merge(method=1)
+    except Exception as err:  # noqa: BLE001 - e.g. records of one channel at different sampling rates
+        raise ValueError(f"records cannot be merged: {err}") from err
     st = st.split()
     WaveformModel.resample(st, rate)
     pieces = []
@@ -166,7 +169,15 @@ def segments_from_stream(
             chosen[target] = traces
         if not chosen:
             continue
-        pieces = {c: _contiguous_pieces(t, sampling_rate) for c, t in chosen.items()}
+        pieces = {}
+        for c, traces in chosen.items():
+            try:
+                pieces[c] = _contiguous_pieces(traces, sampling_rate)
+            except ValueError as err:
+                skipped.append((f"{instrument}{traces[0].stats.channel[-1]}", str(err)))
+        if len(pieces) < len(chosen):
+            skipped.append((instrument, "instrument not used: a component could not be read as one record"))
+            continue
         covered = None
         for c in pieces:
             spans = _union([(i0, i0 + len(d)) for i0, d in pieces[c]])
