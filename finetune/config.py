@@ -295,9 +295,9 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.model.pretrained and not str(cfg.model.arch).startswith("xlstm"):
         errors.append("model.pretrained is a pretrained xLSTM backbone: only for model.arch=xlstm_seq|xlstm_unet")
     if cfg.model.backbone and not str(cfg.model.arch).startswith("xlstm"):
-        errors.append("model.backbone sets the backbone of an xLSTM picker from scratch: not for " + str(cfg.model.arch))
+        errors.append(f"model.backbone sets an xLSTM picker's backbone from scratch: not for {cfg.model.arch}")
     if cfg.pseudo.unlabelled_traces and not cfg.pseudo.labelled:
-        errors.append("pseudo.unlabelled_traces keeps training traces without analyst picks: it needs pseudo.labelled=true")
+        errors.append("pseudo.unlabelled_traces keeps train traces without analyst picks: needs pseudo.labelled=true")
     if not 0 < float(cfg.data.label_fraction) <= 1:
         errors.append(f"data.label_fraction={cfg.data.label_fraction}: must be in (0, 1]")
     if cfg.selection.monitor not in ("val/f1", "val/loss"):

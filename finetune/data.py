@@ -292,10 +292,14 @@ class FinetuneData:
         return self
 
     def summary(self) -> str:
-        parts = [f"{Path(i['path']).name}: {i['labelled_train']} labelled train traces"
-                 + (f" + {i['unlabelled_train']} teacher-only" if i["unlabelled_train"] else "")
-                 + (f", teacher picks P {i['teacher_picks']['P']} S {i['teacher_picks']['S']}" if "teacher_picks" in i else "")
-                 + f", {i['dev']} dev" for i in self.info["labelled"]]
+        parts = []
+        for i in self.info["labelled"]:
+            text = f"{Path(i['path']).name}: {i['labelled_train']} labelled train traces"
+            if i["unlabelled_train"]:
+                text += f" + {i['unlabelled_train']} teacher-only"
+            if "teacher_picks" in i:
+                text += f", teacher picks P {i['teacher_picks']['P']} S {i['teacher_picks']['S']}"
+            parts.append(text + f", {i['dev']} dev")
         if "continuous" in self.info:
             c = self.info["continuous"]
             parts.append(f"continuous: {c['chunks']['train']} train chunks, teacher picks P {c['picks']['train_P']} "

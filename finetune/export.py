@@ -84,13 +84,13 @@ def weights_docstring(cfg, data_info: dict, init_info: dict, thresholds: dict, d
             else "each window and channel demeaned, divided by its absolute peak")
     lines.append(f"Input: {spec.window_len}-sample windows at 100 Hz, components ZNE; normalisation: {norm}. "
                  f"Targets: Gaussian P/S labels (sigma {cfg.data.sigma:g} samples, SeisBench ProbabilisticLabeller); "
-                 "augmentations: second events, Gaussian noise, annotate-like gaps, channel dropout, amplitude scaling; "
-                 "real pre-arrival noise windows, never padded.")
+                 "augmentations: second events, Gaussian noise, annotate-like gaps, channel dropout, amplitude "
+                 "scaling; real pre-arrival noise windows, never padded.")
     tol = cfg.selection.tolerance
     th = ", ".join(f"{ph} {thresholds[ph]:g} (dev F1 {_fmt(dev_scores.get(f'f1_{ph}', float('nan')))})"
                    for ph in sorted(thresholds))
-    lines.append(f"Thresholds (default_args) tuned on the whole dev traces with classify, F1 of picks within {tol:g} s: "
-                 f"{th}.")
+    lines.append(f"Thresholds (default_args) tuned on the whole dev traces with classify, F1 of picks within "
+                 f"{tol:g} s: {th}.")
     lines.append(f"Training: {train_info.get('epochs')} epochs, {train_info.get('steps')} steps, "
                  f"{_fmt(train_info.get('minutes', float('nan')), 1)} min on {train_info.get('device')}; best epoch "
                  f"{train_info.get('best_epoch')} by {cfg.selection.monitor}.")

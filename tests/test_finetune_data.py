@@ -34,7 +34,8 @@ def test_label_fraction_is_reproducible_nested_and_train_only():
         assert not (mask & ~train_with_picks.to_numpy()).any()  # only train traces with picks
         np.testing.assert_array_equal(mask, select_label_fraction(md, f, seed=3))  # reproducible
         events = set(md.loc[mask, "source_id"])
-        assert mask.sum() == md["source_id"].isin(events).sum() - md.loc[~train_with_picks, "source_id"].isin(events).sum()
+        in_events = md["source_id"].isin(events)
+        assert mask.sum() == (in_events & train_with_picks).sum()  # whole events: every train trace of them
         assert mask.sum() >= f * train_with_picks.sum()  # whole events until the fraction is reached
         assert mask.sum() < f * train_with_picks.sum() + 3  # ... and not one event more
     assert masks[1.0].sum() == train_with_picks.sum()
@@ -108,8 +109,10 @@ def test_teacher_sources_label_fraction_and_cache(sources, monkeypatch):
     data = FinetuneData(cfg).prepare()
     info = data.info
     assert info["labelled"][0]["labelled_train"] == 4 and info["labelled"][0]["unlabelled_train"] == 4
-    assert info["continuous"]["chunks"] == {"train": 4, "test": 2}  # 600 s: cut at 420 s; 3 x 120 s + 60 s, then 120 s + 60 s
-    assert info["continuous"]["picks"]["train_P"] == 7 and info["teachers"] == ["PhaseNet:original", "EQTransformer:original"]
+    # 600 s, cut at 420 s: 3 x 120 s + 60 s of train chunks, then 120 s + 60 s of test chunks
+    assert info["continuous"]["chunks"] == {"train": 4, "test": 2}
+    assert info["continuous"]["picks"]["train_P"] == 7
+    assert info["teachers"] == ["PhaseNet:original", "EQTransformer:original"]
     assert data.extra == {"trace_pseudoP0_arrival_sample": "P", "trace_pseudoS0_arrival_sample": "S",
                           "trace_pseudoP1_arrival_sample": "P", "trace_pseudoS1_arrival_sample": "S"}
     train = data.train_gen.mixed
