@@ -157,7 +157,9 @@ def mlstm_branches(
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
-    if x_mlstm.is_cuda:
+    if torch.compiler.is_compiling():
+        q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
+    elif x_mlstm.is_cuda:
         q, k, v, gates = _qkv_gates_dense(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
     else:
         q, k = headwise_linear(x_conv, (w_q, w_k))
@@ -167,8 +169,8 @@ def mlstm_branches(
     # (directions * batch, heads, steps, ...): the directions become part of the kernel's batch axis (views only)
     i, f = gates.flatten(0, 1).transpose(1, 2).split(heads, dim=1)
 
-    def split_heads(t):
-        return t.reshape(n_dir * batch, steps, heads, -1).transpose(1, 2)
+    def split_heads(t):  # the kernels need contiguous inputs; under torch.compile this fuses into the producer
+        return t.reshape(n_dir * batch, steps, heads, -1).transpose(1, 2).contiguous()
 
     h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
     h = multihead_norm(h, directions[0].outnorm.eps).view(n_dir, batch, steps, inner)
@@ -245,6 +247,30 @@ def _qkv_gates_dense(
     q, k, gates_qk = out_conv.split([inner, inner, gate_w.shape[1]], dim=-1)
     v, gates_v = out_mlstm.split([inner, gate_w.shape[1]], dim=-1)
     return q, k, v, gates_qk + gates_v
+
+
+def _qkv_gates_fused(
+    x_conv: torch.Tensor, x_mlstm: torch.Tensor, qkv_weights: tuple[torch.Tensor, ...], gate_w: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The form of :func:`_qkv_gates_dense` for ``torch.compile``: each headwise projection as a broadcast
+    multiply-sum over its small blocks, which the compiler fuses with the conv that produces the input and with the
+    layout change the kernel needs (one pass over memory instead of block-diagonal GEMMs, whose zero blocks cost
+    ``heads`` times the FLOPs, plus a copy). In eager mode this form would materialise ``d_out`` times the input,
+    so it is used only while compiling. Gates: thin GEMMs with the folded weights of :func:`_qkv_gates_dense`.
+    Same shapes and values as :func:`_qkv_gates_dense`.
+    """
+    inner = x_conv.shape[-1]
+    w_q, w_k, w_v = qkv_weights
+
+    def headwise(x, w):
+        n_dir, heads, d_out, d_in = w.shape
+        product = x.unflatten(-1, (heads, 1, d_in)) * w.to(x.dtype)[:, None, None]  # (..., heads, d_out, d_in)
+        return product.sum(-1).flatten(-2)
+
+    g_q, g_k, g_v = gate_w.split(inner, dim=-1)
+    gates = _batched_linear(x_conv, g_q @ _block_diagonal(w_q) + g_k @ _block_diagonal(w_k))
+    gates = gates + _batched_linear(x_mlstm, g_v @ _block_diagonal(w_v))
+    return headwise(x_conv, w_q), headwise(x_conv, w_k), headwise(x_mlstm, w_v), gates
 
 
 def _block_diagonal(weight: torch.Tensor) -> torch.Tensor:

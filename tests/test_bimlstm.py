@@ -135,3 +135,15 @@ def test_layer_matches_two_directions_of_xlstm_components(share):
         ref = x + layer.proj_down(h)
         out = layer(x, kernel="parallel--native_autograd")
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_form_for_compile_matches_dense_gemms():
+    """The multiply-sum form used under torch.compile gives the same q, k, v and gates as the GEMM form."""
+    from seisbench_xlstm.bimlstm import _qkv_gates_dense, _qkv_gates_fused
+
+    torch.manual_seed(0)
+    weights = tuple(torch.randn(2, 6, 4, 4) for _ in range(3))
+    gate_w = torch.randn(2, 8, 3 * 24)
+    x_conv, x_m = torch.randn(2, 3, 7, 24), torch.randn(2, 3, 7, 24)
+    for fused, dense in zip(_qkv_gates_fused(x_conv, x_m, weights, gate_w), _qkv_gates_dense(x_conv, x_m, weights, gate_w)):
+        torch.testing.assert_close(fused, dense, atol=1e-4, rtol=1e-4)
