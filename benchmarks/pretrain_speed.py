@@ -222,6 +222,9 @@ def main(argv=None):
                         help="activation checkpointing of the mLSTM layers")
     parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                         help="torch.compile of the mLSTM layers (backbone.set_compile)")
+    parser.add_argument("--compiled-qkv", choices=["fused", "dense"], default=None,
+                        help="form of q/k/v inside torch.compile (seisbench_xlstm.bimlstm.COMPILED_QKV_FORM); "
+                             "the label gets a suffix")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4096)
@@ -233,6 +236,9 @@ def main(argv=None):
                         " the CSV next to it keeps all labels)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.compiled_qkv:
+        bimlstm.COMPILED_QKV_FORM = args.compiled_qkv
+        args.label = f"{args.label} (qkv {args.compiled_qkv})"
     out = args.out
     if out is None and device.type == "cuda" and not args.tiny:
         out = REPO / "benchmarks" / "results" / "pretrain_gpu.md"

@@ -42,6 +42,12 @@ from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 from .kernels import AUTO, mlstm_sequence
 
 
+#: How q/k/v are computed inside ``torch.compile`` (see :func:`_qkv_gates_fused`): ``"fused"`` (multiply-sums the
+#: compiler fuses) or ``"dense"`` (the block-diagonal GEMMs of eager GPU runs). A speed switch for benchmarks; both
+#: give the same values.
+COMPILED_QKV_FORM = "fused"
+
+
 @dataclass
 class BiMLSTMLayerConfig:
     """Configuration of one bidirectional mLSTM layer.
@@ -157,7 +163,7 @@ def mlstm_branches(
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and COMPILED_QKV_FORM == "fused":
         q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
     elif x_mlstm.is_cuda:
         q, k, v, gates = _qkv_gates_dense(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
