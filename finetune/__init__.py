@@ -1,0 +1,1 @@
+"""Fine-tuning runner: ``python -m finetune experiment=<name> [key=value ...]`` (docs/finetune.md)."""
