@@ -57,6 +57,7 @@ def _parse_args(argv):
     ap.add_argument("--tolerances", nargs="+", type=float, default=[0.1, 0.5])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None, help="OUT.csv + OUT.md (default: print only)")
+    ap.add_argument("--note", default="", help="a paragraph for the report (what the models are, how they were made)")
     return ap.parse_args(argv)
 
 
@@ -217,6 +218,8 @@ def report(df, args) -> list[str]:
              "Made by `benchmarks/picking_eval.py` (see its docstring for the protocol). Precision (Pr), recall (Re) "
              "and F1 of `classify` picks matched one to one within the tolerance; residuals (pick minus reference, "
              "seconds) over the matches within 0.5 s.", ""]
+    if args.note:
+        lines += [args.note, ""]
     for data, part in df.groupby("data", sort=False):
         for (mode, reference), sub in part.groupby(["thresholds", "reference"], sort=False):
             head = f"## {data} ({sub['split'].iloc[0]}), thresholds: {mode}, reference: {reference}"

@@ -203,3 +203,27 @@ def test_eqtransformer_detection_target_by_hand():
     state = {"X": (np.zeros((3, 1000)), {"trace_P_arrival_sample": 500.0})}
     EventDetectionTarget(cols)(state)
     assert state["detections"][0].sum() == 0
+
+
+@pytest.mark.parametrize("recipe,arch", [("masked", "xlstm_seq"), ("contrastive", "xlstm_unet")])
+def test_pretraining_exports_start_a_finetune(tmp_path, recipe, arch):
+    """The pretraining runner's export (pretrain/export.py) is what model.pretrained reads."""
+    from pretrain.config import compose_config as pretrain_config
+    from pretrain.export import export_backbone
+    from pretrain.module import PretrainModule
+    from tiny import TINY_UNET
+
+    backbone = TINY_SEQUENTIAL if recipe == "masked" else TINY_UNET
+    overrides = [f"backbone={'sequential' if recipe == 'masked' else 'unet'}", f"recipe={recipe}"]
+    overrides += [f"backbone.{k}={_list(v)}" for k, v in backbone.items()]
+    if recipe == "contrastive":
+        overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32"]
+    module = PretrainModule(pretrain_config(overrides))
+    path = export_backbone(module, tmp_path / "backbone.pt", global_step=5)
+    model, info = build_model(arch, str(path))
+    assert info["init"] == "pretrained" and info["global_step"] == 5 and info["recipe"] == type(module.recipe).__name__
+    for key, value in module.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    other = "xlstm_unet" if arch == "xlstm_seq" else "xlstm_seq"
+    with pytest.raises(ValueError, match=f"model.arch={arch}"):
+        build_model(other, str(path))
