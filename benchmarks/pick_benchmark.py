@@ -53,6 +53,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "pick_benchmark")
+    ap.add_argument("--note", default="", help="a paragraph for the reports (what the models are)")
     return ap.parse_args(argv)
 
 
@@ -163,7 +164,11 @@ def report(name: str, rows: list[dict], dataset, args) -> list[str]:
              f"targets with seed {args.seed} (`targets_{slug(name)}/`), made by `benchmarks/pick_benchmark.py`. "
              f"Task 1: {n['det_n_test']} test / {n['det_n_dev']} dev 30 s windows; tasks 2-3: {n['phase_n_test']} "
              f"test / {n['phase_n_dev']} dev 10 s windows ({n['P_n']} P, {n['S_n']} S in test). Thresholds are "
-             "chosen on dev (task 1: best F1, task 2: best MCC) and applied to test; all scores are on test.", ""]
+             "chosen on dev (task 1: best F1, task 2: best MCC) and applied to test; all scores are on test. "
+             "Task 3 takes the position of the highest P (S) probability in the window however low it is, so a "
+             "missed onset counts with its full error.", ""]
+    if args.note:
+        lines += [args.note, ""]
     note = first.get("det_note")
     if isinstance(note, str):
         lines += [f"Task 1: {note} (no trace of this dataset holds 30 s of data before its first pick, the "

@@ -50,6 +50,7 @@ def parse_args(argv=None):
     ap.add_argument("--cpu-hours", type=float, default=0.25, help="hours per station of the CPU speed run")
     ap.add_argument("--stations", type=int, default=None, help="stations of the speed run (CPU 2, GPU 4)")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
+    ap.add_argument("--note", default="", help="a paragraph for the quality and picking reports (the models)")
     return ap.parse_args(argv)
 
 
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
     models = baselines + list(args.model)
     model_args = [a for spec in models for a in ("--model", spec)]
     common = ["--cache-root", str(args.cache_root)] + (["--data-cache", args.data_cache] if args.data_cache else [])
+    common += ["--note", args.note] if args.note else []
 
     if "quality" in args.only:
         datasets = args.datasets or default_datasets(args)

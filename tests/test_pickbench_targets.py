@@ -149,6 +149,7 @@ def test_predictions_recover_known_offsets(spiky, order):
     # P windows: max P 0.9 / max S 0.05 = 18; S windows: 0.05 / 0.9
     assert scores["phase_mcc"] == pytest.approx(1.0)
     assert np.allclose(p["score_p_or_s"], 18) and np.allclose(s["score_p_or_s"], 0.05 / 0.9)
+    assert np.allclose(p["p_peak"], 0.9) and np.allclose(s["s_peak"], 0.9) and np.allclose(p["s_peak"], 0.05)
 
 
 def test_prediction_needs_the_dataset_rate(spiky):

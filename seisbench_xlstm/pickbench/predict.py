@@ -10,7 +10,9 @@ Only the samples of the target window count (``window_borders``), as in the prot
 * ``score_detection``: maximum of ``1 - noise`` (labels with ``N``: PhaseNet, the xLSTM pickers) or of the
   detection curve (``Detection``: EQTransformer);
 * ``score_p_or_s``: maximum P probability divided by maximum S probability;
-* ``p_sample_pred`` / ``s_sample_pred``: sample (in the trace) of the maximum P / S probability.
+* ``p_sample_pred`` / ``s_sample_pred``: sample (in the trace) of the maximum P / S probability;
+* ``p_peak`` / ``s_peak``: that maximum P / S probability (not used by the scores: task 3 takes the position of
+  the maximum however low it is; kept to tell missed onsets from misplaced ones).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import seisbench.generate as sbg
 import torch
 
 __all__ = ["WindowPredictor", "predict_targets"]
+
+KEYS = ("score_detection", "score_p_or_s", "p_offset", "s_offset", "p_peak", "s_peak")
 
 
 class _IndexedSteeredGenerator(sbg.SteeredGenerator):
@@ -78,7 +82,7 @@ class WindowPredictor:
         """The four protocol numbers per window from outputs ``(batch, samples, labels)`` and target-window
         borders ``(batch, 2)`` (samples of the model window); sample positions relative to the border start."""
         det = self.detection(y)
-        out = {k: np.full(len(y), np.nan) for k in ("score_detection", "score_p_or_s", "p_offset", "s_offset")}
+        out = {k: np.full(len(y), np.nan) for k in KEYS}
         for i, (a, b) in enumerate(np.asarray(borders, dtype=int)):
             p, s = y[i, a:b, self.p].numpy(), y[i, a:b, self.s].numpy()
             if b <= a or not (np.isfinite(p).any() and np.isfinite(s).any()):
@@ -88,11 +92,14 @@ class WindowPredictor:
                 out["score_p_or_s"][i] = np.nanmax(p) / np.nanmax(s)
             out["p_offset"][i] = float(np.nanargmax(p))
             out["s_offset"][i] = float(np.nanargmax(s))
+            out["p_peak"][i] = float(np.nanmax(p))
+            out["s_peak"][i] = float(np.nanmax(s))
         return out
 
 
 def predict_targets(model, dataset, targets: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
-    """``targets`` with ``score_detection``, ``score_p_or_s``, ``p_sample_pred`` and ``s_sample_pred`` added.
+    """``targets`` with ``score_detection``, ``score_p_or_s``, ``p_sample_pred``, ``s_sample_pred``, ``p_peak`` and
+    ``s_peak`` added.
 
     :param model: SeisBench picker at the dataset's sampling rate (on its device, in eval mode)
     :param dataset: the dataset the targets were made from (:func:`seisbench_xlstm.data.open_dataset`)
@@ -103,7 +110,7 @@ def predict_targets(model, dataset, targets: pd.DataFrame, batch_size: int = 256
         raise ValueError(f"{type(model).__name__} runs at {model.sampling_rate} Hz, the dataset at {rate} Hz: "
                          f"open the dataset at the model's rate")
     out = targets.reset_index(drop=True).copy()
-    columns = {k: np.full(len(out), np.nan) for k in ("score_detection", "score_p_or_s", "p_offset", "s_offset")}
+    columns = {k: np.full(len(out), np.nan) for k in KEYS}
     if len(out):
         predictor = WindowPredictor(model, getattr(dataset, "component_order", "ZNE"))
         generator = _IndexedSteeredGenerator(dataset, out)
@@ -126,4 +133,6 @@ def predict_targets(model, dataset, targets: pd.DataFrame, batch_size: int = 256
     out["score_p_or_s"] = columns["score_p_or_s"]
     out["p_sample_pred"] = out["start_sample"].to_numpy(dtype=float) + columns["p_offset"]
     out["s_sample_pred"] = out["start_sample"].to_numpy(dtype=float) + columns["s_offset"]
+    out["p_peak"] = columns["p_peak"]
+    out["s_peak"] = columns["s_peak"]
     return out
