@@ -40,6 +40,8 @@ sys.path.insert(0, str(REPO))
 PUBLISHED = ("PhaseNet original=PhaseNet:original", "EQTransformer original=EQTransformer:original",
              "EQTransformer conservative=EQTransformer:conservative", "PhaseNetLight ethz=PhaseNetLight:ethz")
 LOCAL = ("ncedc154", "nz-dfdp")
+#: Line styles of the models in the plots (curves that coincide stay visible).
+STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)))
 
 
 def parse_args(argv=None):
@@ -208,13 +210,14 @@ def plot_residuals(name: str, predictions: dict, path: Path, limit: float = 1.5)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     bins = np.linspace(-limit, limit, 61)
     for ax, phase in zip(axes, "PS"):
-        for label, pred in predictions.items():
+        for k, (label, pred) in enumerate(predictions.items()):
             t23 = pred.get("task23")
             if t23 is None or not len(t23):
                 continue
             r = onset_residuals(t23[t23["trace_split"] == "test"], phase)
             r = np.clip(r[np.isfinite(r)], -limit, limit)
-            ax.hist(r, bins=bins, histtype="step", linewidth=1.4, label=f"{label} (n={len(r)})")
+            ax.hist(r, bins=bins, histtype="step", linewidth=1.4, linestyle=STYLES[k % len(STYLES)],
+                    label=f"{label} (n={len(r)})")
         ax.axvline(0, color="k", linewidth=0.6)
         ax.set_xlabel(f"{phase} residual, predicted - analyst (s; clipped to ±{limit:g})")
         ax.set_title(f"{name}: task 3, {phase} windows (test)")
@@ -240,7 +243,7 @@ def plot_pr(name: str, predictions: dict, path: Path) -> None:
               ("task23", "score_p_or_s", lambda f: f["phase_label"] == "P", "task 2: P vs S (P positive)")]
     for ax, (task, column, positive, title) in zip(axes, panels):
         drawn = False
-        for label, pred in predictions.items():
+        for k, (label, pred) in enumerate(predictions.items()):
             frame = pred.get(task)
             if frame is None or not len(frame):
                 continue
@@ -250,7 +253,7 @@ def plot_pr(name: str, predictions: dict, path: Path) -> None:
                 continue
             c = binary_curve(y, test[column].to_numpy())
             ok = np.isfinite(c.precision)
-            ax.plot(c.recall[ok], c.precision[ok], label=label, linewidth=1.4)
+            ax.plot(c.recall[ok], c.precision[ok], label=label, linewidth=1.4, linestyle=STYLES[k % len(STYLES)])
             drawn = True
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
