@@ -141,13 +141,15 @@ def main(argv=None) -> int:
             n_windows = per_station * args.stations
             t_fwd = forward_seconds(model, n_windows, batch_sizes[-1], 4096)
             t_all = annotate_seconds(model, stream, repeats=1, batch_size=batch_sizes[-1])
-            activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            activities += [torch.profiler.ProfilerActivity.CUDA] if cuda else []
             x = torch.randn(batch_sizes[-1] if cuda else 8, 3, 4096, device=device)
             with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
                 model(x)
                 synchronize()
             key = "cuda_time_total" if cuda else "cpu_time_total"
-            profiles.append((name, n_windows, t_fwd, t_all, len(x), prof.key_averages().table(sort_by=key, row_limit=12)))
+            table = prof.key_averages().table(sort_by=key, row_limit=12)
+            profiles.append((name, n_windows, t_fwd, t_all, len(x), table))
         del model
         if cuda:
             torch.cuda.empty_cache()

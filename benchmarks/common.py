@@ -76,7 +76,8 @@ def write_report(lines: list[str], out: Path | None) -> str:
 
 #: Tiny backbone configurations for CPU smoke runs of the speed scripts (as tests/tiny.py).
 TINY_BACKBONES = {
-    "sequential": dict(d_model=32, num_layers=2, qkv_proj_blocksize=4, stem_channels=[8, 16], decoder_channels=[16, 16]),
+    "sequential": dict(d_model=32, num_layers=2, qkv_proj_blocksize=4, stem_channels=[8, 16],
+                       decoder_channels=[16, 16]),
     "unet": dict(dims=[16, 32, 64], layers_per_stage=1, stem_channels=[8, 16], decoder_channels=[16, 16]),
 }
 

@@ -158,20 +158,20 @@ def main(argv=None) -> int:
                     except (torch.OutOfMemoryError, RuntimeError) as e:
                         if not is_oom(e):
                             raise
-                        stopped = "OOM"
-                        record(base | {"status": "OOM", "ms": math.nan, "peak_gib": math.nan,
-                                       "ms_per_1k_samples": math.nan})
+                        seconds = peak = math.nan
+                    finally:
                         del x
                         if cuda:
                             torch.cuda.empty_cache()
+                    if math.isnan(seconds):
+                        stopped = "OOM"
+                        record(base | {"status": "OOM", "ms": math.nan, "peak_gib": math.nan,
+                                       "ms_per_1k_samples": math.nan})
                         continue
                     record(base | {"status": "ok", "ms": 1e3 * seconds, "peak_gib": peak,
                                    "ms_per_1k_samples": 1e6 * seconds / n})
                     if seconds > args.max_seconds:
                         stopped = "slow"
-                    del x
-                    if cuda:
-                        torch.cuda.empty_cache()
         del backbone
         if cuda:
             torch.cuda.empty_cache()

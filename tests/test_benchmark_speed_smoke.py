@@ -23,7 +23,8 @@ def test_stations_are_real_data_shifted_per_station(shared_data):
 def test_annotate_speed_writes_table_and_csv(shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("SEISBENCH_XLSTM_SHARED_DATA", str(shared_data))
     out = tmp_path / "annotate.md"
-    assert annotate_speed.main(["--hours", "0.01", "--stations", "2", "--tiny", "--repeats", "1", "--baseline-repeats", "1",
+    assert annotate_speed.main(["--hours", "0.01", "--stations", "2", "--tiny", "--repeats", "1",
+                                "--baseline-repeats", "1",
                                 "--models", "XLSTMUNetPicker", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
     assert [r["model"] for r in rows] == ["PhaseNet", "XLSTMUNetPicker (tiny)"]  # PhaseNet always, as reference
