@@ -1,21 +1,30 @@
-"""SeisBench ``annotate`` speed of the xLSTM pickers next to PhaseNet and EQTransformer, in one run.
+"""SeisBench ``annotate`` throughput of the xLSTM pickers next to PhaseNet and EQTransformer, side by side in one run.
 
-    python benchmarks/annotate_speed.py --hours 24 --out benchmarks/results/annotate_gpu.md   # on the H200
-    python benchmarks/annotate_speed.py --hours 1 --out benchmarks/results/annotate_cpu.md    # on a CPU
+    python benchmarks/annotate_speed.py --hours 24 --stations 4 --out benchmarks/results/annotate_gpu.md   # H200
+    python benchmarks/annotate_speed.py --hours 0.25 --stations 2 --out benchmarks/results/annotate_cpu.md  # CPU
+    python benchmarks/annotate_speed.py --hours 0.05 --stations 2 --tiny --repeats 1                        # smoke
 
-The stream is one real station (O2.WILZ, 3 channels, 100 Hz) tiled to the requested length. Models have random
-weights: speed does not depend on the weights. The xLSTM pickers run with the kernel and precision chosen at run
-time (TFLA Triton + bf16 autocast on CUDA, native chunkwise fp32 on CPU). For each model the best of the listed
-batch sizes is reported (each the best of two runs, since the first run at a new batch shape also compiles
-Triton kernels), and the xLSTM pickers at two overlaps (the default 512, the least overlap that still
-covers every sample with the default blinding of 256, and 1024). ``--profile`` adds a breakdown of where one
-annotate call of each xLSTM picker spends its time (model forward vs the rest of SeisBench's pipeline) and the
-top operators.
+The stream holds ``--stations`` stations of ``--hours`` each, made from one real station (O2.WILZ, 3 channels,
+100 Hz, ../shared/data/continuous-ok): station k starts k/stations of the way into the 2 h record, tiled in time.
+Models have random weights: speed does not depend on the weights (``--tiny``: tiny xLSTM backbones, for a smoke
+run only). The xLSTM pickers run with the kernel and precision chosen at run time (TFLA Triton + bf16 autocast
+on CUDA, native chunkwise fp32 on CPU). Every model annotates the whole stream in one call; for each model the
+best of the listed batch sizes is reported, each the best of ``--repeats`` runs (``--baseline-repeats`` for
+PhaseNet and EQTransformer; the first run at a new batch shape also compiles Triton kernels), the xLSTM pickers at
+each of ``--overlaps`` (512 is the default, the least overlap that covers every sample with the default blinding
+of 256).
+
+Reported: seconds, throughput in hours of 3-component 100 Hz data per second of wall time (stations x hours /
+seconds) and the time as a multiple of PhaseNet's in the same run. On a CPU the load average is reported
+before and after (others may share the machine: compare ratios, not absolute times). ``--profile`` adds where
+one annotate call of each xLSTM picker spends its time (model forward vs the rest of SeisBench's pipeline) and
+the top operators. Writes ``OUT`` (markdown) and ``OUT`` with suffix ``.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -24,11 +33,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import continuous_station, machine, synchronize, write_report  # noqa: E402
+from common import TINY_BACKBONES, continuous_stations, load_average, machine, synchronize, write_report  # noqa: E402
 
 import seisbench.models as sbm  # noqa: E402
 
 from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker  # noqa: E402
+
+MODELS = ("PhaseNet", "EQTransformer", "XLSTMSeqPicker", "XLSTMUNetPicker")
 
 
 def annotate_seconds(model, stream, repeats: int = 2, **kwargs) -> float:
@@ -39,7 +50,8 @@ def annotate_seconds(model, stream, repeats: int = 2, **kwargs) -> float:
         t = time.perf_counter()
         out = model.annotate(stream, **kwargs)
         synchronize()
-        assert len(out) > 0
+        if len(out) == 0:
+            raise RuntimeError(f"{type(model).__name__} annotated nothing")
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -59,77 +71,120 @@ def forward_seconds(model, n_windows, batch, in_samples):
     return time.perf_counter() - t
 
 
-def main():
+def build(name: str, tiny: bool):
+    if name == "PhaseNet":
+        return sbm.PhaseNet()
+    if name == "EQTransformer":
+        return sbm.EQTransformer()
+    if name == "XLSTMSeqPicker":
+        return XLSTMSeqPicker(backbone_config=TINY_BACKBONES["sequential"] if tiny else None)
+    if name == "XLSTMUNetPicker":
+        return XLSTMUNetPicker(backbone_config=TINY_BACKBONES["unet"] if tiny else None)
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hours", type=float, default=1.0)
-    parser.add_argument("--batch-sizes", type=int, nargs="+")
-    parser.add_argument("--baseline-batch", type=int)
+    parser.add_argument("--hours", type=float, default=1.0, help="hours per station")
+    parser.add_argument("--stations", type=int, default=4)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="xLSTM pickers (default 256 1024 on CUDA, 64)")
+    parser.add_argument("--baseline-batch", type=int, help="PhaseNet, EQTransformer (default 2048 on CUDA, 256)")
+    parser.add_argument("--overlaps", type=int, nargs="+", default=[512], help="xLSTM pickers' overlaps")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per setting of the xLSTM pickers")
+    parser.add_argument("--baseline-repeats", type=int, default=5, help="runs of PhaseNet and EQTransformer (fast)")
+    parser.add_argument("--tiny", action="store_true", help="tiny xLSTM backbones (smoke run, not a measurement)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if "PhaseNet" not in args.models:
+        args.models = ["PhaseNet"] + list(args.models)  # the reference of every ratio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     batch_sizes = args.batch_sizes or ([256, 1024] if cuda else [64])
     baseline_batch = args.baseline_batch or (2048 if cuda else 256)
     torch.manual_seed(0)
-    stream = continuous_station(args.hours)
-    warm = continuous_station(0.2)
+    stream = continuous_stations(args.hours, args.stations)
+    warm = continuous_stations(0.05, 1)
+    station_hours = args.hours * args.stations
+    load_before = load_average()
 
-    results = []  # (model, settings, seconds)
-    baselines = {"PhaseNet": sbm.PhaseNet(), "EQTransformer": sbm.EQTransformer()}
-    for name, model in baselines.items():
-        model.to(device).eval()
-        annotate_seconds(model, warm, repeats=1, batch_size=baseline_batch)
-        results.append((name, f"batch {baseline_batch}, default overlap", annotate_seconds(model, stream, batch_size=baseline_batch)))
-        print(results[-1], flush=True)
-
-    pickers = {"XLSTMSeqPicker": XLSTMSeqPicker(), "XLSTMUNetPicker": XLSTMUNetPicker()}
+    results = []  # dict rows
     profiles = []
-    for name, model in pickers.items():
-        model.to(device).eval()
-        annotate_seconds(model, warm, repeats=1, batch_size=batch_sizes[0])  # compiles the Triton kernels
-        for overlap in (512, 1024):
-            best = None
-            for batch in batch_sizes:
-                seconds = annotate_seconds(model, stream, batch_size=batch, overlap=overlap)
-                print((name, overlap, batch, seconds), flush=True)
-                if best is None or seconds < best[1]:
-                    best = (batch, seconds)
-            results.append((name, f"batch {best[0]}, overlap {overlap}, kernel {model.backbone.kernel} -> "
-                            f"{'TFLA+bf16' if cuda else 'native fp32'}", best[1]))
-        if args.profile:
-            n_windows = int(np.ceil((len(stream[0]) - 4096) / (4096 - 512))) + 1
+    for name in args.models:
+        model = build(name, args.tiny).to(device).eval()
+        xlstm = name.startswith("XLSTM")
+        batches = batch_sizes if xlstm else [baseline_batch]
+        settings = [(o, b) for o in args.overlaps for b in batches] if xlstm else [(None, baseline_batch)]
+        annotate_seconds(model, warm, repeats=1, batch_size=batches[0])  # warm-up (compiles Triton kernels)
+        best: dict = {}
+        for overlap, batch in settings:
+            kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
+            seconds = annotate_seconds(model, stream, repeats=args.repeats if xlstm else args.baseline_repeats,
+                                       **kwargs)
+            print((name, overlap, batch, round(seconds, 3)), flush=True)
+            if overlap not in best or seconds < best[overlap][1]:
+                best[overlap] = (batch, seconds)
+        for overlap, (batch, seconds) in best.items():
+            kernel = f", kernel {'TFLA+bf16' if cuda else 'native fp32'}" if xlstm else ""
+            results.append({"model": name + (" (tiny)" if xlstm and args.tiny else ""), "batch": batch,
+                            "overlap": overlap if overlap is not None else "default",
+                            "settings": f"batch {batch}, overlap {overlap if overlap is not None else 'default'}"
+                                        f"{kernel}",
+                            "seconds": seconds, "station_hours_per_s": station_hours / seconds})
+        if args.profile and xlstm:
+            per_station = int(np.ceil((len(stream[0]) - 4096) / (4096 - 512))) + 1
+            n_windows = per_station * args.stations
             t_fwd = forward_seconds(model, n_windows, batch_sizes[-1], 4096)
-            t_all = annotate_seconds(model, stream, batch_size=batch_sizes[-1])
-            profiles.append((name, n_windows, t_fwd, t_all))
-            activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+            t_all = annotate_seconds(model, stream, repeats=1, batch_size=batch_sizes[-1])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            activities += [torch.profiler.ProfilerActivity.CUDA] if cuda else []
             x = torch.randn(batch_sizes[-1] if cuda else 8, 3, 4096, device=device)
             with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
                 model(x)
                 synchronize()
             key = "cuda_time_total" if cuda else "cpu_time_total"
-            profiles.append((name, prof.key_averages().table(sort_by=key, row_limit=12)))
+            table = prof.key_averages().table(sort_by=key, row_limit=12)
+            profiles.append((name, n_windows, t_fwd, t_all, len(x), table))
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
 
-    phasenet = results[0][2]
-    lines = [f"# annotate speed: {args.hours:g} h of one 3-component 100 Hz station ({machine()})", ""]
-    lines += ["| model | settings | seconds | ratio to PhaseNet |", "|---|---|---|---|"]
-    for name, settings, seconds in results:
-        lines.append(f"| {name} | {settings} | {seconds:.2f} | {seconds / phasenet:.1f}x |")
+    phasenet = next(r["seconds"] for r in results if r["model"] == "PhaseNet")
+    for r in results:
+        r["ratio_to_phasenet"] = r["seconds"] / phasenet
+    load_after = load_average()
+    where = machine() + ("" if cuda else f"; {load_before} before, {load_after} after")
+    lines = [f"# annotate throughput: {args.stations} stations x {args.hours:g} h, 3 components, 100 Hz ({where})", "",
+             "Made by `benchmarks/annotate_speed.py` (random weights; one annotate call over all stations; best of "
+             f"{args.repeats} runs per setting of the xLSTM pickers, of {args.baseline_repeats} of the others). "
+             "Throughput: hours of 3-component 100 Hz data per second of wall time. Ratio: time as a multiple of "
+             "PhaseNet's in this run." + (" **Tiny xLSTM backbones: a smoke run, not a measurement.**"
+                                          if args.tiny else ""), "",
+             "| model | settings | seconds | station-hours per second | time / PhaseNet's |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['settings']} | {r['seconds']:.2f} | {r['station_hours_per_s']:.3g} | "
+                     f"{r['ratio_to_phasenet']:.1f}x |")
     if profiles:
         lines += ["", "## Where the time goes", ""]
-        for item in profiles:
-            if len(item) == 4:
-                name, n_windows, t_fwd, t_all = item
-                lines.append(
-                    f"- {name}: {n_windows} windows; model forward alone {t_fwd:.2f} s of {t_all:.2f} s annotate "
-                    f"({100 * t_fwd / t_all:.0f}%); the rest is SeisBench's stream handling, windowing and stacking."
-                )
-            else:
-                lines += ["", f"Top operators, one forward batch ({'%d' % (batch_sizes[-1] if cuda else 8)} windows) of "
-                          f"{item[0]}:", "", "```", item[1], "```"]
+        for name, n_windows, t_fwd, t_all, batch, table in profiles:
+            lines += [f"- {name}: {n_windows} windows; model forward alone {t_fwd:.2f} s of {t_all:.2f} s annotate "
+                      f"({100 * t_fwd / t_all:.0f}%); the rest is SeisBench's stream handling, windowing and stacking.",
+                      "", f"Top operators, one forward batch ({batch} windows) of {name}:", "", "```", table, "```"]
     write_report(lines, args.out)
+    if args.out:
+        with open(args.out.with_suffix(".csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["model", "batch", "overlap", "seconds", "station_hours_per_s",
+                                              "ratio_to_phasenet", "settings", "stations", "hours", "machine"])
+            w.writeheader()
+            for r in results:
+                w.writerow(r | {"stations": args.stations, "hours": args.hours, "machine": where})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

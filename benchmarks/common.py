@@ -72,3 +72,41 @@ def write_report(lines: list[str], out: Path | None) -> str:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     return text
+
+
+#: Tiny backbone configurations for CPU smoke runs of the speed scripts (as tests/tiny.py).
+TINY_BACKBONES = {
+    "sequential": dict(d_model=32, num_layers=2, qkv_proj_blocksize=4, stem_channels=[8, 16],
+                       decoder_channels=[16, 16]),
+    "unet": dict(dims=[16, 32, 64], layers_per_stage=1, stem_channels=[8, 16], decoder_channels=[16, 16]),
+}
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages and the core count, e.g. ``"load 3.1/3.4/3.6 on 2 cores"``."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load {one:.1f}/{five:.1f}/{fifteen:.1f} on {os.cpu_count()} cores"
+
+
+def continuous_stations(hours: float, stations: int, data_dir: Path | None = None):
+    """``stations`` stations of ``hours`` each, made from the real O2.WILZ record (:func:`continuous_station`):
+    station ``k`` (code ``W00``, ``W01``, ...) starts ``k / stations`` of the way into the 2 h record, so the
+    stations' windows differ while every sample is real data."""
+    import obspy
+
+    if stations < 1:
+        raise ValueError(f"stations must be at least 1, got {stations}")
+    base = continuous_station(2.0, data_dir)  # the real record, once
+    period = base[0].stats.npts
+    n = int(round(hours * 3600 * 100))
+    out = obspy.Stream()
+    for k in range(stations):
+        shift = (k * period) // stations
+        for tr in base:
+            data = np.roll(tr.data, -shift) if shift else tr.data
+            reps = int(np.ceil(n / len(data)))
+            out += obspy.Trace(np.tile(data, reps)[:n].copy(), header=dict(tr.stats, npts=n, station=f"W{k:02d}"))
+    return out

@@ -1,0 +1,55 @@
+"""Smoke runs of the speed scripts with tiny sizes (results are not checked for speed: no timed tests)."""
+
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import annotate_speed  # noqa: E402
+import window_cost  # noqa: E402
+from common import continuous_stations  # noqa: E402
+
+
+def test_stations_are_real_data_shifted_per_station(shared_data):
+    st = continuous_stations(0.01, 3, shared_data / "continuous-ok")
+    assert len(st) == 9 and {tr.stats.station for tr in st} == {"W00", "W01", "W02"}
+    assert all(tr.stats.npts == 3600 for tr in st)
+    z = [tr.data for tr in st if tr.stats.channel.endswith("Z")]
+    assert not any((z[0] == z[k]).all() for k in (1, 2))
+
+
+def test_annotate_speed_writes_table_and_csv(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEISBENCH_XLSTM_SHARED_DATA", str(shared_data))
+    out = tmp_path / "annotate.md"
+    assert annotate_speed.main(["--hours", "0.01", "--stations", "2", "--tiny", "--repeats", "1",
+                                "--baseline-repeats", "1",
+                                "--models", "XLSTMUNetPicker", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["model"] for r in rows] == ["PhaseNet", "XLSTMUNetPicker (tiny)"]  # PhaseNet always, as reference
+    assert float(rows[0]["ratio_to_phasenet"]) == 1.0
+    for r in rows:  # throughput = 2 stations x 0.01 h / seconds
+        assert abs(float(r["station_hours_per_s"]) * float(r["seconds"]) - 0.02) < 1e-9
+    assert "smoke run, not a measurement" in out.read_text()
+
+
+def test_window_cost_stops_a_kernel_after_out_of_memory(tmp_path, monkeypatch):
+    real = window_cost.measure
+
+    def measure(backbone, x, mode, repeats):
+        if backbone.kernel.startswith("parallel") and x.shape[-1] >= 512:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(backbone, x, mode, repeats)
+
+    monkeypatch.setattr(window_cost, "measure", measure)
+    out = tmp_path / "cost.md"
+    assert window_cost.main(["--tiny", "--backbones", "sequential", "--lengths", "256", "512", "1024",
+                             "--repeats", "1", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    status = {(r["kernel"], int(r["samples"])): r["status"] for r in rows}
+    assert status[("chunkwise--native_autograd", 1024)] == "ok"
+    assert status[("parallel--native_autograd", 256)] == "ok"
+    assert status[("parallel--native_autograd", 512)] == "OOM"
+    assert status[("parallel--native_autograd", 1024)] == "not tried (OOM before)"
+    assert "| sequential (tiny) | parallel--native_autograd | forward | 512 | 128 | OOM |" in out.read_text()
