@@ -10,6 +10,7 @@ and one process at 8 differ only by float32 summation order: losses within 1e-5 
 after 6 AdamW steps at lr 0.01 within 1e-4 (measured 3e-6). A resumed DDP run equals the uninterrupted one exactly.
 """
 
+import csv
 import os
 import subprocess
 import sys
@@ -246,3 +247,35 @@ def test_multicast_stays_off_for_gpu_runs(monkeypatch, tmp_path):
     monkeypatch.setattr("pretrain.train._uses_gpu", lambda cfg: True)
     assert isinstance(build_trainer(cfg, tmp_path), L.Trainer)  # set before Lightning starts any process
     assert {key: os.environ[key] for key in MULTICAST_OFF} == MULTICAST_OFF
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+def test_ddp_speed_benchmark_smoke(ddp, tmp_path):
+    """benchmarks/pretrain_speed.py in DDP mode on this CPU (gloo, tiny backbones): both recipes on 1 and 2
+    processes (recipe 2 under DDP without its search for unused parameters), plus the DDP run's summary."""
+    import importlib.util
+
+    bench_path = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
+    sys.path.insert(0, str(bench_path.parent))
+    spec = importlib.util.spec_from_file_location("pretrain_speed", bench_path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["pretrain_speed"] = bench  # the spawned processes import the worker by this name
+    spec.loader.exec_module(bench)
+    out = tmp_path / "pretrain_ddp.md"
+    rows = bench.main(["--tiny", "--devices", "1", "2", "--batch", "2", "--steps", "1", "--warmup", "1",
+                       "--samples", "1024", "--label", "smoke", "--out", str(out), "--run-dir", str(ddp[0] / "run")])
+    speed, runs = rows[:4], rows[4:]
+    assert [(r["recipe"], r["devices"]) for r in speed] == [("masked", 1), ("masked", 2), ("contrastive", 1),
+                                                           ("contrastive", 2)]
+    for r in speed:
+        assert r["step_ms"] > 0 and r["no_sync_step_ms"] > 0 and r["windows_per_s"] > 0
+        assert r["windows_per_s"] == pytest.approx(r["devices"] * r["windows_per_s_per_device"], rel=0.01)
+        assert (r["allreduce_ms"] > 0) == (r["devices"] == 2) and r["efficiency"].endswith("%")
+    assert [r["efficiency"] for r in speed if r["devices"] == 1] == ["100.0%", "100.0%"]
+    (run,) = runs
+    assert run["experiment"] == "tiny-ddp" and run["devices"] == 2 and run["steps"] == STEPS
+    assert run["windows_per_s"] > 0 and "->" in run["train_loss"]
+    text = out.read_text()
+    assert text.count("| smoke |") == 5 and "## Where the gap to N x goes" in text
+    assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 4
+    assert len(list(csv.DictReader(out.with_name("pretrain_ddp_runs.csv").open()))) == 1
