@@ -263,7 +263,7 @@ def report(rows: list[dict], args) -> list[str]:
 # ----------------------------------------------------------------------------------- several devices (DDP)
 DDP_FIELDS = ["label", "device", "recipe", "backbone", "params", "batch", "devices", "compiled", "kernel", "step_ms",
               "no_sync_step_ms", "allreduce_ms", "grad_mib", "windows_per_s", "windows_per_s_per_device",
-              "efficiency", "peak_gib", "loader_cores_per_device", "cpu_cores_per_device"]
+              "efficiency", "peak_gib", "loader_cores_per_device", "cpu_cores_per_device", "timed_steps"]
 RUN_FIELDS = ["label", "device", "experiment", "devices", "batch", "workers_per_device", "steps", "windows_per_s", "windows_per_s_per_device", "train_loss", "val_loss", "code_perplexity", "codes_in_use"]
 
 
@@ -391,7 +391,7 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
                 "efficiency": "" if single is None else f"{100 * single / step:.1f}%",
                 "peak_gib": round(max(r["peak_gib"] for r in ranks), 2),
                 "loader_cores_per_device": round(per_device / args.loader_rate, 2),
-                "cpu_cores_per_device": _cores() // n,
+                "cpu_cores_per_device": _cores() // n, "timed_steps": f"{args.steps} after {args.warmup}",
             })
             print(rows[-1], flush=True)
     return rows
@@ -408,7 +408,12 @@ def summarise_run(run_dir: Path, label: str) -> dict:
     df = read_metrics(run_dir / "logs")
     rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
     devices = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
-    workers = cfg.data.num_workers if cfg.data.num_workers is not None else "default"
+    if cfg.data.num_workers is None:
+        from seisbench_xlstm.data.loaders import default_num_workers
+
+        workers = f"{default_num_workers()} (default)"  # the runner's default on this machine
+    else:
+        workers = cfg.data.num_workers
 
     def first_last(key, digits=3):
         values = df[key].dropna() if key in df else []
@@ -433,9 +438,10 @@ def _number(value) -> str:
 def ddp_report(rows: list[dict], runs: list[dict], args) -> list[str]:
     lines = ["# Pretraining on several devices (DDP)", "",
              "`benchmarks/pretrain_speed.py --devices ...` (see its docstring): the full training step on N devices "
-             f"with DDP, the same batch per device, next to one device in the same invocation; {args.steps} timed "
-             f"steps after {args.warmup} warm-up steps, {args.samples}-sample windows already on the devices "
-             "(data loading not timed). Scaling efficiency = windows/s on N / (N x windows/s on 1). 'no-sync' = the "
+             "with DDP, the same batch per device, next to one device in the same invocation; mean step time over "
+             "timed steps after warm-up steps (CSV column `timed_steps`), 4096-sample windows (1024 with --tiny) "
+             "already on the devices (data loading not timed). Scaling efficiency = windows/s on N / "
+             "(N x windows/s on 1). 'no-sync' = the "
              "same step without the gradient all-reduce (DDP `no_sync`); 'all-reduce alone' = the gradients' "
              "all-reduce by itself. Loader cores = windows/s per device / "
              f"{args.loader_rate:g} windows/s per loader core.", ""]
@@ -500,12 +506,16 @@ def main(argv=None):
                         help="DDP mode: windows/s one loader core delivers (docs/data.md: ~800 augmented)")
     parser.add_argument("--run-dir", type=Path, nargs="+", default=[],
                         help="DDP mode: also summarise these pretraining runs (runs/<name>) in the report")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="DDP mode: only rewrite the report from its CSVs (default: benchmarks/results/)")
     parser.add_argument("--out", type=Path, help="Markdown report (default on CUDA: benchmarks/results/pretrain_gpu.md,"
                         " pretrain_ddp.md in DDP mode; the CSV next to it keeps all labels)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ddp_mode = bool(args.devices or args.run_dir)
+    ddp_mode = bool(args.devices or args.run_dir or args.regenerate)
     out = args.out
+    if out is None and args.regenerate:
+        out = REPO / "benchmarks" / "results" / "pretrain_ddp.md"
     if out is None and device.type == "cuda" and not args.tiny:
         out = REPO / "benchmarks" / "results" / ("pretrain_ddp.md" if ddp_mode else "pretrain_gpu.md")
     recipes = ["masked", "contrastive"] if args.recipe == "both" else [args.recipe]
@@ -514,7 +524,7 @@ def main(argv=None):
     if ddp_mode:
         configs = [{"recipe": recipe, "batch": batch, "compiled": compiled} for recipe in recipes
                    for batch in args.batch or [SEED_BATCH[recipe]] for compiled in modes_compile]
-        rows = measure_ddp(args, configs, device.type == "cuda") if args.devices else []
+        rows = measure_ddp(args, configs, device.type == "cuda") if args.devices and not args.regenerate else []
         runs = [summarise_run(d, args.label) for d in args.run_dir]
         if out is not None:
             rows = update_csv(out.with_suffix(".csv"), rows, DDP_FIELDS, _ddp_key)

@@ -27,10 +27,10 @@ class PretrainModule(L.LightningModule):
 
     Recipe 1 masks every window from the window's own seed (``batch["seed"]``, from ``(seed, epoch, position)``):
     its masks do not depend on the batch a window lands in or the number of devices. The rest of the randomness of
-    a training step (recipe 2's masks, negatives and Gumbel noise; dropout) comes from the global torch RNG,
-    seeded at every step from ``(seed, global step, rank)``. Either way a resumed run repeats the uninterrupted
-    one. Recipe 2's validation masks use a generator seeded from ``(seed, batch index)``: the same masks at every
-    validation.
+    a training step (recipe 2's masks, negatives and Gumbel noise; dropout) comes from the global torch RNG, seeded
+    at every step from ``(seed, global step, rank, micro-batch of the step)``. Either way a resumed run repeats the
+    uninterrupted one. Recipe 2's validation masks use a generator seeded from ``(seed, batch index)``: the same
+    masks at every validation.
 
     With several devices (DDP) the logged training values are means over the devices: for recipe 1 the loss of the
     whole global batch.
@@ -77,7 +77,9 @@ class PretrainModule(L.LightningModule):
         self.backbone.set_compile(self.device.type == "cuda" if enabled is None else bool(enabled))
 
     def on_train_batch_start(self, batch, batch_idx):
-        torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, 0x57E9))
+        # micro-batches of one optimizer step (gradient accumulation) get their own streams
+        micro = batch_idx % max(1, int(self.trainer.accumulate_grad_batches))
+        torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, micro, 0x57E9))
         if isinstance(self.recipe, ContrastiveVQ):
             c = self.recipe.config
             tau = annealed_temperature(self.global_step, self.total_steps(), c.tau_start, c.tau_end)

@@ -279,3 +279,31 @@ def test_ddp_speed_benchmark_smoke(ddp, tmp_path):
     assert text.count("| smoke |") == 5 and "## Where the gap to N x goes" in text
     assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 4
     assert len(list(csv.DictReader(out.with_name("pretrain_ddp_runs.csv").open()))) == 1
+
+
+def test_accumulated_micro_batches_draw_their_own_masks(records, tmp_path, monkeypatch):
+    """With gradient accumulation (an effective batch kept on fewer devices), the micro-batches of one optimizer
+    step must not repeat each other's random draws (recipe 2's span masks, negatives, Gumbel noise, dropout)."""
+    import pretrain.recipes
+    from pretrain.train import run
+
+    masks = []
+    original = pretrain.recipes.span_mask
+
+    def recording(*args, **kwargs):
+        mask = original(*args, **kwargs)
+        if kwargs.get("generator", args[6] if len(args) > 6 else None) is None:  # training, not validation
+            masks.append(mask.clone())
+        return mask
+
+    monkeypatch.setattr(pretrain.recipes, "span_mask", recording)
+    o = ["backbone=unet", "recipe=contrastive", "name=tiny-acc", f"out_dir={tmp_path}", f"data.continuous=[{records}]",
+         "data.window_len=1024", "data.batch_size=2", "data.windows_per_epoch=8", "data.val_windows=2",
+         "data.num_workers=0", "trainer.max_steps=2", "trainer.accumulate_grad_batches=2", "trainer.progress_bar=false",
+         "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", "recipe.num_codes=16", "recipe.final_dim=32",
+         "recipe.codevector_dim=32", "recipe.num_negatives=10", "export=false"]
+    o += [f"backbone.{k}=" + ("[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v))
+          for k, v in TINY_UNET.items()]
+    run(compose_config(o))
+    assert len(masks) == 4  # 2 optimizer steps x 2 micro-batches
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[2], masks[3])
