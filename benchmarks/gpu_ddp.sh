@@ -52,11 +52,11 @@ fi
 LOG=$OUT/gpu_ddp.log
 stage_bench() {  # $1: recipe, rest: batch arguments
   local recipe=$1; shift
-  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "$@" 2>&1 | grep -v -i warn | tee -a "$LOG"
+  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "$@" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
 }
 stage_run() {
-  $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | grep -v -i warn | tee -a "$LOG"
-  $PY "${BENCH[@]}" --run-dir "$RUNS/ddp" 2>&1 | tail -n 20 | tee -a "$LOG"
+  $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
+  $PY "${BENCH[@]}" --run-dir "$RUNS/ddp" 2>&1 | tail -n 20 | tee -a "$LOG" || return 1
 }
 collect() {  # results so far to $OUT (every call's $OUT starts empty)
   for f in "$REPORT" "${REPORT%.md}.csv" "${REPORT%.md}_runs.csv"; do

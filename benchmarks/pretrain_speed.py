@@ -308,12 +308,12 @@ def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.d
         torch.cuda.reset_peak_memory_stats()
     result = {"step_s": _timed_steps(step, opts["steps"])}
     result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    grads = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
-    result["grad_mib"] = grads / 2**20
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    result["grad_mib"] = trained * 4 / 2**20  # float32 gradients (parameters stay float32 under autocast)
     result["no_sync_s"] = _timed_steps(lambda: step(sync=False), opts["steps"]) if ddp else result["step_s"]
     result["allreduce_s"] = 0.0
     if ddp is not None:  # the gradients' all-reduce alone (as DDP sends them, float32)
-        buffer = torch.zeros(grads // 4, device=device)
+        buffer = torch.zeros(trained, device=device)
         torch.distributed.all_reduce(buffer)
         result["allreduce_s"] = _timed_steps(lambda: torch.distributed.all_reduce(buffer), opts["steps"])
     result.update(params=count_parameters(module), backbone=module.backbone_name,

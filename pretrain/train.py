@@ -1,9 +1,9 @@
 """Running a pretraining experiment with Lightning: trainer, callbacks, resume, loss curve and export.
 
 Several devices run Lightning's DDP (``trainer.devices=2``: one process per GPU, started by Lightning;
-gradients averaged over the devices in the backward pass). The data are sharded by :class:`pretrain.data.
-EpochSampler`, not by Lightning's distributed sampler. On GPUs NVLink multicast (NVLS) is kept off in the
-environment every process inherits (:data:`MULTICAST_OFF`), before NCCL starts.
+gradients averaged over the devices in the backward pass). The data are sharded by
+:class:`pretrain.data.EpochSampler`, not by Lightning's distributed sampler. On GPUs NVLink multicast (NVLS) is kept
+off in the environment every process inherits (:data:`MULTICAST_OFF`), before NCCL starts.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def multicast_off(environ=None) -> dict:
 
 class WindowRate(L.Callback):
     """Logs ``train/windows_per_s``: windows of all devices per second of training, over each logging interval
-    (validation excluded). Without a device synchronisation: over an interval of many steps the queued work of one
-    step is a small error."""
+    (validation excluded; data waits and checkpoint writes included). Without a device synchronisation: over an
+    interval of many steps the queued work of one step is a small error."""
 
     def __init__(self):
         self._start: tuple[float, int] | None = None
@@ -59,9 +59,9 @@ class WindowRate(L.Callback):
         steps = trainer.global_step - self._start[1]
         if steps and trainer.global_step % trainer.log_every_n_steps == 0:
             windows = steps * len(batch["X"]) * trainer.world_size * trainer.accumulate_grad_batches
-            seconds = time.perf_counter() - self._start[0]
-            pl_module.log("train/windows_per_s", windows / seconds)
-            self._start = None
+            now = time.perf_counter()
+            pl_module.log("train/windows_per_s", windows / (now - self._start[0]))
+            self._start = (now, trainer.global_step)
 
     def on_validation_start(self, trainer, pl_module):
         self._start = None

@@ -307,3 +307,11 @@ def test_accumulated_micro_batches_draw_their_own_masks(records, tmp_path, monke
     run(compose_config(o))
     assert len(masks) == 4  # 2 optimizer steps x 2 micro-batches
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[2], masks[3])
+
+
+def test_max_time_stops_a_timed_run(tmp_path):
+    from lightning.pytorch.callbacks import Timer
+
+    cfg = compose_config(["trainer.accelerator=cpu", "trainer.progress_bar=false", "trainer.max_time=00:00:04:30"])
+    (timer,) = [c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, Timer)]
+    assert timer.time_remaining() == 270
