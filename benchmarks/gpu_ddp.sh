@@ -13,7 +13,8 @@
 # (xlstm_large/pure_mlstm_sequential_12m_local), WORKERS (loader workers per GPU: the runner's default, min(8, cores)),
 # LABEL (h200xNGPU), OUT (/tmp/gpu_ddp_out), RUNS (/tmp/gpu_ddp_runs), STEPS (10 timed), WARMUP (3).
 # DRY_RUN=1: the same commands on this machine's CPU (gloo) with tiny backbones and short windows.
-# At most 10 minutes a device command: bench1 + bench2 take about 5, run about RUN_MINUTES + 3 (data, compilation);
+# At most 10 minutes a device command: bench1 + bench2 should take about 5 (an estimate: compilation of both models
+# on 1 and N GPUs plus 24 steps each), run about RUN_MINUTES + 3 (data, compilation, checkpoints);
 # run them as two calls then ("bench1 bench2", "run"); whatever ran is copied to $OUT at the end of every call.
 # $OUT gets at most 5 files: pretrain_ddp.md/.csv, pretrain_ddp_runs.csv, gpu_ddp.log, run_logs.tar.gz.
 set -euo pipefail

@@ -8,8 +8,9 @@ rest for validation). Together they are one index space: traces first, then cont
 
 **Determinism and exact resume.** The sampler yields keys ``(epoch, position, index)``: ``index`` is the item,
 ``position`` its place in the epoch's order (the same on any number of devices). Every random choice of an item
-(the window offset inside a trace, the continuous windows' offsets) is seeded by ``(seed, epoch, position)``, so a
-batch is a pure function of the seed, the epoch and its place in the epoch, whatever the worker count. The data
+(the window offset inside a trace, the continuous windows' offsets, and the ``seed`` of its recipe-1 mask) is
+seeded by ``(seed, epoch, position)``, so a batch is a pure function of the seed, the epoch and its place in the
+epoch, whatever the worker or device count. With N devices, rank r takes positions r, r + N, ... The data
 module records the last position each training batch consumed (``on_before_batch_transfer``, which runs for the
 batch about to be trained on, not for batches prefetched) and saves it in the checkpoint; on resume the sampler
 starts right after it, so the next batches equal those of an uninterrupted run.
