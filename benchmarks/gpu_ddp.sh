@@ -11,7 +11,8 @@
 #
 # Installs nothing. Environment (defaults): NGPU (all visible GPUs), RUN_MINUTES (4), RUN_EXPERIMENT
 # (xlstm_large/pure_mlstm_sequential_12m_local), WORKERS (loader workers per GPU: the runner's default, min(8, cores)),
-# LABEL (h200xNGPU), OUT (/tmp/gpu_ddp_out), RUNS (/tmp/gpu_ddp_runs), STEPS (10 timed), WARMUP (3).
+# LABEL (h200xNGPU), OUT (/tmp/gpu_ddp_out), RUNS (/tmp/gpu_ddp_runs), STEPS (10 timed), WARMUP (3), RUN_OVERRIDES
+# (more overrides for the run, e.g. "trainer.accumulate_grad_batches=2" for recipe 2 at 64 x 2 GPUs x 2 = 256).
 # DRY_RUN=1: the same commands on this machine's CPU (gloo) with tiny backbones and short windows.
 # At most 10 minutes a device command: bench1 + bench2 should take about 5 (an estimate: compilation of both models
 # on 1 and N GPUs plus 24 steps each), run about RUN_MINUTES + 3 (data, compilation, checkpoints);
@@ -36,6 +37,7 @@ BENCH=(benchmarks/pretrain_speed.py --label "$LABEL" --steps "${STEPS:-10}" --wa
 RUN_ARGS=(trainer.devices="$NGPU" trainer.max_time="00:00:$(printf %02d "$RUN_MINUTES"):00" trainer.progress_bar=false
           trainer.log_every_n_steps=10 out_dir="$RUNS/ddp")
 [ -n "${WORKERS:-}" ] && RUN_ARGS+=(data.num_workers="$WORKERS")
+read -r -a EXTRA <<< "${RUN_OVERRIDES:-}"; RUN_ARGS+=("${EXTRA[@]}")
 REPORT=benchmarks/results/pretrain_ddp.md
 if [ "$DRY" = 1 ]; then  # CPU, gloo, tiny: checks the commands, not the figures
   REPORT=$OUT/pretrain_ddp.md

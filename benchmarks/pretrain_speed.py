@@ -408,6 +408,7 @@ def summarise_run(run_dir: Path, label: str) -> dict:
     df = read_metrics(run_dir / "logs")
     rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
     devices = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
+    accumulate = int(cfg.trainer.accumulate_grad_batches)
     if cfg.data.num_workers is None:
         from seisbench_xlstm.data.loaders import default_num_workers
 
@@ -424,7 +425,8 @@ def summarise_run(run_dir: Path, label: str) -> dict:
     windows = float(rate.mean()) if len(rate) else float("nan")
     steps = int(df["step"].max()) + 1 if len(df) else 0
     return {"label": label, "device": machine(), "experiment": cfg.name, "devices": devices,
-            "batch": cfg.data.batch_size, "workers_per_device": workers, "steps": steps,
+            "batch": cfg.data.batch_size if accumulate == 1 else f"{cfg.data.batch_size} x {accumulate} accumulated",
+            "workers_per_device": workers, "steps": steps,
             "windows_per_s": round(windows, 1), "windows_per_s_per_device": round(windows / devices, 1),
             "train_loss": first_last("train/loss"), "val_loss": first_last("val/loss"),
             "code_perplexity": first_last("train/code_perplexity", 1),
