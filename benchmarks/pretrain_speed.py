@@ -27,13 +27,39 @@ FLOPs per step, for the model FLOPs utilisation (MFU = FLOPs per step / step tim
   forward, per head, direction, layer and window. Recomputation inside the kernels is not counted (model FLOPs).
 
 Peak: 989 TFLOP/s dense bf16 for H100/H200 SXM (``--peak-tflops`` to change); on CPUs MFU is not reported.
+
+**Several devices (DDP mode, ``--devices 1 2 [4]``)**, written to ``benchmarks/results/pretrain_ddp.md`` and ``.csv``
+on CUDA::
+
+    python benchmarks/pretrain_speed.py --devices 1 2 --compile yes --label h200x2       # both recipes, seed batches
+    python benchmarks/pretrain_speed.py --devices 1 2 --recipe masked --batch 128 --compile yes
+    python benchmarks/pretrain_speed.py --label h200x2 --run-dir runs/xlstm_large/...     # add a real run's figures
+    python benchmarks/pretrain_speed.py --tiny --devices 1 2 --steps 2 --warmup 1 --samples 1024   # CPU, gloo
+
+For every number of devices N one group of N processes is spawned (one per GPU, NCCL; on a CPU gloo with one thread
+each) and measures every configuration: the same step as above at the same batch per device, the recipe wrapped in
+``DistributedDataParallel`` with Lightning's default settings for N > 1 (N = 1: no wrapper, as the single-device
+trainer), plus what the trainer's ``training_step`` adds per step (the loss and statistics all-reduced in one call,
+the finite check on the host). Per configuration and N: the step time (the slowest rank), the step under DDP's
+``no_sync`` (no gradient all-reduce), the gradients' all-reduce alone (float32, as DDP sends them), peak memory per
+device; windows/s, scaling efficiency against N = 1 of the same invocation, and the data-loading need: windows/s per
+device / ``--loader-rate`` (default 800 windows/s per loader core, docs/data.md) against the CPU cores per device.
+The gap to N x splits into the exposed all-reduce (synced minus no-sync step) and the rest (no-sync step minus one
+device). ``--run-dir`` adds runs of ``python -m pretrain`` on real data: windows/s from their ``train/windows_per_s``
+logs (all logging intervals but the first, which holds compilation), losses and code statistics. NVLink multicast
+is kept off (``pretrain.train.multicast_off``) in the environment the processes inherit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import json
+import os
+import socket
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +73,7 @@ from common import REPO, machine, synchronize, write_report  # noqa: E402
 sys.path.insert(0, str(REPO))
 from pretrain.config import compose_config  # noqa: E402
 from pretrain.module import PretrainModule  # noqa: E402
+from pretrain.train import multicast_off  # noqa: E402
 from seisbench_xlstm import bimlstm  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
 from seisbench_xlstm.kernels import kernel_shape, resolve_kernel  # noqa: E402
@@ -78,16 +105,31 @@ def build(recipe: str, tiny: bool, checkpointing: bool, kernel: str) -> Pretrain
     return PretrainModule(compose_config(overrides))
 
 
-def make_step(module: PretrainModule, x: torch.Tensor):
-    """One training step as the trainer runs it (autocast, loss, backward, clipping, AdamW, schedule)."""
+def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: bool = False):
+    """One training step as the trainer runs it (autocast, loss, backward, clipping, AdamW, schedule).
+
+    :param ddp: the recipe wrapped in ``DistributedDataParallel`` (gradients all-reduced in the backward pass);
+        the returned step then takes ``sync=False`` for a step under ``no_sync`` (no gradient all-reduce)
+    :param statistics: also what the trainer's ``training_step`` does per step: the loss and the recipe's
+        statistics all-reduced over the devices in one call and the finite check on the host (a device sync)
+    """
     setup = module.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     cuda = x.is_cuda
+    forward = ddp if ddp is not None else module.recipe
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = module.recipe(x)["loss"]
-        loss.backward()
+    def step(sync: bool = True):
+        with contextlib.nullcontext() if sync or ddp is None else ddp.no_sync():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                out = forward(x)
+            loss = out["loss"]
+            if statistics:
+                local = torch.stack([v.detach().float() for v in out.values()])
+                if ddp is not None:
+                    torch.distributed.all_reduce(local)
+                if not bool(torch.isfinite(local[0])):
+                    raise FloatingPointError("non-finite loss")
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -186,15 +228,19 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
     return row
 
 
-def update_csv(path: Path, rows: list[dict]) -> list[dict]:
-    """Adds rows to the CSV, replacing earlier rows of the same label, device, recipe, batch and checkpointing."""
-    key = lambda r: (r["label"], r["device"], r["recipe"], str(r["batch"]), r["checkpointing"], r.get("compiled", "no"))  # noqa: E731
+def _key(r: dict) -> tuple:
+    return (r["label"], r["device"], r["recipe"], str(r["batch"]), r["checkpointing"], r.get("compiled", "no"))
+
+
+def update_csv(path: Path, rows: list[dict], fields: list[str] = FIELDS, key=_key) -> list[dict]:
+    """Adds rows to the CSV, replacing earlier rows with the same ``key`` (default: label, device, recipe, batch,
+    checkpointing and compilation)."""
     old = list(csv.DictReader(path.open())) if path.is_file() else []
     new_keys = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new_keys] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(merged)
     return merged
@@ -208,16 +254,243 @@ def report(rows: list[dict], args) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['device']} | {r['recipe']} | {r['backbone']} | {r['batch']} | {r['checkpointing']} "
-            f"| {r.get('compiled') or 'no'} | {r['kernel']} | {r['step_ms']} | {r['windows_per_s']} | {r['peak_gib']} | {r['tflop_per_step']} | "
-            f"{r['tflops']} | {r['mfu'] or 'n/a'} |"
+            f"| {r.get('compiled') or 'no'} | {r['kernel']} | {r['step_ms']} | {r['windows_per_s']} | {r['peak_gib']} "
+            f"| {r['tflop_per_step']} | {r['tflops']} | {r['mfu'] or 'n/a'} |"
         )
+    return lines
+
+
+# ----------------------------------------------------------------------------------- several devices (DDP)
+DDP_FIELDS = ["label", "device", "recipe", "backbone", "params", "batch", "devices", "compiled", "kernel", "step_ms",
+              "no_sync_step_ms", "allreduce_ms", "grad_mib", "windows_per_s", "windows_per_s_per_device",
+              "efficiency", "peak_gib", "loader_cores_per_device", "cpu_cores_per_device", "timed_steps"]
+RUN_FIELDS = ["label", "device", "experiment", "devices", "batch", "workers_per_device", "steps", "windows_per_s", "windows_per_s_per_device", "train_loss", "val_loss", "code_perplexity", "codes_in_use"]
+
+
+def _ddp_key(r: dict) -> tuple:
+    return (r["label"], r["device"], r["recipe"], str(r["batch"]), str(r["devices"]), r["compiled"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _timed_steps(fn, steps: int) -> float:
+    synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.device) -> dict:
+    """One configuration in one process of a group of ``world``: synced steps, ``no_sync`` steps, the gradients'
+    all-reduce alone, peak memory. ``world`` 1 runs without the DDP wrapper (the single-device trainer)."""
+    torch.manual_seed(0)
+    module = build(config["recipe"], opts["tiny"], False, opts["kernel"]).to(device).train()
+    module.backbone.set_compile(config["compiled"])
+    ddp = None
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(module.recipe, device_ids=ids)  # Lightning's defaults
+    g = torch.Generator(device=device).manual_seed(rank)
+    x = torch.randn(config["batch"], 3, opts["samples"], device=device, generator=g)
+    step = make_step(module, x, ddp, statistics=True)
+    for _ in range(opts["warmup"]):
+        step()
+    if ddp is not None:
+        step(sync=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    result = {"step_s": _timed_steps(step, opts["steps"])}
+    result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    result["grad_mib"] = trained * 4 / 2**20  # float32 gradients (parameters stay float32 under autocast)
+    result["no_sync_s"] = _timed_steps(lambda: step(sync=False), opts["steps"]) if ddp else result["step_s"]
+    result["allreduce_s"] = 0.0
+    if ddp is not None:  # the gradients' all-reduce alone (as DDP sends them, float32)
+        buffer = torch.zeros(trained, device=device)
+        torch.distributed.all_reduce(buffer)
+        result["allreduce_s"] = _timed_steps(lambda: torch.distributed.all_reduce(buffer), opts["steps"])
+    result.update(params=count_parameters(module), backbone=module.backbone_name,
+                  kernel=resolve_kernel(opts["kernel"], device))
+    del module, ddp, step, x
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def ddp_worker(rank: int, world: int, port: int, configs: list[dict], opts: dict, out_dir: str) -> None:
+    """Process ``rank`` of ``world`` (one per device; NCCL on GPUs, gloo on CPUs): every configuration in turn,
+    results to ``out_dir/rank<r>.json``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if opts["cuda"]:
+        torch.cuda.set_device(rank)
+        device = torch.device("cuda", rank)
+    else:
+        torch.set_num_threads(opts["threads"])
+        device = torch.device("cpu")
+    if world > 1:
+        backend = "nccl" if opts["cuda"] else "gloo"
+        torch.distributed.init_process_group(backend, rank=rank, world_size=world,
+                                             device_id=device if opts["cuda"] else None)
+    try:
+        results = [ddp_measure(c, opts, rank, world, device) for c in configs]
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def run_group(world: int, configs: list[dict], opts: dict) -> list[list[dict]]:
+    """Starts ``world`` processes (spawned: fresh CUDA contexts) that measure ``configs``; results per rank."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.multiprocessing.start_processes(ddp_worker, args=(world, _free_port(), configs, opts, tmp),
+                                              nprocs=world, start_method="spawn")
+        return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
+    """Every configuration on each number of devices in ``args.devices`` (same batch per device); rows with the
+    scaling efficiency against one device of the same invocation."""
+    if cuda and max(args.devices) > torch.cuda.device_count():
+        raise SystemExit(f"--devices {args.devices}: only {torch.cuda.device_count()} GPU(s) here")
+    multicast_off()  # inherited by the spawned processes, before NCCL starts
+    opts = dict(cuda=cuda, tiny=args.tiny, kernel=args.kernel, samples=args.samples, steps=args.steps,
+                warmup=args.warmup, threads=1)
+    groups = {n: run_group(n, configs, opts) for n in args.devices}
+    rows = []
+    for i, config in enumerate(configs):
+        single = None
+        for n in args.devices:
+            ranks = [groups[n][r][i] for r in range(n)]
+            step = max(r["step_s"] for r in ranks)  # the slowest rank sets the pace
+            if n == 1:
+                single = step
+            per_device = config["batch"] / step
+            rows.append({
+                "label": args.label, "device": machine(), "recipe": config["recipe"],
+                "backbone": ranks[0]["backbone"] + (" (tiny)" if args.tiny else ""), "params": ranks[0]["params"],
+                "batch": config["batch"], "devices": n, "compiled": "yes" if config["compiled"] else "no",
+                "kernel": ranks[0]["kernel"], "step_ms": round(1e3 * step, 1),
+                "no_sync_step_ms": round(1e3 * max(r["no_sync_s"] for r in ranks), 1),
+                "allreduce_ms": round(1e3 * max(r["allreduce_s"] for r in ranks), 2),
+                "grad_mib": round(ranks[0]["grad_mib"], 1), "windows_per_s": round(n * per_device, 1),
+                "windows_per_s_per_device": round(per_device, 1),
+                "efficiency": "" if single is None else f"{100 * single / step:.1f}%",
+                "peak_gib": round(max(r["peak_gib"] for r in ranks), 2),
+                "loader_cores_per_device": round(per_device / args.loader_rate, 2),
+                "cpu_cores_per_device": _cores() // n, "timed_steps": f"{args.steps} after {args.warmup}",
+            })
+            print(rows[-1], flush=True)
+    return rows
+
+
+def summarise_run(run_dir: Path, label: str) -> dict:
+    """A row of a real run from its ``config.yaml`` and CSV logs (``train/windows_per_s`` of every logging interval
+    but the first, which holds compilation)."""
+    from omegaconf import OmegaConf
+
+    from pretrain.plots import read_metrics
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    df = read_metrics(run_dir / "logs")
+    rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
+    devices = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
+    accumulate = int(cfg.trainer.accumulate_grad_batches)
+    if cfg.data.num_workers is None:
+        from seisbench_xlstm.data.loaders import default_num_workers
+
+        workers = f"{default_num_workers()} (default)"  # the runner's default on this machine
+    else:
+        workers = cfg.data.num_workers
+
+    def first_last(key, digits=3):
+        values = df[key].dropna() if key in df else []
+        if not len(values):
+            return ""
+        return f"{values.iloc[0]:.{digits}f} -> {values.iloc[-1]:.{digits}f} (mean {values.mean():.{digits}f})"
+
+    windows = float(rate.mean()) if len(rate) else float("nan")
+    steps = int(df["step"].max()) + 1 if len(df) else 0
+    return {"label": label, "device": machine(), "experiment": cfg.name, "devices": devices,
+            "batch": cfg.data.batch_size if accumulate == 1 else f"{cfg.data.batch_size} x {accumulate} accumulated",
+            "workers_per_device": workers, "steps": steps,
+            "windows_per_s": round(windows, 1), "windows_per_s_per_device": round(windows / devices, 1),
+            "train_loss": first_last("train/loss"), "val_loss": first_last("val/loss"),
+            "code_perplexity": first_last("train/code_perplexity", 1),
+            "codes_in_use": first_last("train/codes_in_use", 3)}
+
+
+def _number(value) -> str:
+    return "n/a" if str(value) == "nan" else str(value)
+
+
+def ddp_report(rows: list[dict], runs: list[dict], args) -> list[str]:
+    lines = ["# Pretraining on several devices (DDP)", "",
+             "`benchmarks/pretrain_speed.py --devices ...` (see its docstring): the full training step on N devices "
+             "with DDP, the same batch per device, next to one device in the same invocation; mean step time over "
+             "timed steps after warm-up steps (CSV column `timed_steps`), 4096-sample windows (1024 with --tiny) "
+             "already on the devices (data loading not timed). Scaling efficiency = windows/s on N / "
+             "(N x windows/s on 1). 'no-sync' = the "
+             "same step without the gradient all-reduce (DDP `no_sync`); 'all-reduce alone' = the gradients' "
+             "all-reduce by itself. Loader cores = windows/s per device / "
+             f"{args.loader_rate:g} windows/s per loader core.", ""]
+    lines += ["| label | device | recipe | batch/device | devices | compiled | step ms | no-sync step ms | all-reduce "
+              "alone ms (MiB) | windows/s | per device | scaling eff. | peak GiB/device | loader cores needed/device "
+              "| CPU cores/device |", "|" + "---|" * 15]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['device']} | {r['recipe']} | {r['batch']} | {r['devices']} | {r['compiled']} | "
+            f"{r['step_ms']} | {r['no_sync_step_ms']} | {r['allreduce_ms']} ({r['grad_mib']}) | {r['windows_per_s']} "
+            f"| {r['windows_per_s_per_device']} | {r['efficiency'] or 'n/a'} | {_number(r['peak_gib'])} | "
+            f"{r['loader_cores_per_device']} | {r['cpu_cores_per_device']} |")
+    lines += ["", "## Where the gap to N x goes", ""]
+    singles = {(r["label"], r["device"], r["recipe"], str(r["batch"]), r["compiled"]): float(r["step_ms"])
+               for r in rows if str(r["devices"]) == "1"}
+    for r in rows:
+        one = singles.get((r["label"], r["device"], r["recipe"], str(r["batch"]), r["compiled"]))
+        if str(r["devices"]) == "1" or one is None:
+            continue
+        step, no_sync, alone = float(r["step_ms"]), float(r["no_sync_step_ms"]), float(r["allreduce_ms"])
+        exposed = step - no_sync
+        hidden = min(1.0, max(0.0, 1 - exposed / alone)) if alone > 0 else float("nan")
+        lines.append(
+            f"- {r['label']}, {r['recipe']}, {r['devices']} devices x {r['batch']}: step {step:.1f} ms vs "
+            f"{one:.1f} ms on one device (+{step - one:.1f} ms): exposed gradient all-reduce {exposed:.1f} ms "
+            f"(synced - no-sync step), the rest {no_sync - one:.1f} ms (no-sync step - one device: DDP hooks, "
+            f"bucket copies, the statistics all-reduce, shared host). The {r['grad_mib']} MiB all-reduce alone "
+            f"takes {alone:.1f} ms, about {100 * hidden:.0f}% of it hidden behind the backward pass. Data: "
+            f"{r['windows_per_s_per_device']} windows/s per device need {r['loader_cores_per_device']} loader cores "
+            f"per device at {args.loader_rate:g}/core; CPU cores per device here: {r['cpu_cores_per_device']}.")
+    if runs:
+        lines += ["", "## Runs on real data (`python -m pretrain ...`, figures from the run's own CSV logs)", "",
+                  "| label | device | experiment | devices | batch/device | loader workers/device | steps | windows/s "
+                  "| per device | train loss first -> last (mean) | val loss | code perplexity | codes in use |",
+                  "|" + "---|" * 13]
+        for r in runs:
+            lines.append(
+                f"| {r['label']} | {r['device']} | {r['experiment']} | {r['devices']} | {r['batch']} | "
+                f"{r['workers_per_device']} | {r['steps']} | {r['windows_per_s']} | {r['windows_per_s_per_device']} "
+                f"| {r['train_loss']} | {r['val_loss']} | {r['code_perplexity']} | {r['codes_in_use']} |")
     return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=["masked", "contrastive", "both"], default="both")
-    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: the seed's, 128 / 64)")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes per device (default: the seed's, 128 / 64)")
     parser.add_argument("--checkpointing", choices=["no", "yes", "both"], default="no",
                         help="activation checkpointing of the mLSTM layers")
     parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
@@ -232,19 +505,41 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny backbones (CPU smoke test)")
     parser.add_argument("--label", default="current", help="label of these rows in the report (e.g. before/after)")
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s of the device for the MFU")
-    parser.add_argument("--out", type=Path, help="Markdown report (default on CUDA: benchmarks/results/pretrain_gpu.md;"
-                        " the CSV next to it keeps all labels)")
+    parser.add_argument("--devices", type=int, nargs="+",
+                        help="DDP mode: numbers of devices (GPUs; CPU processes with gloo), e.g. 1 2")
+    parser.add_argument("--loader-rate", type=float, default=800.0,
+                        help="DDP mode: windows/s one loader core delivers (docs/data.md: ~800 augmented)")
+    parser.add_argument("--run-dir", type=Path, nargs="+", default=[],
+                        help="DDP mode: also summarise these pretraining runs (runs/<name>) in the report")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="DDP mode: only rewrite the report from its CSVs (default: benchmarks/results/)")
+    parser.add_argument("--out", type=Path, help="Markdown report (default on CUDA: benchmarks/results/pretrain_gpu.md,"
+                        " pretrain_ddp.md in DDP mode; the CSV next to it keeps all labels)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.compiled_qkv:
         bimlstm.COMPILED_QKV_FORM = args.compiled_qkv
         args.label = f"{args.label} (qkv {args.compiled_qkv})"
+    ddp_mode = bool(args.devices or args.run_dir or args.regenerate)
     out = args.out
+    if out is None and args.regenerate:
+        out = REPO / "benchmarks" / "results" / "pretrain_ddp.md"
     if out is None and device.type == "cuda" and not args.tiny:
-        out = REPO / "benchmarks" / "results" / "pretrain_gpu.md"
+        out = REPO / "benchmarks" / "results" / ("pretrain_ddp.md" if ddp_mode else "pretrain_gpu.md")
     recipes = ["masked", "contrastive"] if args.recipe == "both" else [args.recipe]
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.checkpointing]
     modes_compile = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    if ddp_mode:
+        configs = [{"recipe": recipe, "batch": batch, "compiled": compiled} for recipe in recipes
+                   for batch in args.batch or [SEED_BATCH[recipe]] for compiled in modes_compile]
+        rows = measure_ddp(args, configs, device.type == "cuda") if args.devices and not args.regenerate else []
+        runs = [summarise_run(d, args.label) for d in args.run_dir]
+        if out is not None:
+            rows = update_csv(out.with_suffix(".csv"), rows, DDP_FIELDS, _ddp_key)
+            runs_csv = out.with_name(out.stem + "_runs.csv")
+            runs = update_csv(runs_csv, runs, RUN_FIELDS, lambda r: (r["label"], r["device"], r["experiment"]))
+        write_report(ddp_report(rows, runs, args), out)
+        return rows + runs
     rows = []
     for recipe in recipes:
         for batch in args.batch or [SEED_BATCH[recipe]]:

@@ -112,6 +112,8 @@ class TrainerConfig:
     :param precision: ``auto`` = ``bf16-mixed`` on GPUs, ``32-true`` on CPUs; or any Lightning precision
     :param devices: GPUs (or CPU processes) per node, ``auto`` or a number; DDP when more than one
     :param max_steps: optimizer steps (``-1``: ``max_epochs`` decides); the schedules span the run's total steps
+    :param max_time: stop after this much training time (``DD:HH:MM:SS``; a timed run: the schedules still span
+        ``max_steps``/``max_epochs``)
     :param val_check_interval: validation every this fraction of an epoch (0.25: four times an epoch)
     :param checkpoint_every_n_steps: a checkpoint every N optimizer steps (plus ``last.ckpt`` and one at the end)
     :param gradient_clip_val: clip the global gradient norm to this (0: off)
@@ -124,6 +126,7 @@ class TrainerConfig:
     precision: str = "auto"
     max_steps: int = -1
     max_epochs: Optional[int] = None
+    max_time: Optional[str] = None
     val_check_interval: float = 1.0
     limit_val_batches: Optional[int] = None
     gradient_clip_val: float = 1.0

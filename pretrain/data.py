@@ -8,8 +8,9 @@ rest for validation). Together they are one index space: traces first, then cont
 
 **Determinism and exact resume.** The sampler yields keys ``(epoch, position, index)``: ``index`` is the item,
 ``position`` its place in the epoch's order (the same on any number of devices). Every random choice of an item
-(the window offset inside a trace, the continuous windows' offsets) is seeded by ``(seed, epoch, position)``, so a
-batch is a pure function of the seed, the epoch and its place in the epoch, whatever the worker count. The data
+(the window offset inside a trace, the continuous windows' offsets, and the ``seed`` of its recipe-1 mask) is
+seeded by ``(seed, epoch, position)``, so a batch is a pure function of the seed, the epoch and its place in the
+epoch, whatever the worker or device count. With N devices, rank r takes positions r, r + N, ... The data
 module records the last position each training batch consumed (``on_before_batch_transfer``, which runs for the
 batch about to be trained on, not for batches prefetched) and saves it in the checkpoint; on resume the sampler
 starts right after it, so the next batches equal those of an uninterrupted run.
@@ -132,12 +133,19 @@ class _ContinuousSource:
         return self.windows.window(index, epoch)
 
 
+#: Tag of the per-window seeds for the training step's random choices (masks), apart from the windows' own.
+MASK_SEED_TAG = 0x3A5C
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """All sources as one index space. ``dataset[(epoch, position, index)]`` =
-    ``{"X": float32 (3, window_len), "epoch": epoch, "position": position}``."""
+    ``{"X": float32 (3, window_len), "epoch", "position", "index", "seed"}``; ``seed`` (from ``(seed, epoch,
+    position)``) seeds the window's mask in the training step, so that a window gets the same mask whatever the
+    number of devices, the batch it lands in or a resume."""
 
-    def __init__(self, sources: list):
+    def __init__(self, sources: list, seed: int = 0):
         self.sources = [s for s in sources if len(s)]
+        self.seed = int(seed)
         self._offsets = np.cumsum([0] + [len(s) for s in self.sources])
 
     def __len__(self) -> int:
@@ -147,16 +155,23 @@ class WindowDataset(torch.utils.data.Dataset):
         epoch, position, index = (int(k) for k in key)
         s = int(np.searchsorted(self._offsets, index, side="right")) - 1
         x = self.sources[s].get(index - int(self._offsets[s]), epoch, position)
-        return {"X": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), "epoch": epoch, "position": position}
+        return {
+            "X": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            "epoch": epoch,
+            "position": position,
+            "index": index,
+            "seed": item_seed(self.seed, epoch, position, MASK_SEED_TAG),
+        }
 
 
 class EpochSampler(torch.utils.data.Sampler):
     """Keys ``(epoch, position, index)`` of one device's share of an epoch, deterministic for (seed, epoch).
 
     An epoch is ``windows_per_epoch`` draws: shuffled passes over all items (``shuffle``), or items in order
-    (validation). Device ``rank`` of ``world_size`` takes positions ``rank, rank + world_size, ...`` (equal shares,
-    the remainder dropped). :meth:`resume` makes the next epoch start after the first ``consumed`` keys of this
-    device's share.
+    (validation: always epoch 0, the same keys every time; :meth:`set_epoch` leaves it alone). Device ``rank`` of
+    ``world_size`` takes positions ``rank, rank + world_size, ...`` (equal shares, the remainder dropped), so the
+    devices together train on the positions one device would, each exactly once. :meth:`resume` makes the next
+    epoch start after the first ``consumed`` keys of this device's share.
     """
 
     def __init__(
@@ -180,7 +195,9 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.windows_per_epoch // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Called by the trainer at every epoch, for validation loaders too: only a shuffling sampler follows it."""
+        if self.shuffle:
+            self.epoch = int(epoch)
 
     def resume(self, epoch: int, consumed: int) -> None:
         """The iteration of ``epoch`` starts after its first ``consumed`` keys (of this device)."""
@@ -256,7 +273,7 @@ class PretrainDataModule(L.LightningDataModule):
             return
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        self.train_set = WindowDataset(self._sources("train"))
+        self.train_set = WindowDataset(self._sources("train"), int(self.config.seed))
         if len(self.train_set) == 0:
             raise ValueError(f"No training windows in {OmegaConf.to_container(self.data)}")
         per_epoch = self.data.windows_per_epoch or len(self.train_set)
@@ -265,7 +282,7 @@ class PretrainDataModule(L.LightningDataModule):
                 f"{per_epoch} windows per epoch over {world} device(s) do not fill one batch of {self.data.batch_size}"
             )
         self.train_sampler = EpochSampler(len(self.train_set), per_epoch, int(self.config.seed), True, rank, world)
-        self.val_set = WindowDataset(self._sources("dev"))
+        self.val_set = WindowDataset(self._sources("dev"), int(self.config.seed))
         self.val_sampler = None
         if len(self.val_set):
             n_val = min(self.data.val_windows or len(self.val_set), len(self.val_set))
@@ -307,6 +324,8 @@ class PretrainDataModule(L.LightningDataModule):
             world = self.train_sampler.world_size
             last = int(batch["position"].max())
             self._progress = {"epoch": int(batch["epoch"][0]), "consumed": last // world + 1}
+        # the windows' mask seeds stay on the host (a list): masks are drawn there without waiting for the device
+        batch["seed"] = batch["seed"].tolist()
         return batch
 
     def state_dict(self) -> dict:

@@ -6,6 +6,8 @@ the samples it covers (:func:`expand_to_samples`).
 
 * :func:`random_token_mask` (recipe 1, masked reconstruction): exactly ``round(ratio * tokens)`` tokens per window,
   chosen uniformly without replacement (the masked-autoencoder convention), so the realised fraction is the ratio.
+  :func:`seeded_token_mask` draws the same kind of mask for every window from the window's own seed (training
+  runs use it: a window's mask does not depend on its batch, its device or the number of devices).
 * :func:`span_mask` (recipe 2, wav2vec 2.0 style): ``mask_prob`` follows wav2vec 2.0's pretraining setting
   (``mask_prob=0.65, mask_length=10``): a window of ``T`` tokens gets ``floor(mask_prob * T / mask_length + u)``
   span starts (``u`` uniform in [0, 1)), drawn without replacement from the ``T - mask_length + 1`` valid
@@ -16,9 +18,23 @@ the samples it covers (:func:`expand_to_samples`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-__all__ = ["random_token_mask", "span_mask", "expand_to_samples", "mask_runs"]
+__all__ = ["random_token_mask", "seeded_token_mask", "span_mask", "expand_to_samples", "mask_runs"]
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+
+
+def _lowest(noise: torch.Tensor, ratio: float) -> torch.Tensor:
+    """True at the ``round(ratio * tokens)`` smallest noise values of every row of ``(batch, tokens)``."""
+    n_masked = int(round(ratio * noise.shape[1]))
+    ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each token's noise value within its row
+    return ranks < n_masked
 
 
 def random_token_mask(
@@ -29,12 +45,23 @@ def random_token_mask(
     :param ratio: fraction of tokens to mask, in [0, 1]
     :param generator: random generator (on ``device``) for reproducible masks; the global RNG if None
     """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
-    n_masked = int(round(ratio * tokens))
-    noise = torch.rand(batch, tokens, device=device, generator=generator)
-    ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each token's noise value within its row
-    return ranks < n_masked
+    _check_ratio(ratio)
+    return _lowest(torch.rand(batch, tokens, device=device, generator=generator), ratio)
+
+
+def seeded_token_mask(seeds: Sequence[int], tokens: int, ratio: float, device=None) -> torch.Tensor:
+    """:func:`random_token_mask` per window, each from its own seed: ``(len(seeds), tokens)`` on ``device``.
+
+    Row ``i`` equals ``random_token_mask(1, tokens, ratio, generator=torch.Generator().manual_seed(seeds[i]))``,
+    whatever the other rows are. The noise is drawn on the host (a few microseconds per window), the ranking is
+    done on ``device``.
+    """
+    _check_ratio(ratio)
+    g = torch.Generator()
+    noise = torch.zeros(len(seeds), tokens)
+    for row, seed in zip(noise, seeds):
+        torch.rand(tokens, generator=g.manual_seed(int(seed)), out=row)
+    return _lowest(noise.to(device, non_blocking=True), ratio)
 
 
 def span_mask(

@@ -10,7 +10,7 @@ from seisbench_xlstm.backbones import build_backbone
 
 from .config import to_objects
 from .data import item_seed
-from .recipes import ContrastiveVQ, build_recipe
+from .recipes import ContrastiveVQ, MaskedReconstruction, build_recipe
 from .schedules import annealed_temperature, warmup_cosine, warmup_steps
 
 __all__ = ["PretrainModule", "NonFiniteLossError"]
@@ -25,9 +25,15 @@ class PretrainModule(L.LightningModule):
 
     :param config: the composed run config (DictConfig or the plain dict of one; stored in checkpoints)
 
-    Randomness of a training step (masks, negatives, Gumbel noise, dropout) comes from the global torch RNG,
-    seeded at every step from ``(seed, global step, rank)``, so a resumed run repeats the uninterrupted one.
-    Validation masks use a generator seeded from ``(seed, batch index)``: the same masks at every validation.
+    Recipe 1 masks every window from the window's own seed (``batch["seed"]``, from ``(seed, epoch, position)``):
+    its masks do not depend on the batch a window lands in or the number of devices. The rest of the randomness of
+    a training step (recipe 2's masks, negatives and Gumbel noise; dropout) comes from the global torch RNG, seeded
+    at every step from ``(seed, global step, rank, micro-batch of the step)``. Either way a resumed run repeats the
+    uninterrupted one. Recipe 2's validation masks use a generator seeded from ``(seed, batch index)``: the same
+    masks at every validation.
+
+    With several devices (DDP) the logged training values are means over the devices: for recipe 1 the loss of the
+    whole global batch.
     """
 
     def __init__(self, config: DictConfig | dict):
@@ -71,36 +77,46 @@ class PretrainModule(L.LightningModule):
         self.backbone.set_compile(self.device.type == "cuda" if enabled is None else bool(enabled))
 
     def on_train_batch_start(self, batch, batch_idx):
-        torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, 0x57E9))
+        # micro-batches of one optimizer step (gradient accumulation) get their own streams
+        micro = batch_idx % max(1, int(self.trainer.accumulate_grad_batches))
+        torch.manual_seed(item_seed(int(self._omega.seed), self.global_step, self.global_rank, micro, 0x57E9))
         if isinstance(self.recipe, ContrastiveVQ):
             c = self.recipe.config
             tau = annealed_temperature(self.global_step, self.total_steps(), c.tau_start, c.tau_end)
             self.recipe.set_temperature(tau)
 
+    def _recipe_inputs(self, batch) -> dict:
+        """Recipe 1 masks every window from its own seed (the same mask on any number of devices)."""
+        if isinstance(self.recipe, MaskedReconstruction) and "seed" in batch:
+            return {"seeds": batch["seed"]}
+        return {}
+
     def training_step(self, batch, batch_idx):
-        out = self.recipe(batch["X"])
+        out = self.recipe(batch["X"], **self._recipe_inputs(batch))
         loss = out["loss"]
-        finite = bool(torch.isfinite(loss))
-        if self._trainer is not None and self.trainer.world_size > 1:
-            # every rank stops together (a rank that raised alone would leave the others waiting in a collective)
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            stats = {k: float(v) for k, v in out.items() if k != "loss"}
+        keys = [k for k in out if k != "loss"]
+        # the logged values are means over all devices (one all-reduce); a non-finite loss on any device makes the
+        # mean non-finite, so every rank stops together (one that raised alone would leave the others waiting)
+        local = torch.stack([loss.detach().float()] + [out[k].detach().float() for k in keys])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        mean = self.trainer.strategy.reduce(local.clone(), reduce_op="mean") if world > 1 else local
+        if not bool(torch.isfinite(mean[0])):
+            stats = {k: float(v) for k, v in zip(keys, local[1:])}
+            where = "" if world == 1 else f", mean over the {world} devices {mean[0].item()}"
             raise NonFiniteLossError(
-                f"Training loss is {loss.item()} (on this rank) at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); statistics of the step: {stats}. Stopped before the optimizer applied it. Resume "
-                f"from the last checkpoint with a lower optim.lr, stronger trainer.gradient_clip_val, or "
-                f"trainer.precision=32-true to look for the cause."
+                f"Training loss is {loss.item()} (on this rank{where}) at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); statistics of the step: {stats}. Stopped before "
+                f"the optimizer applied it. Resume from the last checkpoint with a lower optim.lr, stronger "
+                f"trainer.gradient_clip_val, or trainer.precision=32-true to look for the cause."
             )
-        self.log("train/loss", loss, prog_bar=True)
-        for key, value in out.items():
-            if key != "loss":
-                self.log(f"train/{key}", value)
+        self.log("train/loss", mean[0], prog_bar=True)
+        for key, value in zip(keys, mean[1:]):
+            self.log(f"train/{key}", value)
         return loss
 
     def validation_step(self, batch, batch_idx):
         g = torch.Generator(device=batch["X"].device).manual_seed(item_seed(int(self._omega.seed), batch_idx, 0x7A1))
-        out = self.recipe(batch["X"], generator=g)
+        out = self.recipe(batch["X"], generator=g, **self._recipe_inputs(batch))
         self.log("val/loss", out["loss"], prog_bar=True, sync_dist=True, batch_size=len(batch["X"]))
         for key, value in out.items():
             if key not in ("loss", "temperature"):

@@ -16,18 +16,20 @@ masked tokens are replaced by a learned mask embedding; ``context = Linear(backb
 ``final_dim`` (256); targets = Gumbel-softmax quantiser (2 groups x 320 codes, codevectors 256 wide in total) of the
 *unmasked* tokens; for every masked token, 100 negatives from other masked tokens of the same window; InfoNCE on
 cosine similarity / 0.1, negatives equal to the positive left out; plus ``diversity_weight`` (0.1) times the
-codebook diversity loss. The decoder is not used by this recipe (it is trained when fine-tuning the picker).
+codebook diversity loss. The decoder is not used by this recipe (it is trained when fine-tuning the picker) and is
+frozen while it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .losses import info_nce_windows, masked_mse, sample_negatives
-from .masking import expand_to_samples, random_token_mask, span_mask
+from .masking import expand_to_samples, random_token_mask, seeded_token_mask, span_mask
 from .quantizer import GumbelVectorQuantizer
 
 __all__ = ["MaskedReconstructionConfig", "ContrastiveConfig", "MaskedReconstruction", "ContrastiveVQ", "build_recipe"]
@@ -83,13 +85,21 @@ class MaskedReconstruction(nn.Module):
         self.head = nn.Conv1d(backbone.out_channels, in_channels, 1)
         self.fill = nn.Parameter(torch.zeros(1, in_channels, 1)) if self.config.mask_fill == "learned" else None
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, seeds: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
         """:param x: normalised windows ``(batch, channels, samples)``
+        :param seeds: one seed per window for its mask (:func:`~pretrain.masking.seeded_token_mask`; training runs
+            pass the windows' own seeds); else the masks come from ``generator`` (or the global RNG)
         :return: ``loss`` (masked MSE) and ``mask_fraction``"""
         batch, _, samples = x.shape
-        token_mask = random_token_mask(
-            batch, _token_count(self.backbone, samples), self.config.mask_ratio, x.device, generator
-        )
+        tokens, ratio = _token_count(self.backbone, samples), self.config.mask_ratio
+        if seeds is not None:
+            if len(seeds) != batch:
+                raise ValueError(f"{len(seeds)} mask seeds for {batch} windows")
+            token_mask = seeded_token_mask(seeds, tokens, ratio, x.device)
+        else:
+            token_mask = random_token_mask(batch, tokens, ratio, x.device, generator)
         sample_mask = expand_to_samples(token_mask, self.backbone.token_stride)
         fill = self.fill.to(x.dtype) if self.fill is not None else torch.zeros((), dtype=x.dtype, device=x.device)
         masked = torch.where(sample_mask, fill, x)
@@ -104,6 +114,9 @@ class ContrastiveVQ(nn.Module):
         super().__init__()
         self.config = c = config or ContrastiveConfig()
         self.backbone = backbone
+        # the decoder is not part of this objective: frozen, so that every trainable parameter gets a gradient at
+        # every step (what DDP expects without its search for unused parameters) and AdamW leaves it alone
+        backbone.decoder.requires_grad_(False)
         d_model = token_dim(backbone)
         self.mask_embedding = nn.Parameter(torch.empty(d_model).uniform_())
         self.project_context = nn.Linear(d_model, c.final_dim)

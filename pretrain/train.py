@@ -1,8 +1,16 @@
-"""Running a pretraining experiment with Lightning: trainer, callbacks, resume, loss curve and export."""
+"""Running a pretraining experiment with Lightning: trainer, callbacks, resume, loss curve and export.
+
+Several devices run Lightning's DDP (``trainer.devices=2``: one process per GPU, started by Lightning;
+gradients averaged over the devices in the backward pass). The data are sharded by
+:class:`pretrain.data.EpochSampler`, not by Lightning's distributed sampler. On GPUs NVLink multicast (NVLS) is kept
+off in the environment every process inherits (:data:`MULTICAST_OFF`), before NCCL starts.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +27,44 @@ from .export import export_backbone
 from .module import PretrainModule
 from .plots import plot_loss_curve
 
-__all__ = ["RunResult", "build_trainer", "resolve_precision", "run"]
+__all__ = ["RunResult", "WindowRate", "MULTICAST_OFF", "multicast_off", "build_trainer", "resolve_precision", "run"]
+
+#: Environment that keeps NVLink multicast off for NCCL, torch's symmetric memory and NVSHMEM (set before NCCL
+#: initialises; values a user set are kept).
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def multicast_off(environ=None) -> dict:
+    """Sets :data:`MULTICAST_OFF` in ``environ`` (default ``os.environ``, which Lightning's DDP launcher passes to
+    every process) where not set already; returns the values in effect."""
+    environ = os.environ if environ is None else environ
+    for key, value in MULTICAST_OFF.items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in MULTICAST_OFF}
+
+
+class WindowRate(L.Callback):
+    """Logs ``train/windows_per_s``: windows of all devices per second of training, over each logging interval
+    (validation excluded; data waits and checkpoint writes included). Without a device synchronisation: over an
+    interval of many steps the queued work of one step is a small error."""
+
+    def __init__(self):
+        self._start: tuple[float, int] | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._start is None:
+            self._start = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        steps = trainer.global_step - self._start[1]
+        if steps and trainer.global_step % trainer.log_every_n_steps == 0:
+            windows = steps * len(batch["X"]) * trainer.world_size * trainer.accumulate_grad_batches
+            now = time.perf_counter()
+            pl_module.log("train/windows_per_s", windows / (now - self._start[0]))
+            self._start = (now, trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._start = None
 
 
 @dataclass
@@ -60,7 +105,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
         save_last=True,
         save_on_train_epoch_end=False,
     )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step")]
+    if _uses_gpu(cfg):
+        multicast_off()
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step"), WindowRate()]
     if t.progress_bar:
         # every step on a terminal; every logging interval into a file (logs of GPU runs stay short)
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else int(t.log_every_n_steps)))
@@ -74,6 +121,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
         precision=resolve_precision(cfg),
         max_steps=int(t.max_steps),
         max_epochs=None if t.max_epochs is None else int(t.max_epochs),
+        max_time=None if t.max_time is None else str(t.max_time),
         val_check_interval=float(t.val_check_interval),
         limit_val_batches=t.limit_val_batches,
         gradient_clip_val=float(t.gradient_clip_val) or None,
