@@ -110,3 +110,20 @@ def continuous_stations(hours: float, stations: int, data_dir: Path | None = Non
             reps = int(np.ceil(n / len(data)))
             out += obspy.Trace(np.tile(data, reps)[:n].copy(), header=dict(tr.stats, npts=n, station=f"W{k:02d}"))
     return out
+
+
+def shared_dataset_path(name: str, shared: Path, data_cache: str | Path | None = None) -> Path:
+    """The folder of a dataset of ../shared/data: ``nz-dfdp`` converted once by the ingest tool with its default
+    options (``seisbench_xlstm.data.ingest_cached``, into ``data_cache`` or the SeisBench cache), others as they are.
+
+    :raises FileNotFoundError: the data are absent
+    """
+    from seisbench_xlstm.data import ingest_cached
+
+    if name == "nz-dfdp":
+        if not (shared / "nz-dfdp" / "WAV").is_dir():
+            raise FileNotFoundError(f"{shared / 'nz-dfdp'} is absent")
+        return ingest_cached(shared / "nz-dfdp" / "WAV", shared / "nz-dfdp" / "REA", "nordic", "nz-dfdp", data_cache)
+    if not (shared / name).is_dir():
+        raise FileNotFoundError(f"{shared / name} is absent")
+    return shared / name

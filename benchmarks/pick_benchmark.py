@@ -74,20 +74,10 @@ def open_benchmark_dataset(name: str, args):
     from seisbench_xlstm.data import DATASET_NAMES, check_available, open_dataset
 
     shared = shared_dir(args)
-    if name == "nz-dfdp":
-        if not (shared / "nz-dfdp" / "WAV").is_dir():
-            raise FileNotFoundError(f"{shared / 'nz-dfdp'} is absent")
-        from finetune.config import IngestSourceConfig
-        from finetune.data import ingest_cached
+    if name in ("nz-dfdp", "ncedc154"):
+        from common import shared_dataset_path
 
-        path = ingest_cached(IngestSourceConfig(name="nz-dfdp", waveforms=str(shared / "nz-dfdp" / "WAV"),
-                                                picks=str(shared / "nz-dfdp" / "REA"), format="nordic"),
-                             args.data_cache)
-        return open_dataset(path)
-    if name == "ncedc154":
-        if not (shared / "ncedc154" / "metadata.csv").is_file():
-            raise FileNotFoundError(f"{shared / 'ncedc154'} is absent")
-        return open_dataset(shared / "ncedc154")
+        return open_dataset(shared_dataset_path(name, shared, args.data_cache))
     if name.lower() in DATASET_NAMES:
         check_available(name.lower())  # DatasetNotAvailableError is a FileNotFoundError
         return open_dataset(name.lower())

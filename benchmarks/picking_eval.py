@@ -108,15 +108,9 @@ def trace_sets(args, name: str):
     from seisbench_xlstm.evaluation import dataset_traces
 
     shared = _shared(args)
-    if name == "nz-dfdp":
-        from finetune.config import IngestSourceConfig
-        from finetune.data import ingest_cached
+    from common import shared_dataset_path
 
-        path = ingest_cached(IngestSourceConfig(name="nz-dfdp", waveforms=str(shared / "nz-dfdp" / "WAV"),
-                                                picks=str(shared / "nz-dfdp" / "REA"), format="nordic"),
-                             args.data_cache)
-    else:
-        path = shared / name
+    path = shared_dataset_path(name, shared, args.data_cache)
     ds = open_dataset(path)
     splits = [args.split] + (["dev"] if args.dev_tuned and args.split != "dev" else [])
     return {s: dataset_traces(ds, np.nonzero((ds.metadata["split"] == s).to_numpy())[0]) for s in splits}

@@ -11,13 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seisbench_xlstm.data import shared_data_dir
+from experiments import ExperimentConfigs, UnknownConfigKeyError
 from seisbench_xlstm.evaluation import DEFAULT_THRESHOLDS
 
 __all__ = [
@@ -237,55 +234,18 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
-class UnknownConfigKeyError(KeyError):
-    """A command-line key that the schema does not have; the message names the valid keys at that level."""
-
-    def __str__(self):
-        return str(self.args[0])
-
-
 def _register() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="finetune_schema", node=RunConfig)
-    if not OmegaConf.has_resolver("shared_data"):
-        OmegaConf.register_new_resolver("shared_data", lambda sub="": str(shared_data_dir() / sub))
+    ConfigStore.instance().store(name="finetune_schema", node=RunConfig)
 
 
-def list_experiments() -> list[str]:
-    root = CONF_DIR / "experiment"
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
-
-
-def _compose(overrides: list[str]) -> DictConfig:
-    _register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def _check_key(cfg: DictConfig, key: str) -> None:
-    node: Any = cfg
-    done: list[str] = []
-    for part in key.split("."):
-        if isinstance(node, DictConfig):
-            if part not in node:
-                if done == ["model", "backbone"]:
-                    return  # free-form: checked by the library's backbone config
-                where = ".".join(done) or "the top level"
-                raise UnknownConfigKeyError(
-                    f"Unknown config key {key!r}: {part!r} is not an option of {where}. "
-                    f"Valid keys there: {', '.join(str(k) for k in node.keys())}."
-                )
-            node = node._get_node(part)
-        elif isinstance(node, ListConfig):
-            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-                raise UnknownConfigKeyError(
-                    f"Unknown config key {key!r}: {'.'.join(done)} is a list of {len(node)} entries, not {part!r}."
-                )
-            node = node._get_node(int(part))
-        else:
-            raise UnknownConfigKeyError(f"Unknown config key {key!r}: {'.'.join(done)} has no sub-keys.")
-        done.append(part)
+EXPERIMENTS = ExperimentConfigs(
+    conf_dir=CONF_DIR,
+    groups=GROUPS,
+    register=_register,
+    # backbone values are free-form here (checked by the library's backbone config): added or replaced
+    free_form=(("model", "backbone"),),
+)
+list_experiments = EXPERIMENTS.list_experiments
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -318,23 +278,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     :raises UnknownConfigKeyError: a key the schema lacks (the message lists the valid keys at that level)
     :raises ValueError: values out of range (all problems in one message)
     """
-    # backbone values are free-form (checked by the library's backbone config): add or replace them
-    overrides = [f"++{o}" if o.startswith("model.backbone.") else o for o in (overrides or [])]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    groups = [o.input_line for o in parsed if o.key_or_group in GROUPS]
-    schema = _compose(groups)
-    for o in parsed:
-        if o.key_or_group in GROUPS or o.key_or_group.startswith("hydra"):
-            continue
-        if (o.is_add() or o.is_force_add()) and o.key_or_group.startswith("model.backbone."):
-            continue
-        if o.is_add() or o.is_force_add() or o.is_delete():
-            raise UnknownConfigKeyError(
-                f"{o.input_line!r}: adding or deleting keys is not supported; every key is part of the schema "
-                "(set existing keys with key=value)."
-            )
-        _check_key(schema, o.key_or_group)
-    cfg = _compose(overrides)
+    cfg = EXPERIMENTS.compose(overrides)
     if cfg.out_dir is None:
         cfg.out_dir = str(Path("runs") / "finetune" / cfg.name)
     _validate(cfg)

@@ -39,6 +39,7 @@ from seisbench_xlstm.data import (
     NormalizeConfig,
     PickingConfig,
     assign_splits,
+    default_ingest_cache,
     label_columns_for,
     make_loader,
     mix_datasets,
@@ -60,35 +61,15 @@ from seisbench_xlstm.pseudolabels import (
 from .models import ARCH_SPECS, EventDetectionTarget
 
 __all__ = ["ingest_cached", "event_keys", "select_label_fraction", "FinetuneData", "FinetuneDataModule",
-           "SeededWindows", "default_cache_dir"]
-
-
-def default_cache_dir() -> Path:
-    import seisbench
-
-    return Path(seisbench.cache_root) / "seisbench_xlstm" / "ingest"
+           "SeededWindows"]
 
 
 def ingest_cached(source, cache_dir: str | Path | None = None) -> Path:
-    """Converts ``source`` (``IngestSourceConfig``) with the ingest tool (default options) into
-    ``cache_dir/<name>`` once; later calls reuse it. A cached folder made from other inputs is an error."""
-    from seisbench_xlstm.data import ingest_dataset
+    """``source`` (``IngestSourceConfig``) through the data layer's cached ingest
+    (:func:`seisbench_xlstm.data.ingest_cached`: converted once into ``cache_dir/<name>``, reused afterwards)."""
+    from seisbench_xlstm.data import ingest_cached as cached
 
-    out = (Path(cache_dir) if cache_dir else default_cache_dir()) / source.name
-    inputs = {"waveforms": str(Path(source.waveforms).resolve()), "picks": str(Path(source.picks).resolve()),
-              "format": source.format}
-    # the same stamp as the pretraining runner's, so both reuse one conversion
-    stamp = out / "pretrain_source.json"
-    if (out / "metadata.csv").is_file() and (out / "waveforms.hdf5").is_file() and stamp.is_file():
-        cached = json.loads(stamp.read_text())
-        if cached != inputs:
-            raise ValueError(f"{out} holds an ingest of {cached}, not of {inputs}: delete it or set data.cache_dir")
-        return out
-    summary = ingest_dataset(source.waveforms, source.picks, source.format, out, overwrite=True, progress=False)
-    if summary.traces == 0:
-        raise ValueError(f"Ingesting {inputs} wrote no trace:\n{summary.report()}")
-    stamp.write_text(json.dumps(inputs))
-    return out
+    return cached(source.waveforms, source.picks, source.format, source.name, cache_dir)
 
 
 def event_keys(metadata: pd.DataFrame) -> np.ndarray:
@@ -175,7 +156,7 @@ class FinetuneData:
         return self._teachers
 
     def cache_dir(self) -> Path:
-        return Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else default_cache_dir()
+        return Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else default_ingest_cache()
 
     def dataset_paths(self) -> list[str]:
         paths = [str(p) for p in self.cfg.data.datasets]

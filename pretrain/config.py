@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from seisbench_xlstm.backbones import SequentialBackboneConfig, UNetBackboneConfig
-from seisbench_xlstm.data import shared_data_dir
+from experiments import ExperimentConfigs, UnknownConfigKeyError
 
 from .recipes import ContrastiveConfig, MaskedReconstructionConfig
 
@@ -173,71 +170,25 @@ class RunConfig:
     recipe: Any = MISSING
 
 
-class UnknownConfigKeyError(KeyError):
-    """A command-line key that the schema does not have; the message names the valid keys at that level."""
-
-    def __str__(self):  # KeyError quotes its message; show it as written
-        return str(self.args[0])
-
-
-_registered = False
-
-
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="backbone", name="sequential", node=SequentialBackboneConfig)
     cs.store(group="backbone", name="unet", node=UNetBackboneConfig)
     cs.store(group="recipe", name="masked", node=MaskedReconstructionConfig)
     cs.store(group="recipe", name="contrastive", node=ContrastiveConfig)
-    if not OmegaConf.has_resolver("shared_data"):
-        # ${shared_data:ncedc154} -> <repository>/../shared/data/ncedc154 (or $SEISBENCH_XLSTM_SHARED_DATA/...)
-        OmegaConf.register_new_resolver("shared_data", lambda sub="": str(shared_data_dir() / sub))
-    _registered = True
 
 
-def list_experiments() -> list[str]:
-    """Names of the experiments (``experiment=<name>``)."""
-    root = CONF_DIR / "experiment"
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
-
-
-def _compose(overrides: list[str]) -> DictConfig:
-    _register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def _check_key(cfg: DictConfig, key: str) -> None:
-    node: Any = cfg
-    done: list[str] = []
-    for part in key.split("."):
-        if isinstance(node, DictConfig):
-            if part not in node:
-                where = ".".join(done) or "the top level"
-                hint = ""
-                if done == ["backbone"]:
-                    hint = " Each backbone has its own keys: choose one with backbone=sequential or backbone=unet."
-                elif done == ["recipe"]:
-                    hint = " Each recipe has its own keys: choose one with recipe=masked or recipe=contrastive."
-                raise UnknownConfigKeyError(
-                    f"Unknown config key {key!r}: {part!r} is not an option of {where}. "
-                    f"Valid keys there: {', '.join(str(k) for k in node.keys())}.{hint}"
-                )
-            node = node._get_node(part)
-        elif isinstance(node, ListConfig):
-            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-                raise UnknownConfigKeyError(
-                    f"Unknown config key {key!r}: {'.'.join(done)} is a list of {len(node)} entries, not {part!r}."
-                )
-            node = node._get_node(int(part))
-        else:
-            raise UnknownConfigKeyError(f"Unknown config key {key!r}: {'.'.join(done)} has no sub-keys.")
-        done.append(part)
+EXPERIMENTS = ExperimentConfigs(
+    conf_dir=CONF_DIR,
+    groups=GROUPS,
+    register=_register,
+    group_hints={
+        ("backbone",): "Each backbone has its own keys: choose one with backbone=sequential or backbone=unet.",
+        ("recipe",): "Each recipe has its own keys: choose one with recipe=masked or recipe=contrastive.",
+    },
+)
+list_experiments = EXPERIMENTS.list_experiments
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -247,20 +198,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     :raises hydra.errors.ConfigCompositionException: bad values or unknown group options (Hydra's message lists
         the available options)
     """
-    overrides = list(overrides or [])
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    groups = [o.input_line for o in parsed if o.key_or_group in GROUPS]
-    schema = _compose(groups)  # the schema with the chosen experiment/backbone/recipe, before values
-    for o in parsed:
-        if o.key_or_group in GROUPS or o.key_or_group.startswith("hydra"):
-            continue
-        if o.is_add() or o.is_force_add() or o.is_delete():
-            raise UnknownConfigKeyError(
-                f"{o.input_line!r}: adding or deleting keys is not supported; every key is part of the schema "
-                "(set existing keys with key=value)."
-            )
-        _check_key(schema, o.key_or_group)
-    cfg = _compose(overrides)
+    cfg = EXPERIMENTS.compose(overrides)
     if cfg.out_dir is None:
         cfg.out_dir = str(Path("runs") / cfg.name)
     return cfg

@@ -18,7 +18,6 @@ starts right after it, so the next batches equal those of an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -69,37 +68,12 @@ def check_datasets(datasets: list[str]) -> None:
         raise DatasetNotAvailableError("\n".join(lines))
 
 
-def _default_cache_dir() -> Path:
-    import seisbench
-
-    return Path(seisbench.cache_root) / "seisbench_xlstm" / "ingest"
-
-
 def ingest_cached(source, cache_dir: str | Path | None = None, progress: bool = False) -> Path:
-    """Converts ``source`` (:class:`~pretrain.config.IngestSourceConfig`) with the ingest tool into
-    ``cache_dir/<name>`` once; later calls reuse it. A cached folder made from other inputs is an error."""
-    from seisbench_xlstm.data import ingest_dataset as ingest
+    """``source`` (:class:`~pretrain.config.IngestSourceConfig`) through the data layer's cached ingest
+    (:func:`seisbench_xlstm.data.ingest_cached`: converted once into ``cache_dir/<name>``, reused afterwards)."""
+    from seisbench_xlstm.data import ingest_cached as cached
 
-    out = Path(cache_dir) if cache_dir else _default_cache_dir()
-    out = out / source.name
-    inputs = {
-        "waveforms": str(Path(source.waveforms).resolve()),
-        "picks": str(Path(source.picks).resolve()),
-        "format": source.format,
-    }
-    stamp = out / "pretrain_source.json"
-    if (out / "metadata.csv").is_file() and (out / "waveforms.hdf5").is_file() and stamp.is_file():
-        cached = json.loads(stamp.read_text())
-        if cached != inputs:
-            raise ValueError(
-                f"{out} holds an ingest of {cached}, not of {inputs}: delete it or set data.cache_dir elsewhere."
-            )
-        return out
-    summary = ingest(source.waveforms, source.picks, source.format, out, overwrite=True, progress=progress)
-    if summary.traces == 0:
-        raise ValueError(f"Ingesting {inputs} wrote no trace:\n{summary.report()}")
-    stamp.write_text(json.dumps(inputs))
-    return out
+    return cached(source.waveforms, source.picks, source.format, source.name, cache_dir, progress=progress)
 
 
 class _TraceSource:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 _CACHE = tempfile.mkdtemp(prefix="seisbench-xlstm-test-cache-")
 os.environ["SEISBENCH_CACHE_ROOT"] = _CACHE
@@ -30,3 +31,12 @@ def shared_data() -> Path:
 def cache_root() -> Path:
     """The temporary SEISBENCH_CACHE_ROOT of this test session."""
     return Path(_CACHE)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads stall badly when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

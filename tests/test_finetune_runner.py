@@ -13,19 +13,9 @@ from finetune.models import ARCH_SPECS, EventDetectionTarget, build_model, param
 from finetune.train import read_metrics, run
 from seisbench_xlstm import XLSTMSeqPicker
 from test_data_synth import write_dataset
-from tiny import TINY_SEQUENTIAL
+from tiny import TINY_SEQUENTIAL, hydra_value
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _list(v):
-    return "[" + ",".join(str(x) for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_overrides(data, out_dir, arch="xlstm_seq", extra=()):
@@ -35,7 +25,7 @@ def tiny_overrides(data, out_dir, arch="xlstm_seq", extra=()):
           "optim.freeze_backbone_epochs=1", "selection.thresholds=[0.1,0.3,0.5,0.7]", "selection.dev_traces=4",
           f"model.arch={arch}", f"data.cache_dir={out_dir}/cache"]
     if arch.startswith("xlstm"):
-        ov += [f"model.backbone.{k}={_list(v)}" for k, v in TINY_SEQUENTIAL.items()]
+        ov += [f"model.backbone.{k}={hydra_value(v)}" for k, v in TINY_SEQUENTIAL.items()]
     return ov + list(extra)
 
 
@@ -215,7 +205,7 @@ def test_pretraining_exports_start_a_finetune(tmp_path, recipe, arch):
 
     backbone = TINY_SEQUENTIAL if recipe == "masked" else TINY_UNET
     overrides = [f"backbone={'sequential' if recipe == 'masked' else 'unet'}", f"recipe={recipe}"]
-    overrides += [f"backbone.{k}={_list(v)}" for k, v in backbone.items()]
+    overrides += [f"backbone.{k}={hydra_value(v)}" for k, v in backbone.items()]
     if recipe == "contrastive":
         overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32"]
     module = PretrainModule(pretrain_config(overrides))

@@ -32,18 +32,9 @@ from tiny import TINY_SEQUENTIAL, TINY_UNET
 HELPER = Path(__file__).resolve().parent / "ddp_run.py"
 STEPS, BATCH, WINDOWS_PER_EPOCH = 6, 4, 24  # 2 devices x 4 = 8 windows a step, 3 steps an epoch
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="needs torch.distributed"
-)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads stall badly when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+)]
 
 
 @pytest.fixture(scope="module")

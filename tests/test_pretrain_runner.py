@@ -15,20 +15,9 @@ from pretrain.plots import read_metrics
 from pretrain.schedules import warmup_steps
 from pretrain.train import run
 from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker
-from tiny import TINY_SEQUENTIAL, TINY_UNET
+from tiny import TINY_SEQUENTIAL, TINY_UNET, hydra_value
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads stall badly when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _list(v):
-    return "[" + ",".join(str(x) for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def tiny(records, out_dir, recipe="masked", steps=6, extra=()):
                  "data.windows_per_epoch=12", "data.val_windows=4", "data.num_workers=0", f"trainer.max_steps={steps}",
                  "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=4", "trainer.progress_bar=false",
                  "trainer.accelerator=cpu", "optim.lr=0.01"]
-    overrides += [f"backbone.{k}={_list(v)}" for k, v in backbone.items()]
+    overrides += [f"backbone.{k}={hydra_value(v)}" for k, v in backbone.items()]
     if recipe == "contrastive":
         overrides += ["recipe.num_codes=16", "recipe.final_dim=32", "recipe.codevector_dim=32",
                       "recipe.num_negatives=10"]

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
 
 
@@ -18,14 +20,6 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, and two stall on busy cores
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_run_writes_report_and_csv(bench, tmp_path):

@@ -39,7 +39,7 @@ from .phases import PHASE_MAP, PICK_COLUMN_MAP, phase_of_column, phase_of_hint, 
 
 # The ``ingest`` package keeps its name (``from seisbench_xlstm.data.ingest import ingest``); its function is
 # exported here as ``ingest_dataset``, so that ``seisbench_xlstm.data.ingest`` stays the package.
-from .ingest import IngestConfig, IngestSummary, add_ingest_subcommand  # noqa: E402
+from .ingest import IngestConfig, IngestSummary, add_ingest_subcommand, default_ingest_cache, ingest_cached  # noqa: E402
 from .ingest import ingest as ingest_dataset  # noqa: E402
 from .resample import resample_array, resample_trace, use_annotate_resampler  # noqa: E402
 from .splits import SplitReport, split_by_event  # noqa: E402
@@ -85,6 +85,8 @@ __all__ = [
     "phase_of_hint",
     "pick_columns",
     "ingest_dataset",
+    "ingest_cached",
+    "default_ingest_cache",
     "IngestSummary",
     "split_by_event",
     "SplitReport",

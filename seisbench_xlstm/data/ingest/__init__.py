@@ -43,6 +43,7 @@ Rules (also in docs/data.md):
   pre-arrival noise window (``IngestSummary.training_windows``).
 """
 
+from .cache import default_ingest_cache, ingest_cached
 from .cli import add_ingest_subcommand, run_ingest_command
 from .nordic import read_nordic
 from .readers import read_csv_picks, read_quakeml
@@ -51,6 +52,8 @@ from .run import ingest
 from .waveforms import WaveformIndex
 
 __all__ = [
+    "default_ingest_cache",
+    "ingest_cached",
     "ingest",
     "IngestConfig",
     "IngestSummary",
