@@ -24,13 +24,12 @@ import argparse
 import csv
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TINY_BACKBONES, machine, synchronize, write_report  # noqa: E402
+from common import TINY_BACKBONES, machine, synchronize, timed, write_report  # noqa: E402
 
 from seisbench_xlstm.backbones import build_backbone, count_parameters  # noqa: E402
 
@@ -76,15 +75,9 @@ def measure(backbone, x: torch.Tensor, mode: str, repeats: int) -> tuple[float, 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        synchronize()
-        times.append(time.perf_counter() - t)
+    seconds = timed(call, repeats=repeats, warmup=0)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else math.nan
-    times.sort()
-    return times[len(times) // 2], peak
+    return seconds, peak
 
 
 def report(rows: list[dict], args) -> list[str]:

@@ -40,3 +40,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["sequential", "unet"])
+def model(request):
+    """Each tiny picker (``tests/tiny.py``), in eval mode, seeded."""
+    from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker
+    from tiny import TINY_SEQUENTIAL, TINY_UNET
+
+    torch.manual_seed(0)
+    if request.param == "sequential":
+        return XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
+    return XLSTMUNetPicker(backbone_config=TINY_UNET).eval()

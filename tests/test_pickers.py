@@ -9,14 +9,6 @@ from seisbench_xlstm.pickers import normalize_windows
 from tiny import TINY_SEQUENTIAL, TINY_UNET
 
 
-@pytest.fixture(params=["sequential", "unet"])
-def model(request):
-    torch.manual_seed(0)
-    if request.param == "sequential":
-        return XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
-    return XLSTMUNetPicker(backbone_config=TINY_UNET).eval()
-
-
 def _synthetic_stream(n_samples=30000, rate=100.0, components="ZNE", seed=0, station="A"):
     rng = np.random.default_rng(seed)
     return obspy.Stream(

@@ -10,7 +10,6 @@ from pathlib import Path
 import obspy
 import pytest
 import seisbench
-import torch
 
 from seisbench_xlstm import CorruptWeightsError, WeightsNotFoundError, XLSTMSeqPicker, XLSTMUNetPicker
 from seisbench_xlstm import weight_lookup as weights_module
@@ -18,14 +17,6 @@ from seisbench_xlstm.pickers import load_picker
 from tiny import TINY_SEQUENTIAL, TINY_UNET
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(params=["sequential", "unet"])
-def model(request):
-    torch.manual_seed(0)
-    if request.param == "sequential":
-        return XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
-    return XLSTMUNetPicker(backbone_config=TINY_UNET).eval()
 
 
 @pytest.fixture
