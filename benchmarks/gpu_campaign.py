@@ -39,6 +39,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"xlstm_seq": "XLSTMSeqPicker", "xlstm_unet": "XLSTMUNetPicker", "phasenet": "PhaseNet",
            "eqtransformer": "EQTransformer"}
+# run name: (architecture, pretrained backbone?, evaluation label)
+MAIN_RUNS = {"xlstm_unet": ("xlstm_unet", True, "xLSTM U-Net (ours)"),
+             "xlstm_unet_scratch": ("xlstm_unet", False, "xLSTM U-Net from scratch"),
+             "phasenet": ("phasenet", False, "PhaseNet same data"),
+             "eqtransformer": ("eqtransformer", False, "EQTransformer same data")}
+FRACTION_RUNS = {"xlstm_unet_pretrained": ("xlstm_unet", True), "xlstm_unet_scratch": ("xlstm_unet", False),
+                 "phasenet": ("phasenet", False)}
 
 
 @dataclass
@@ -72,6 +79,13 @@ def _args(argv):
     ap.add_argument("--budget", default="00:00:04:00", help="trainer.max_time of the main runs")
     ap.add_argument("--fraction-budget", default="00:00:02:30", help="trainer.max_time of the fraction runs")
     ap.add_argument("--fractions", nargs="*", type=float, default=[0.05, 0.1, 1.0])
+    ap.add_argument("--main", nargs="*", default=list(MAIN_RUNS), choices=list(MAIN_RUNS),
+                    help="main runs (xlstm_unet_scratch: the U-Net from random weights, with the same labels)")
+    ap.add_argument("--fraction-models", nargs="*", default=list(FRACTION_RUNS), choices=list(FRACTION_RUNS))
+    ap.add_argument("--fraction-steps", type=int, default=-1, help="trainer.max_steps of the fraction runs")
+    ap.add_argument("--pretrain-workers", type=int, default=None, help="loader workers of the pretraining run")
+    ap.add_argument("--eval-model", action="append", default=[],
+                    help="LABEL=CLASS:SOURCE evaluated beside the main runs (e.g. weights of an earlier campaign)")
     ap.add_argument("--per-gpu", type=int, default=4, help="jobs at once on one GPU")
     ap.add_argument("--workers", type=int, default=None, help="data.num_workers of each run (default: cores / jobs)")
     ap.add_argument("--deadline", type=float, default=560.0, help="seconds from the start")
@@ -97,7 +111,8 @@ def build_jobs(a) -> list[Job]:
         Job("warm", [py, str(REPO / "benchmarks" / "gpu_campaign.py"), "--warm", *common], 240),
         Job("pretrain", [py, "-m", "pretrain", "experiment=contrastive/xlstm_unet_local",
                          f"trainer.max_steps={a.pretrain_steps}", f"data.cache_dir={w}/cache_pretrain",
-                         f"data.num_workers={a.workers}", f"out_dir={w}/pretrain", "trainer.progress_bar=false",
+                         f"data.num_workers={a.pretrain_workers or a.workers}", f"out_dir={w}/pretrain",
+                         "trainer.progress_bar=false",
                          *tiny_pre], 60 + 0.25 * a.pretrain_steps),
     ]
     budget, fbudget = _seconds(a.budget), _seconds(a.fraction_budget)
@@ -108,30 +123,30 @@ def build_jobs(a) -> list[Job]:
                 f"trainer.max_time={max_time}", *common, *extra]
         return Job(name, [py, "-m", "finetune", *args], seconds + a.overhead, deps)
 
-    jobs += [finetune("xlstm_unet", "xlstm_unet", pre, ["warm", "pretrain"], budget, a.budget),
-             finetune("phasenet", "phasenet", [], ["warm"], budget, a.budget),
-             finetune("eqtransformer", "eqtransformer", [], ["warm"], budget, a.budget)]
-    analyst_only = ["pseudo.labelled=false", "pseudo.weight=0"]
+    for name in a.main:
+        arch, pretrained, _ = MAIN_RUNS[name]
+        jobs.append(finetune(name, arch, pre if pretrained else [], ["warm"] + ["pretrain"] * pretrained, budget,
+                             a.budget))
+    analyst_only = ["pseudo.labelled=false", "pseudo.weight=0", f"trainer.max_steps={a.fraction_steps}"]
     for f in a.fractions:
         tag = f"{round(f * 100):03d}"
         lf = [f"data.label_fraction={f}", *analyst_only]
-        jobs += [finetune(f"frac{tag}_xlstm_unet_pretrained", "xlstm_unet", lf + pre, ["warm", "pretrain"], fbudget,
-                          a.fraction_budget),
-                 finetune(f"frac{tag}_xlstm_unet_scratch", "xlstm_unet", lf, ["warm"], fbudget, a.fraction_budget),
-                 finetune(f"frac{tag}_phasenet", "phasenet", lf, ["warm"], fbudget, a.fraction_budget)]
+        for model in a.fraction_models:
+            arch, pretrained = FRACTION_RUNS[model]
+            jobs.append(finetune(f"frac{tag}_{model}", arch, lf + (pre if pretrained else []),
+                                 ["warm"] + ["pretrain"] * pretrained, fbudget, a.fraction_budget))
+    if not any("pretrain" in j.deps for j in jobs):
+        jobs = [j for j in jobs if j.name != "pretrain"]
     evaluate = [py, str(REPO / "benchmarks" / "picking_eval.py"), "--cache-root", a.teachers, "--data-cache",
                 f"{w}/cache", "--dev-tuned"]
-    main = [("xLSTM U-Net (ours)", "xlstm_unet"), ("PhaseNet same data", "phasenet"),
-            ("EQTransformer same data", "eqtransformer")]
-    jobs.append(Job("eval_main", evaluate + [
-        "--model", "PhaseNet original=PhaseNet:original", "--model", "EQTransformer original=EQTransformer:original",
-        *[x for label, n in main for x in ("--model", f"{label}={CLASSES[n]}:{w}/weights/{n}")],
-        "--out", f"{w}/results/picking_eval"], a.eval_budget, [n for _, n in main]))
+    models = ["PhaseNet original=PhaseNet:original", "EQTransformer original=EQTransformer:original"]
+    models += [f"{MAIN_RUNS[n][2]}={CLASSES[MAIN_RUNS[n][0]]}:{w}/weights/{n}" for n in a.main] + a.eval_model
+    jobs.append(Job("eval_main", evaluate + [x for m in models for x in ("--model", m)] + [
+        "--out", f"{w}/results/picking_eval"], a.eval_budget, list(a.main)))
     frac_jobs = [j.name for j in jobs if j.name.startswith("frac")]
     jobs.append(Job("eval_fractions", evaluate + ["--datasets", "nz-dfdp", "ncedc154"] + [
-        x for n in frac_jobs for x in ("--model", f"{n}={CLASSES['phasenet' if n.endswith('phasenet') else 'xlstm_unet']}"
-                                                  f":{w}/weights/{n}")] + ["--out", f"{w}/results/fractions"],
-        a.eval_budget, frac_jobs))
+        x for n in frac_jobs for x in ("--model", f"{n}={CLASSES[FRACTION_RUNS[n[8:]][0]]}:{w}/weights/{n}")]
+        + ["--out", f"{w}/results/fractions"], a.eval_budget, frac_jobs))
     return jobs
 
 
@@ -177,7 +192,7 @@ def schedule(jobs: list[Job], a, n_gpu: int, t0: float, log) -> None:
                 log(f"{now:6.0f}s {j.name} started on GPU {g}")
         if all(j.state in ("done", "failed", "skipped") for j in jobs):
             return
-        if time.time() - t0 > a.deadline + 30:
+        if time.time() - t0 > a.deadline + 10:
             for j in jobs:
                 if j.state == "running":
                     j.proc.kill()
