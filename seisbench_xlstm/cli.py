@@ -29,6 +29,8 @@ from pathlib import Path
 
 WAVEFORM_SUFFIXES_SKIPPED = {".csv", ".json", ".txt", ".md", ".xml", ".py", ".pt", ".hdf5", ".h5"}
 
+PICKERS_LABEL = {"sequential": "XLSTMSeqPicker", "unet": "XLSTMUNetPicker"}
+
 #: Long records are annotated in pieces of about this length (aligned to the window step) ...
 PIECE_SECONDS = 3600.0
 
@@ -94,13 +96,18 @@ def _load_model(args):
 
     from .pickers import load_picker
 
-    if args.weights is None:
-        raise SystemExit(
-            "seisbench-xlstm: no trained weights ship with this release yet. Pass --weights PATH (a model saved "
-            "with model.save(PATH), i.e. PATH.json + PATH.pt, or either file) or --weights NAME --backbone "
-            "sequential|unet for weights in $SEISBENCH_CACHE_ROOT. Untrained models are never used to pick."
-        )
-    model = load_picker(args.weights, args.backbone)
+    from .pickers import SHIPPED_PICKER
+
+    weights, backbone = args.weights, args.backbone
+    if weights is None:
+        backbone, weights = SHIPPED_PICKER
+        if args.backbone not in (None, backbone):
+            raise SystemExit(f"seisbench-xlstm: the shipped picker {weights!r} is a {backbone!r} picker; pass "
+                             f"--weights for a {args.backbone!r} one.")
+        if not args.quiet:
+            print(f"seisbench-xlstm: picker {PICKERS_LABEL[backbone]} {weights!r} (shipped with the package; "
+                  "--weights for another)", file=sys.stderr)
+    model = load_picker(weights, backbone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     if args.kernel:
@@ -180,6 +187,22 @@ def annotate_record(model, stream, kwargs: dict, piece_seconds: float = PIECE_SE
     return keep_spans(out, spans)
 
 
+def _example_file() -> Path:
+    """ObsPy's example record (``obspy.read()``: BW.RJOB, a local earthquake, 30 s of 3-component 100 Hz data)
+    written once as miniSEED into a temporary folder (removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import obspy
+
+    folder = Path(tempfile.mkdtemp(prefix="seisbench-xlstm-example-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "BW.RJOB.example.mseed"
+    obspy.read().write(str(path), format="MSEED")
+    return path
+
+
 def _run_over_instruments(args, work) -> int:
     """Groups the input files by instrument, annotates each (:func:`annotate_record`) and calls
     ``work(model, key, annotations, argdict)``; reports unreadable files and skipped instruments on stderr.
@@ -191,6 +214,8 @@ def _run_over_instruments(args, work) -> int:
     from .records import AnnotateWarning
 
     files = iter_waveform_files(args.inputs)
+    if args.example:
+        files.append(_example_file())
     if not files:
         print(f"seisbench-xlstm: no waveform files found in {args.inputs}", file=sys.stderr)
         return 1
@@ -292,9 +317,13 @@ def cmd_info(args) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="waveform files or folders (anything ObsPy reads)")
-    p.add_argument("--weights", help="saved model (PATH for PATH.json + PATH.pt, or either file) or a weights name")
-    p.add_argument("--backbone", choices=["sequential", "unet"], help="needed with a weights name")
+    p.add_argument("inputs", nargs="*", help="waveform files or folders (anything ObsPy reads)")
+    p.add_argument("--example", action="store_true",
+                   help="also ObsPy's example record (obspy.read(): BW.RJOB, a local earthquake), offline")
+    p.add_argument("--weights", help="saved model (PATH for PATH.json + PATH.pt, or either file) or a weights "
+                                     "name (default: the picker shipped with the package)")
+    p.add_argument("--backbone", choices=["sequential", "unet"],
+                   help="picker class of a weights name (detected where only one class has the name)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--kernel", help="mLSTM kernel override (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
@@ -356,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["baselines"]:  # its own parser (argparse's REMAINDER does not pass on options)
         return cmd_baselines(argparse.Namespace(baseline_args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "inputs", None) == [] and not args.example:
+        parser.error(f"{args.command}: give waveform files or folders, or --example")
     try:
         return args.func(args)
     except (WeightsNotFoundError, CorruptWeightsError, FileNotFoundError, ValueError) as e:

@@ -386,13 +386,18 @@ class XLSTMUNetPicker(_XLSTMPicker):
 
 PICKERS = {"sequential": XLSTMSeqPicker, "unet": XLSTMUNetPicker}
 
+#: The picker that ships with the package (``seisbench_xlstm/weights/``): backbone and weights name. The README and
+#: ``seisbench-xlstm pick`` use it when no weights are given; its docstring says what it was trained on.
+SHIPPED_PICKER = ("unet", "ncedc_dfdp")
+
 
 def load_picker(weights: str | Path, backbone: str | None = None) -> _XLSTMPicker:
     """Loads a picker from saved files or by name.
 
     :param weights: a saved model (``PATH`` for ``PATH.json`` + ``PATH.pt`` as written by ``save``, or either file
         itself), or the name of offline pretrained weights
-    :param backbone: ``"sequential"`` or ``"unet"``; needed for names, detected from the metadata for paths
+    :param backbone: ``"sequential"`` or ``"unet"``; detected from the metadata for paths, and for names held by
+        one picker class only
     """
     path = Path(weights)
     stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
@@ -406,7 +411,13 @@ def load_picker(weights: str | Path, backbone: str | None = None) -> _XLSTMPicke
     if backbone is None:
         if any(sep in str(weights) for sep in ("/", "\\")) or path.suffix in (".pt", ".json") or path.exists():
             raise WeightsNotFoundError(f"No saved model at {weights}: expected {json_path} and {stem}.pt.")
-        raise ValueError(f"Pass the backbone ('sequential' or 'unet') to load pretrained weights {weights!r}.")
+        holders = [b for b, cls in PICKERS.items() if str(weights) in cls.list_pretrained()]
+        if len(holders) != 1:
+            found = "both pickers have" if holders else "no picker has"
+            raise ValueError(f"{found} offline weights named {weights!r}: pass the backbone ('sequential' or "
+                             f"'unet'). Offline weights: " + ", ".join(
+                                 f"{b}: {PICKERS[b].list_pretrained() or 'none'}" for b in PICKERS) + ".")
+        backbone = holders[0]
     if backbone not in PICKERS:
         raise ValueError(f"Unknown backbone {backbone!r}. Available: {sorted(PICKERS)}.")
     return PICKERS[backbone].from_pretrained(str(weights))

@@ -180,9 +180,23 @@ def test_unknown_stacking_is_refused_by_the_parser(saved_model, waveform_folder)
     assert e.value.code == 2
 
 
-def test_pick_without_weights_says_so(waveform_folder):
-    with pytest.raises(SystemExit, match="no trained weights ship"):
-        main(["pick", str(waveform_folder)])
+def test_pick_without_weights_uses_the_shipped_picker_on_the_example(tmp_path, capsys):
+    out = tmp_path / "picks.csv"
+    assert main(["pick", "--example", "-o", str(out)]) == 0
+    assert "XLSTMUNetPicker 'ncedc_dfdp' (shipped" in capsys.readouterr().err
+    picks = pd.read_csv(out)
+    assert sorted(picks["phase"]) == ["P", "S"] and set(picks["station"]) == {"BW.RJOB."}
+
+
+def test_no_input_is_a_usage_error():
+    with pytest.raises(SystemExit) as e:
+        main(["pick"])
+    assert e.value.code == 2
+
+
+def test_the_shipped_picker_is_a_unet_picker(waveform_folder):
+    with pytest.raises(SystemExit, match="is a 'unet' picker"):
+        main(["pick", str(waveform_folder), "--backbone", "sequential"])
 
 
 def test_unknown_weights_and_missing_input(waveform_folder, capsys):

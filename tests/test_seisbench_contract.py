@@ -236,7 +236,8 @@ def test_from_pretrained(cls, weight_dirs, remote, prefill_cache, update):  # sa
             cls.from_pretrained("test", update=update)
 
 
-def test_list_pretrained_version_empty_cache(cls, tmp_path):  # same name
+def test_list_pretrained_version_empty_cache(cls, tmp_path, monkeypatch):  # same name, no package weights either
+    monkeypatch.setattr(weights_module, "PACKAGE_WEIGHTS_ROOT", tmp_path / "package")
     with patch("seisbench.cache_model_root", tmp_path / "list_pretrained"):
         assert cls.list_pretrained(details=True, remote=False) == {}
     with patch("seisbench.cache_model_root", tmp_path / "list_versions"):
