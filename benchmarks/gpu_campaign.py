@@ -18,8 +18,12 @@ GPU, several per GPU at once (``--per-gpu``), started as soon as their inputs ex
 
 A job that cannot end before ``--deadline`` seconds (its budget plus ``--overhead``) is not started; results
 of what ran are written anyway. ``$OUT`` gets ``campaign.md`` (run table, both evaluations, the label-efficiency
-table), ``campaign.csv`` (the evaluations' rows) and ``bundle.tar.part-*`` (the main runs' weights, logs, curves, configs; at most
-15 MiB a part, 4 parts; ``cat bundle.tar.part-* | tar x``).
+table), ``campaign.csv`` (the evaluations' rows) and ``bundle.tar.part-*`` (the main runs' weights, logs, curves,
+configs; at most 15 MiB a part, 4 parts; ``cat bundle.tar.part-* | tar x``).
+
+Measured on ``nvidia-h200-x2`` (benchmarks/results/finetune_gpu.md): a local recipe-2 pretraining run takes 5.5 to 7.5
+minutes with its start-up, so runs from the pretrained backbone fit one 10-minute command only with a shorter
+pretraining or in a command of their own.
 
 ``--dry-run`` does the same on this machine's CPU with tiny settings (checks the wiring, not the figures).
 """
@@ -237,7 +241,8 @@ def fraction_table(csv: Path) -> str:
     df = df[df["model"].str.startswith("frac")].copy()
     df["fraction"] = df["model"].str.slice(4, 7).astype(int)
     df["model"] = df["model"].str.slice(8)
-    rows = ["| data | phase | model | " + " | ".join(f"{f}% F1 / RMSE s" for f in sorted(df["fraction"].unique())) + " |"]
+    fractions = sorted(df["fraction"].unique())
+    rows = ["| data | phase | model | " + " | ".join(f"{f}% F1 / RMSE s" for f in fractions) + " |"]
     rows.append("|" + "---|" * (3 + df["fraction"].nunique()))
     for (data, phase, model), g in df.groupby(["data", "phase", "model"]):
         cells = [f"{r.f1:.2f} / {r.residual_rmse_s:.2f}" for r in g.sort_values("fraction").itertuples()]
@@ -246,8 +251,8 @@ def fraction_table(csv: Path) -> str:
 
 
 def run_table(work: Path) -> str:
-    rows = ["| run | init | label fraction | epochs | steps | minutes | best epoch | dev F1 P | dev F1 S | thresholds P/S |"
-            " weights |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | init | label fraction | epochs | steps | minutes | best epoch | dev F1 P | dev F1 S | "
+            "thresholds P/S | weights |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(work.glob("*/result.json")):
         r = json.loads(f.read_text())
         t, d, e = r["train"], r["dev_scores"], r.get("export") or {}
