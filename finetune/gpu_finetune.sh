@@ -89,20 +89,8 @@ $PY benchmarks/picking_eval.py --cache-root "$TEACHERS" --data-cache "$WORK/cach
   "${MODELS[@]}" --out "$WORK/results/picking_eval" 2>&1 | tee -a "$LOG" | grep -v -E "Warning|inplace|whatsnew|fragments" || true
 [ -f "$WORK/results/picking_eval.md" ] || { echo "[gpu_finetune] evaluation failed (see $LOG)" >&2; exit 1; }
 
-$PY - "$WORK" <<'EOF' | tee "$WORK/results/runs.md"
-import json, sys
-from pathlib import Path
-work = Path(sys.argv[1])
-print("| run | init | epochs | steps | minutes | best epoch | dev F1 P | dev F1 S | thresholds P/S | weights |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for f in sorted(work.glob("*/result.json")):
-    r = json.loads(f.read_text())
-    t, d, e = r["train"], r["dev_scores"], r.get("export") or {}
-    size = f"{e['bytes'] / 1e6:.1f} MB {e['precision']}" if e else "-"
-    print(f"| {r['arch']} | {r['init']['init']} | {t['epochs']} | {t['steps']} | {t['minutes']:.1f} | {t['best_epoch']} | "
-          f"{d.get('f1_P', float('nan')):.3f} | {d.get('f1_S', float('nan')):.3f} | "
-          f"{r['thresholds'].get('P')}/{r['thresholds'].get('S')} | {size} |")
-EOF
+$PY -c "import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); from gpu_campaign import run_table; \
+print(run_table(Path(sys.argv[1])))" "$WORK" | tee "$WORK/results/runs.md"
 cat "$WORK/results/runs.md" "$WORK/results/picking_eval.md" > "$OUTDIR/results.md"
 cp "$WORK/results/picking_eval.csv" "$OUTDIR/results.csv"
 if [ $PACK = 1 ]; then
