@@ -88,6 +88,9 @@ def _args(argv):
     ap.add_argument("--fraction-models", nargs="*", default=list(FRACTION_RUNS), choices=list(FRACTION_RUNS))
     ap.add_argument("--fraction-steps", type=int, default=-1, help="trainer.max_steps of the fraction runs")
     ap.add_argument("--pretrain-workers", type=int, default=None, help="loader workers of the pretraining run")
+    ap.add_argument("--pretrained", default=None,
+                    help="a backbone export to start from instead of pretraining (e.g. WORK/pretrain/backbone.pt of "
+                         "an earlier command on the same machine, with --work under the repository so it stays)")
     ap.add_argument("--eval-model", action="append", default=[],
                     help="LABEL=CLASS:SOURCE evaluated beside the main runs (e.g. weights of an earlier campaign)")
     ap.add_argument("--per-gpu", type=int, default=4, help="jobs at once on one GPU")
@@ -105,7 +108,7 @@ def build_jobs(a) -> list[Job]:
     cache = f"data.cache_dir={w}/cache"
     common = [cache, f"pseudo.teacher_cache={a.teachers}", f"trainer.max_epochs={a.epochs}",
               "trainer.progress_bar=false", f"data.num_workers={a.workers}", *a.extra.split()]
-    pre = [f"model.pretrained={w}/pretrain/backbone.pt"]
+    pre = [f"model.pretrained={a.pretrained or f'{w}/pretrain/backbone.pt'}"]
     tiny_pre = []
     if a.dry_run:
         common += ["trainer.max_steps=4", "data.windows_per_epoch=16", "data.batch_size=4", "selection.dev_traces=4"]
@@ -139,6 +142,9 @@ def build_jobs(a) -> list[Job]:
             arch, pretrained = FRACTION_RUNS[model]
             jobs.append(finetune(f"frac{tag}_{model}", arch, lf + (pre if pretrained else []),
                                  ["warm"] + ["pretrain"] * pretrained, fbudget, a.fraction_budget))
+    if a.pretrained:  # an existing backbone: no pretraining job, nothing waits for one
+        for j in jobs:
+            j.deps = [d for d in j.deps if d != "pretrain"]
     if not any("pretrain" in j.deps for j in jobs):
         jobs = [j for j in jobs if j.name != "pretrain"]
     evaluate = [py, str(REPO / "benchmarks" / "picking_eval.py"), "--cache-root", a.teachers, "--data-cache",
@@ -313,6 +319,11 @@ def main(argv=None) -> int:
     if a.shared:
         os.environ["SEISBENCH_XLSTM_SHARED_DATA"] = str(Path(a.shared).resolve())
     a.teachers = str(Path(a.teachers).resolve())
+    if a.pretrained:
+        if not Path(a.pretrained).is_file():
+            print(f"gpu_campaign: --pretrained {a.pretrained}: no such file", file=sys.stderr)
+            return 2
+        a.pretrained = str(Path(a.pretrained).resolve())
     a.work = a.work.resolve()
     (a.work / "logs").mkdir(parents=True, exist_ok=True)
     import torch

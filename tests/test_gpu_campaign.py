@@ -26,6 +26,9 @@ def test_jobs_depend_on_their_inputs_and_pretraining_is_dropped_when_nothing_nee
     assert jobs["eval_main"].deps == ["xlstm_unet", "xlstm_unet_scratch", "phasenet", "eqtransformer"]
     only_scratch = gc.build_jobs(_args(tmp_path, "--main", "phasenet", "--fraction-models", "phasenet"))
     assert "pretrain" not in [j.name for j in only_scratch]
+    given = {j.name: j for j in gc.build_jobs(_args(tmp_path, "--pretrained", "/x/backbone.pt"))}
+    assert "pretrain" not in given and given["xlstm_unet"].deps == ["warm"]
+    assert "model.pretrained=/x/backbone.pt" in given["frac010_xlstm_unet_pretrained"].argv
 
 
 def _job(name, code, deps=(), budget=5.0):
