@@ -92,6 +92,9 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-batch", type=int, help="PhaseNet, EQTransformer (default 2048 on CUDA, 256)")
     parser.add_argument("--overlaps", type=int, nargs="+", default=[512], help="xLSTM pickers' overlaps")
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting of the xLSTM pickers")
+    parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
+                        help="xLSTM pickers with their mLSTM layers through torch.compile (set_compile); the best "
+                             "of --repeats runs excludes the compilation of shapes seen before")
     parser.add_argument("--baseline-repeats", type=int, default=5, help="runs of PhaseNet and EQTransformer (fast)")
     parser.add_argument("--tiny", action="store_true", help="tiny xLSTM backbones (smoke run, not a measurement)")
     parser.add_argument("--profile", action="store_true")
@@ -119,18 +122,24 @@ def main(argv=None) -> int:
         model = build(name, args.tiny).to(device).eval()
         xlstm = name.startswith("XLSTM")
         batches = batch_sizes if xlstm else [baseline_batch]
-        settings = [(o, b) for o in args.overlaps for b in batches] if xlstm else [(None, baseline_batch)]
-        annotate_seconds(model, warm, repeats=1, batch_size=batches[0])  # warm-up (compiles Triton kernels)
+        compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile] if xlstm else [False]
+        settings = [(c, o, b) for c in compiles for o in args.overlaps for b in batches] if xlstm else \
+            [(False, None, baseline_batch)]
         best: dict = {}
-        for overlap, batch in settings:
+        for compiled, overlap, batch in settings:
+            if xlstm:
+                model.set_compile(compiled)
+            if (compiled, overlap) not in best:  # warm-up (compiles Triton kernels, and the layers when compiled)
+                annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
             seconds = annotate_seconds(model, stream, repeats=args.repeats if xlstm else args.baseline_repeats,
                                        **kwargs)
-            print((name, overlap, batch, round(seconds, 3)), flush=True)
-            if overlap not in best or seconds < best[overlap][1]:
-                best[overlap] = (batch, seconds)
-        for overlap, (batch, seconds) in best.items():
+            print((name, compiled, overlap, batch, round(seconds, 3)), flush=True)
+            if (compiled, overlap) not in best or seconds < best[(compiled, overlap)][1]:
+                best[(compiled, overlap)] = (batch, seconds)
+        for (compiled, overlap), (batch, seconds) in best.items():
             kernel = f", kernel {'TFLA+bf16' if cuda else 'native fp32'}" if xlstm else ""
+            kernel += ", compiled layers" if compiled else ""
             results.append({"model": name + (" (tiny)" if xlstm and args.tiny else ""), "batch": batch,
                             "overlap": overlap if overlap is not None else "default",
                             "settings": f"batch {batch}, overlap {overlap if overlap is not None else 'default'}"

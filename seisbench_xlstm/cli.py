@@ -112,6 +112,8 @@ def _load_model(args):
     model.to(device).eval()
     if args.kernel:
         model.set_kernel(args.kernel)
+    if args.compile:
+        model.set_compile(True)
     return model
 
 
@@ -326,6 +328,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="picker class of a weights name (detected where only one class has the name)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--kernel", help="mLSTM kernel override (default: auto)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the mLSTM layers through torch.compile: each batch shape compiles first (about 20 s "
+                        "on a 2-core CPU), then batches run about 1.25x faster; for long records")
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
     p.add_argument("--overlap", type=int, help="overlap of windows in samples (default: the model's, 512)")
     p.add_argument("--stacking", choices=["avg", "max"], default="avg", help="stacking of overlapping windows")

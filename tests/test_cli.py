@@ -232,3 +232,14 @@ def test_baselines_subcommand_passes_its_arguments_on(capsys):
         main(["baselines", "install", "--help"])
     assert exit_info.value.code == 0
     assert "--cache-root" in capsys.readouterr().out
+
+
+def test_compile_flag_compiles_the_mlstm_layers(saved_model, waveform_folder, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(XLSTMSeqPicker, "set_compile", lambda self, enabled=True: calls.append(enabled) or self)
+    assert main(["pick", str(waveform_folder), "--weights", str(saved_model), "-q", "--compile",
+                 "-o", str(tmp_path / "p.csv")]) == 0
+    assert calls == [True]
+    calls.clear()
+    assert main(["pick", str(waveform_folder), "--weights", str(saved_model), "-q", "-o", str(tmp_path / "q.csv")]) == 0
+    assert calls == []
