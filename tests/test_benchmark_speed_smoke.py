@@ -34,6 +34,20 @@ def test_annotate_speed_writes_table_and_csv(shared_data, tmp_path, monkeypatch)
     assert "smoke run, not a measurement" in out.read_text()
 
 
+def test_annotate_speed_compile_both_gives_an_eager_and_a_compiled_row(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEISBENCH_XLSTM_SHARED_DATA", str(shared_data))
+    compiled = []
+    monkeypatch.setattr(annotate_speed.XLSTMUNetPicker, "set_compile",
+                        lambda self, enabled=True: compiled.append(enabled) or self)  # compiling itself is slow
+    out = tmp_path / "annotate.md"
+    assert annotate_speed.main(["--hours", "0.01", "--stations", "1", "--tiny", "--repeats", "1",
+                                "--baseline-repeats", "1", "--compile", "both",
+                                "--models", "XLSTMUNetPicker", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["settings"].endswith("compiled layers") for r in rows] == [False, False, True]
+    assert compiled == [False, True]
+
+
 def test_window_cost_stops_a_kernel_after_out_of_memory(tmp_path, monkeypatch):
     real = window_cost.measure
 
