@@ -263,7 +263,9 @@ def _qkv_gates_fused(
     layout change the kernel needs (one pass over memory instead of block-diagonal GEMMs, whose zero blocks cost
     ``heads`` times the FLOPs, plus a copy). In eager mode this form would materialise ``d_out`` times the input,
     so it is used only while compiling. Gates: thin GEMMs with the folded weights of :func:`_qkv_gates_dense`.
-    Same shapes and values as :func:`_qkv_gates_dense`.
+    Same shapes and values as :func:`_qkv_gates_dense`. Measured 3.4x slower than the dense GEMMs for the whole
+    compiled training step on an H200 (the compiler does not fuse it as hoped), so it is no longer the default of
+    :data:`COMPILED_QKV_FORM`; kept as the alternative that benchmarks compare with.
     """
     inner = x_conv.shape[-1]
     w_q, w_k, w_v = qkv_weights
