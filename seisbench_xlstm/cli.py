@@ -29,8 +29,6 @@ from pathlib import Path
 
 WAVEFORM_SUFFIXES_SKIPPED = {".csv", ".json", ".txt", ".md", ".xml", ".py", ".pt", ".hdf5", ".h5"}
 
-PICKERS_LABEL = {"sequential": "XLSTMSeqPicker", "unet": "XLSTMUNetPicker"}
-
 #: Long records are annotated in pieces of about this length (aligned to the window step) ...
 PIECE_SECONDS = 3600.0
 
@@ -94,9 +92,7 @@ def read_instrument(key: str, paths: list[Path]):
 def _load_model(args):
     import torch
 
-    from .pickers import load_picker
-
-    from .pickers import SHIPPED_PICKER
+    from .pickers import PICKERS, SHIPPED_PICKER, load_picker
 
     weights, backbone = args.weights, args.backbone
     if weights is None:
@@ -105,7 +101,7 @@ def _load_model(args):
             raise SystemExit(f"seisbench-xlstm: the shipped picker {weights!r} is a {backbone!r} picker; pass "
                              f"--weights for a {args.backbone!r} one.")
         if not args.quiet:
-            print(f"seisbench-xlstm: picker {PICKERS_LABEL[backbone]} {weights!r} (shipped with the package; "
+            print(f"seisbench-xlstm: picker {PICKERS[backbone].__name__} {weights!r} (shipped with the package; "
                   "--weights for another)", file=sys.stderr)
     model = load_picker(weights, backbone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
