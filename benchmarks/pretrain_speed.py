@@ -328,7 +328,7 @@ def ddp_worker(rank: int, world: int, port: int, configs: list[dict], opts: dict
     """Process ``rank`` of ``world`` (one per device; NCCL on GPUs, gloo on CPUs): every configuration in turn,
     results to ``out_dir/rank<r>.json``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    bimlstm.COMPILED_QKV_FORM = opts.get("compiled_qkv", bimlstm.COMPILED_QKV_FORM)
+    bimlstm.COMPILED_QKV_FORM = opts["compiled_qkv"]
     if opts["cuda"]:
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)

@@ -411,12 +411,13 @@ def load_picker(weights: str | Path, backbone: str | None = None) -> _XLSTMPicke
     if backbone is None:
         if any(sep in str(weights) for sep in ("/", "\\")) or path.suffix in (".pt", ".json") or path.exists():
             raise WeightsNotFoundError(f"No saved model at {weights}: expected {json_path} and {stem}.pt.")
-        holders = [b for b, cls in PICKERS.items() if str(weights) in cls.list_pretrained()]
+        offline = {b: cls.list_pretrained() for b, cls in PICKERS.items()}
+        holders = [b for b, names in offline.items() if str(weights) in names]
         if len(holders) != 1:
             found = "both pickers have" if holders else "no picker has"
             raise ValueError(f"{found} offline weights named {weights!r}: pass the backbone ('sequential' or "
                              f"'unet'). Offline weights: " + ", ".join(
-                                 f"{b}: {PICKERS[b].list_pretrained() or 'none'}" for b in PICKERS) + ".")
+                                 f"{b}: {names or 'none'}" for b, names in offline.items()) + ".")
         backbone = holders[0]
     if backbone not in PICKERS:
         raise ValueError(f"Unknown backbone {backbone!r}. Available: {sorted(PICKERS)}.")
