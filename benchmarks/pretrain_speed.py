@@ -201,6 +201,8 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     except torch.OutOfMemoryError:
         seconds, peak = float("nan"), float("nan")
+    if args.profile and seconds == seconds:
+        write_profile(step, args.profile / f"profile_{recipe}_b{batch}{'_compiled' if compiled else ''}.txt")
     peak_tflops = args.peak_tflops or next(
         (v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None
     )
@@ -226,6 +228,22 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
+    """Where the time of ``steps`` training steps goes: PyTorch profiler operators sorted by device (else CPU)
+    self time, written to ``path``."""
+    cuda = torch.cuda.is_available()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=rows, max_name_column_width=70)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{steps} training steps\n{table}\n")
+    print(f"profile written to {path}", flush=True)
 
 
 def _key(r: dict) -> tuple:
@@ -500,6 +518,7 @@ def main(argv=None):
     parser.add_argument("--compiled-qkv", choices=["fused", "dense"], default=None,
                         help="form of q/k/v inside torch.compile (seisbench_xlstm.bimlstm.COMPILED_QKV_FORM); "
                              "the label gets a suffix")
+    parser.add_argument("--profile", type=Path, help="folder for a profiler table of each configuration (one device)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4096)

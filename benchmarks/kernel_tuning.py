@@ -1,0 +1,166 @@
+"""Tile, warp and state-saving settings of the TFLA ``triton_xl_chunk`` kernel at this project's shapes.
+
+The stock kernel picks its tiles with heuristics made for large heads (xLSTM-7B: head dim 512). This script
+measures, for every mLSTM call shape of both backbones' training steps (recorded from the real models at their
+seed batch sizes, both directions stacked as the layers call the kernel), the forward+backward time of the default
+settings and of variants, by coordinate descent over one setting at a time (each setting's values tried with the
+others at their best so far). A variant counts only if its outputs and all input gradients agree with the default
+settings' (relative L2 error below ``--tolerance``: the same kernel arithmetic, so only summation order differs).
+
+Run on a CUDA machine (writes ``benchmarks/results/kernel_tuning.md`` and ``.csv`` and, with ``--write-params``,
+the tuned settings that :mod:`seisbench_xlstm.kernels` uses, ``seisbench_xlstm/tfla_params.json``)::
+
+    python benchmarks/kernel_tuning.py --budget-s 60 --write-params
+
+Times: ``triton.testing.do_bench`` (median, ms) of one forward+backward call with bf16 inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl_chunk without it (GPU.md)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine, write_report  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from pretrain_speed import SEED_BATCH, build, cell_standin  # noqa: E402
+
+from seisbench_xlstm.kernels import TFLA_PARAMS_FILE, kernel_shape  # noqa: E402
+
+#: Settings of ``mlstm_chunkwise__xl_chunk`` and the values tried (``None`` = the kernel's own heuristic).
+SEARCH_SPACE = {
+    "chunk_size": [128, 64, 256],
+    "recompute_states_in_bw": [True, False],
+    "siz_b_L_parallel": [None, 32, 64],
+    "siz_b_L_loop": [None, 32, 64],
+    "siz_b_DH_parallel": [None, 32, 64, 128],
+    "siz_b_DH_loop": [None, 32, 64, 128],
+    "num_warps_intra": [None, 2, 4, 8],
+    "num_stages_intra": [None, 1, 2, 3],
+    "num_warps_inter": [None, 2, 4, 8],
+    "num_stages_inter": [None, 1, 2, 3],
+}
+DEFAULT = {name: values[0] for name, values in SEARCH_SPACE.items()}
+FIELDS = ["device", "shape", "used_by", "default_ms", "tuned_ms", "speedup", "tried", "rejected", "tuned"]
+
+
+def call_shapes() -> dict[tuple, str]:
+    """``(batch, heads, padded steps, head dim) -> backbone`` of every mLSTM call in both recipes' training steps."""
+    shapes = {}
+    for recipe, batch in SEED_BATCH.items():
+        module = build(recipe, False, False, "auto")
+        calls: list = []
+        with cell_standin(calls), torch.no_grad():
+            module.recipe(torch.randn(1, 3, 4096))
+        for b, heads, steps, dim in calls:
+            shape = (b * batch, heads, kernel_shape(steps, 128).padded_length, dim)
+            shapes.setdefault(shape, module.backbone_name)
+    return shapes
+
+
+def make_inputs(shape, seed=0):
+    b, heads, steps, dim = shape
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = [torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3)]
+    i = torch.randn(b, heads, steps, device="cuda", generator=gen)
+    f = 3.0 + torch.randn(b, heads, steps, device="cuda", generator=gen)
+    grad = torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    return [t.requires_grad_() for t in (*qkv, i, f)], grad
+
+
+def run_once(inputs, grad, settings):
+    from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
+
+    for t in inputs:
+        t.grad = None
+    h = mlstm_chunkwise__xl_chunk(*inputs, eps=1e-6, autocast_kernel_dtype=torch.bfloat16, **settings)
+    h.backward(grad)
+    return [h.detach()] + [t.grad for t in inputs]
+
+
+def rel_error(a, b):
+    return max(float((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12)) for x, y in zip(a, b))
+
+
+def tune(shape, budget_s: float, tolerance: float):
+    from triton.testing import do_bench
+
+    inputs, grad = make_inputs(shape)
+    reference = run_once(inputs, grad, DEFAULT)
+    default_ms = do_bench(lambda: run_once(inputs, grad, DEFAULT), warmup=10, rep=50)
+    best, best_ms, tried, rejected = dict(DEFAULT), default_ms, 1, 0
+    start = time.perf_counter()
+    for name, values in SEARCH_SPACE.items():
+        for value in values:
+            if value == best[name] or time.perf_counter() - start > budget_s:
+                continue
+            candidate = {**best, name: value}
+            tried += 1
+            try:
+                out = run_once(inputs, grad, candidate)
+                torch.cuda.synchronize()
+            except Exception as err:  # settings the kernel rejects (block sizes that do not divide, ...)
+                rejected += 1
+                print(f"  {shape} {name}={value}: rejected ({type(err).__name__}: {str(err)[:80]})", flush=True)
+                continue
+            error = rel_error(out, reference)
+            if not error < tolerance:
+                rejected += 1
+                print(f"  {shape} {name}={value}: disagrees (rel. error {error:.2e})", flush=True)
+                continue
+            ms = do_bench(lambda: run_once(inputs, grad, candidate), warmup=10, rep=50)
+            print(f"  {shape} {name}={value}: {ms:.3f} ms (best {best_ms:.3f})", flush=True)
+            if ms < best_ms:
+                best, best_ms = candidate, ms
+    return default_ms, best_ms, best, tried, rejected
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-s", type=float, default=60.0, help="search time per shape")
+    parser.add_argument("--tolerance", type=float, default=2e-2, help="max relative L2 error against the default")
+    parser.add_argument("--write-params", action="store_true", help=f"write the tuned settings to {TFLA_PARAMS_FILE}")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kernel_tuning.md")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device")
+    rows, params = [], []
+    for shape, backbone in call_shapes().items():
+        print(f"shape {shape} ({backbone})", flush=True)
+        default_ms, best_ms, best, tried, rejected = tune(shape, args.budget_s, args.tolerance)
+        changed = {k: v for k, v in best.items() if v != DEFAULT[k]}
+        rows.append({"device": machine(), "shape": "x".join(map(str, shape)), "used_by": backbone,
+                     "default_ms": round(default_ms, 3), "tuned_ms": round(best_ms, 3),
+                     "speedup": round(default_ms / best_ms, 2), "tried": tried, "rejected": rejected,
+                     "tuned": json.dumps(changed)})
+        print(rows[-1], flush=True)
+        _, heads, steps, dim = shape
+        params.append({"head_dim": dim, "padded_steps": steps, "batch_heads": shape[0] * heads,
+                       "default_ms": round(default_ms, 3), "tuned_ms": round(best_ms, 3), "settings": changed})
+    lines = ["# TFLA kernel settings at this project's shapes", "",
+             "`benchmarks/kernel_tuning.py` (see its docstring): forward+backward of one `chunkwise--triton_xl_chunk`"
+             " call, bf16, median ms (`triton.testing.do_bench`); shape = batch (both directions) x heads x padded"
+             " steps x head dim at the seed batch sizes; `tuned` = the settings that differ from the default.", ""]
+    lines += ["| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
+    lines += ["| " + " | ".join(str(r[k]) for k in FIELDS) + " |" for r in rows]
+    write_report(lines, args.out)
+    with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.write_params:
+        TFLA_PARAMS_FILE.write_text(json.dumps({"device": machine(), "shapes": params}, indent=1) + "\n")
+        print(f"wrote {TFLA_PARAMS_FILE}")
+
+
+if __name__ == "__main__":
+    main()
