@@ -139,15 +139,19 @@ def _tfla_params_table() -> tuple:
 
 
 def tuned_tfla_settings(head_dim: int, padded_steps: int) -> dict:
-    """Settings of ``mlstm_chunkwise__xl_chunk`` tuned for a head dim (entry of the same head dim with the nearest
-    length in :data:`TFLA_PARAMS_FILE`), or ``{}`` (the kernel's defaults with chunk size 128) where none is listed
-    or ``SEISBENCH_XLSTM_TFLA_TUNED=0``. Only settings that give the same results are ever listed (the tuning
-    script checks each against the default)."""
+    """Settings of ``mlstm_chunkwise__xl_chunk`` tuned for calls of ``head_dim`` over ``padded_steps`` steps (the
+    length padded for chunk 128, :func:`kernel_shape`), as listed in :data:`TFLA_PARAMS_FILE`; ``{}`` (the kernel's
+    defaults with chunk size 128) for shapes not listed there, or with ``SEISBENCH_XLSTM_TFLA_TUNED=0``.
+
+    Only exact shapes are used: the tuning script checked each listed setting against the default at that shape
+    (some settings are wrong at other shapes, e.g. chunk 256 at 1,024 steps of head dim 96). The batch size is free.
+    """
     if os.environ.get(TFLA_TUNED_ENV_VAR, "1") == "0":
         return {}
-    same_dim = [(abs(steps - padded_steps), settings) for dim, steps, settings in _tfla_params_table()
-                if dim == head_dim]
-    return dict(min(same_dim, key=lambda e: e[0])[1]) if same_dim else {}
+    for dim, steps, settings in _tfla_params_table():
+        if dim == head_dim and steps == padded_steps:
+            return dict(settings)
+    return {}
 
 
 @lru_cache(maxsize=None)
