@@ -16,7 +16,8 @@
 # DRY_RUN=1: the same commands on this machine's CPU (gloo) with tiny backbones and short windows.
 # At most 10 minutes a device command: bench1 + bench2 should take about 5 (an estimate: compilation of both models
 # on 1 and N GPUs plus 24 steps each), run about RUN_MINUTES + 3 (data, compilation, checkpoints);
-# run them as two calls then ("bench1 bench2", "run"); whatever ran is copied to $OUT at the end of every call.
+# run them as two calls then ("bench1 bench2", "run"); whatever ran is copied to $OUT after every stage. Measured on
+# nvidia-h200-x2 (2026-11-29): bench1 165 s, run with RUN_MINUTES=3 266 s.
 # $OUT gets at most 5 files: pretrain_ddp.md/.csv, pretrain_ddp_runs.csv, gpu_ddp.log, run_logs.tar.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,9 +69,9 @@ collect() {  # results so far to $OUT (every call's $OUT starts empty)
   if [ -f "$RUNS/ddp/config.yaml" ]; then
     (cd "$RUNS/ddp" && tar czf "$OUT/run_logs.tar.gz" config.yaml logs $(ls loss_curve.png 2>/dev/null)) || true
   fi
-  ls -la "$OUT"
 }
 trap collect EXIT
+trap 'echo "gpu_ddp.sh: stopped by a signal" | tee -a "$LOG"; exit 143' TERM INT
 STAGES=("$@"); [ ${#STAGES[@]} -eq 0 ] && STAGES=(bench1 bench2 run report)
 echo "gpu_ddp.sh: stages ${STAGES[*]}; devices $DEVICES; label $LABEL; dry run $DRY; $(date -u +%FT%TZ)" | tee -a "$LOG"
 failed=0
@@ -84,5 +85,6 @@ for stage in "${STAGES[@]}"; do
     *) echo "unknown stage $stage (bench1 bench2 run report)" >&2; exit 2 ;;
   esac || { echo "gpu_ddp.sh: stage $stage FAILED" | tee -a "$LOG"; failed=1; }
   echo "gpu_ddp.sh: $stage took $(( $(date +%s) - start )) s" | tee -a "$LOG"
+  collect  # after every stage: a command stopped at its time limit still returns what ran
 done
 exit $failed

@@ -7,12 +7,19 @@ settings and of variants, by coordinate descent over one setting at a time (each
 others at their best so far). A variant counts only if its outputs and all input gradients agree with the default
 settings' (relative L2 error below ``--tolerance``: the same kernel arithmetic, so only summation order differs).
 
-Run on a CUDA machine (writes ``benchmarks/results/kernel_tuning.md`` and ``.csv`` and, with ``--write-params``,
-the tuned settings that :mod:`seisbench_xlstm.kernels` uses, ``seisbench_xlstm/tfla_params.json``)::
+Run on a CUDA machine (writes ``benchmarks/results/kernel_tuning.md`` and ``.csv``, and the best settings per shape
+to ``benchmarks/results/kernel_tuning_params.json``)::
 
-    python benchmarks/kernel_tuning.py --budget-s 60 --write-params
+    python benchmarks/kernel_tuning.py --budget-s 60
+    python benchmarks/kernel_tuning.py --check 2 86 128     # the settings found, at other batch sizes
 
 Times: ``triton.testing.do_bench`` (median, ms) of one forward+backward call with bf16 inputs.
+
+The library does not use these settings. ``--check`` (each batch size forward-only and forward+backward, each in its
+own process, against the default settings) found the head-dim-96 setting found at batch 256 wrong at batch 2, and a
+recipe-2 pretraining run with the U-Net settings died with an illegal memory access (benchmarks/results/
+kernel_tuning.md). Changing TFLA's tiles is not safe without a check at every shape a model meets; a kernel of our own
+for small heads (issue 12) is the way to faster calls.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from common import REPO, machine, write_report  # noqa: E402
 sys.path.insert(0, str(REPO))
 from pretrain_speed import SEED_BATCH, build, cell_standin  # noqa: E402
 
-from seisbench_xlstm.kernels import TFLA_PARAMS_FILE, kernel_shape  # noqa: E402
+from seisbench_xlstm.kernels import kernel_shape  # noqa: E402
+
+PARAMS_FILE = REPO / "benchmarks" / "results" / "kernel_tuning_params.json"
 
 #: Settings of ``mlstm_chunkwise__xl_chunk`` and the values tried (``None`` = the kernel's own heuristic).
 SEARCH_SPACE = {
@@ -124,15 +133,73 @@ def tune(shape, budget_s: float, tolerance: float):
     return default_ms, best_ms, best, tried, rejected
 
 
+def listed_settings() -> list[tuple[int, int, dict]]:
+    """``(head dim, padded steps, settings)`` of every shape in :data:`PARAMS_FILE`."""
+    entries = json.loads(PARAMS_FILE.read_text())["shapes"]
+    return [(int(e["head_dim"]), int(e["padded_steps"]), dict(e["settings"])) for e in entries]
+
+
+def check_one(spec: str) -> None:
+    """One check in this process: ``head_dim,padded_steps,batch,mode`` (mode ``fwd`` under no_grad or ``fwbw``) with the
+    listed settings, against the default settings. Raises on disagreement; a CUDA fault ends the process."""
+    dim, steps, batch, mode = spec.split(",")
+    listed = [s for d, n, s in listed_settings() if (d, n) == (int(dim), int(steps))]
+    settings = {**DEFAULT, **listed[0]}
+    inputs, grad = make_inputs((int(batch), 4, int(steps), int(dim)))
+    if mode == "fwd":
+        from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
+
+        with torch.no_grad():
+            out = [mlstm_chunkwise__xl_chunk(*inputs, eps=1e-6, autocast_kernel_dtype=torch.bfloat16, **s)
+                   for s in (settings, DEFAULT)]
+        error = rel_error(out[:1], out[1:])
+    else:
+        error = rel_error(run_once(inputs, grad, settings), run_once(inputs, grad, DEFAULT))
+    torch.cuda.synchronize()
+    print(f"rel. error {error:.2e}")
+    if not error < 3e-2:
+        raise SystemExit(f"disagrees: {error:.2e}")
+
+
+def check(batches: list[int]) -> list[str]:
+    """Every shape listed in the settings file, forward-only and forward+backward, at several batch sizes (batch x 4
+    heads), each in its own process (a CUDA fault poisons the process)."""
+    import subprocess
+
+    lines = []
+    for dim, steps, settings in listed_settings():
+        if not settings:
+            continue
+        for batch in batches:
+            for mode in ("fwd", "fwbw"):
+                spec = f"{dim},{steps},{batch},{mode}"
+                proc = subprocess.run([sys.executable, __file__, "--check-one", spec], capture_output=True, text=True)
+                tail = (proc.stdout + proc.stderr).strip().splitlines()
+                result = "ok" if proc.returncode == 0 else "FAILED"
+                lines.append(f"{spec}: {result} {tail[-1] if tail else ''}")
+                print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=60.0, help="search time per shape")
     parser.add_argument("--tolerance", type=float, default=2e-2, help="max relative L2 error against the default")
-    parser.add_argument("--write-params", action="store_true", help=f"write the tuned settings to {TFLA_PARAMS_FILE}")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kernel_tuning.md")
+    parser.add_argument("--check", type=int, nargs="*", help="check the listed settings at these batch sizes "
+                        "(batch x 4 heads; forward-only and forward+backward, each in its own process)")
+    parser.add_argument("--check-one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device")
+    if args.check_one:
+        return check_one(args.check_one)
+    if args.check is not None:
+        lines = check(args.check or [2, 86, 128, 512])
+        with open(args.out, "a") as fh:
+            fh.write(f"\n## Check at batch sizes {args.check} ({machine()})\n\n" + "\n".join(f"- {x}" for x in lines)
+                     + "\n")
+        return 1 if any("FAILED" in line for line in lines) else 0
     rows, params = [], []
     for shape, backbone in call_shapes().items():
         print(f"shape {shape} ({backbone})", flush=True)
@@ -157,10 +224,9 @@ def main(argv=None):
         writer = csv.DictWriter(fh, FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    if args.write_params:
-        TFLA_PARAMS_FILE.write_text(json.dumps({"device": machine(), "shapes": params}, indent=1) + "\n")
-        print(f"wrote {TFLA_PARAMS_FILE}")
+    PARAMS_FILE.write_text(json.dumps({"device": machine(), "shapes": params}, indent=1) + "\n")
+    print(f"wrote {PARAMS_FILE}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -541,7 +541,8 @@ def main(argv=None):
     if args.compiled_qkv:
         bimlstm.COMPILED_QKV_FORM = args.compiled_qkv
         args.label = f"{args.label} (qkv {args.compiled_qkv})"
-    ddp_mode = bool(args.devices or args.run_dir or args.regenerate)
+    single_report = args.out is not None and args.out.stem == "pretrain_gpu"
+    ddp_mode = bool(args.devices or args.run_dir or (args.regenerate and not single_report))
     out = args.out
     if out is None and args.regenerate:
         out = REPO / "benchmarks" / "results" / "pretrain_ddp.md"
@@ -562,7 +563,7 @@ def main(argv=None):
         write_report(ddp_report(rows, runs, args), out)
         return rows + runs
     rows = []
-    for recipe in recipes:
+    for recipe in recipes if not args.regenerate else []:
         for batch in args.batch or [SEED_BATCH[recipe]]:
             for ckpt in modes:
                 for compiled in modes_compile:

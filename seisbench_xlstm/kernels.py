@@ -10,10 +10,6 @@ saved model arguments, so weights trained on a GPU load on a CPU and the reverse
 Users can override the choice with :func:`set_default_kernel`, with the ``SEISBENCH_XLSTM_KERNEL`` environment
 variable, or per model (``model.set_kernel(...)``).
 
-On CUDA the TFLA kernel runs with tile, warp and state-saving settings tuned for this project's small heads where
-``tfla_params.json`` (written by ``benchmarks/kernel_tuning.py`` on a GPU, beside this module) lists the head dim;
-``SEISBENCH_XLSTM_TFLA_TUNED=0`` turns that off (the kernel's own heuristics, as ``mlstm_kernels`` ships them).
-
 Triton 3.6 aborts while compiling ``triton_xl_chunk`` unless ``DISABLE_LLVM_OPT=1`` is in the environment before
 the first compilation. :func:`resolve_kernel` sets it (if unset) whenever a Triton kernel is chosen, so users never
 meet that compiler crash.
@@ -21,11 +17,9 @@ meet that compiler crash.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +39,6 @@ KNOWN_KERNELS = (
     "parallel--native_autograd",
 )
 KERNEL_ENV_VAR = "SEISBENCH_XLSTM_KERNEL"
-#: Tuned settings of ``triton_xl_chunk`` per head dim and padded length (see :func:`tuned_tfla_settings`).
-TFLA_PARAMS_FILE = Path(__file__).with_name("tfla_params.json")
-TFLA_TUNED_ENV_VAR = "SEISBENCH_XLSTM_TFLA_TUNED"
 
 _default_kernel = AUTO
 
@@ -127,34 +118,6 @@ def kernel_shape(length: int, max_chunk_size: int = 128) -> KernelShape:
 
 
 @lru_cache(maxsize=None)
-def _tfla_params_table() -> tuple:
-    if not TFLA_PARAMS_FILE.exists():
-        return ()
-    try:
-        entries = json.loads(TFLA_PARAMS_FILE.read_text())["shapes"]
-        return tuple((int(e["head_dim"]), int(e["padded_steps"]), dict(e["settings"])) for e in entries)
-    except (ValueError, KeyError, TypeError) as err:
-        raise RuntimeError(f"{TFLA_PARAMS_FILE} is not a valid kernel settings file ({err}); delete it or "
-                           "rewrite it with benchmarks/kernel_tuning.py --write-params") from err
-
-
-def tuned_tfla_settings(head_dim: int, padded_steps: int) -> dict:
-    """Settings of ``mlstm_chunkwise__xl_chunk`` tuned for calls of ``head_dim`` over ``padded_steps`` steps (the
-    length padded for chunk 128, :func:`kernel_shape`), as listed in :data:`TFLA_PARAMS_FILE`; ``{}`` (the kernel's
-    defaults with chunk size 128) for shapes not listed there, or with ``SEISBENCH_XLSTM_TFLA_TUNED=0``.
-
-    Only exact shapes are used: the tuning script checked each listed setting against the default at that shape
-    (some settings are wrong at other shapes, e.g. chunk 256 at 1,024 steps of head dim 96). The batch size is free.
-    """
-    if os.environ.get(TFLA_TUNED_ENV_VAR, "1") == "0":
-        return {}
-    for dim, steps, settings in _tfla_params_table():
-        if dim == head_dim and steps == padded_steps:
-            return dict(settings)
-    return {}
-
-
-@lru_cache(maxsize=None)
 def _backend(kernel: str, chunk_size: int, autocast_dtype: str):
     from mlstm_kernels.torch.backend_module import mLSTMBackend, mLSTMBackendConfig
 
@@ -199,10 +162,6 @@ def mlstm_sequence(
     length = q.shape[2]
     # Chunk 128 suits the TFLA kernels; on CPUs the native kernel is ~20% faster with chunk 64 (S=1024, DH=96).
     shape = kernel_shape(length, 128 if "triton" in resolved else 64)
-    tuned = tuned_tfla_settings(q.shape[3], shape.padded_length) if resolved == TRITON_KERNEL else {}
-    if tuned.get("chunk_size", shape.chunk_size) != shape.chunk_size:
-        shape = kernel_shape(length, tuned["chunk_size"])
-    tuned.pop("chunk_size", None)
     # The quadratic reference kernels take any length: they run unpadded, which makes them the reference that
     # shows padding does not change real outputs.
     pad = 0 if resolved.startswith("parallel") else shape.padded_length - length
@@ -212,12 +171,6 @@ def mlstm_sequence(
     # TFLA kernels run in bf16 (the gates' log-space arithmetic stays float32 inside the kernel); the native
     # CPU kernels in float32. Inputs are cast here so the kernel sees one dtype whether or not autocast is on.
     kernel_dtype = torch.bfloat16 if "triton" in resolved else torch.float32
-    inputs = [t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)]
-    if tuned:
-        from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
-
-        h = mlstm_chunkwise__xl_chunk(*inputs, eps=1e-6, chunk_size=shape.chunk_size, autocast_kernel_dtype=kernel_dtype,
-                                      **tuned)
-    else:
-        h = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))(*inputs)
+    backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
+    h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
     return h[:, :, :length].to(v.dtype)

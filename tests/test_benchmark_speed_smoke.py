@@ -67,3 +67,16 @@ def test_window_cost_stops_a_kernel_after_out_of_memory(tmp_path, monkeypatch):
     assert status[("parallel--native_autograd", 512)] == "OOM"
     assert status[("parallel--native_autograd", 1024)] == "not tried (OOM before)"
     assert "| sequential (tiny) | parallel--native_autograd | forward | 512 | 128 | OOM |" in out.read_text()
+
+
+def test_kernel_tuning_records_the_backbones_call_shapes():
+    """The shapes kernel_tuning.py tunes are the mLSTM calls the two recipes really make (both directions stacked
+    along the batch), and its settings file parses."""
+    import kernel_tuning
+
+    shapes = kernel_tuning.call_shapes()
+    assert shapes == {(256, 4, 1024, 96): "sequential", (128, 4, 1024, 64): "unet", (128, 4, 256, 128): "unet",
+                      (128, 4, 64, 256): "unet"}
+    listed = kernel_tuning.listed_settings()
+    assert {(dim, steps) for dim, steps, _ in listed} == {(s[3], s[2]) for s in shapes}
+    assert all(set(settings) <= set(kernel_tuning.SEARCH_SPACE) for _, _, settings in listed)
