@@ -76,6 +76,15 @@ class PretrainModule(L.LightningModule):
         enabled = self.run_config.model.compile
         self.backbone.set_compile(self.device.type == "cuda" if enabled is None else bool(enabled))
 
+    def on_validation_start(self):
+        """Validation runs eagerly: its few batches (with a short last one) and its no-grad mode would each compile
+        variants of their own, minutes on a GPU for seconds of validation."""
+        self._compiled_for_training = self.backbone.compiled
+        self.backbone.set_compile(False)
+
+    def on_validation_end(self):
+        self.backbone.set_compile(getattr(self, "_compiled_for_training", self.backbone.compiled))
+
     def on_train_batch_start(self, batch, batch_idx):
         # micro-batches of one optimizer step (gradient accumulation) get their own streams
         micro = batch_idx % max(1, int(self.trainer.accumulate_grad_batches))

@@ -191,7 +191,9 @@ class _Backbone(nn.Module):
 
     def _run_layer(self, layer: BiMLSTMLayer, x: torch.Tensor) -> torch.Tensor:
         if self.compiled:  # the compiled function bypasses the layer's module hooks
-            run, args = compiled_layer_forward(), (layer, x, self.kernel)
+            # contiguous: inputs that differ only in strides (a transposed stem or pool output vs. a linear output)
+            # would each compile a variant of their own
+            run, args = compiled_layer_forward(), (layer, x.contiguous(), self.kernel)
         else:
             run, args = layer, (x, self.kernel)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
