@@ -179,13 +179,17 @@ def mlstm_branches(
         return t.reshape(n_dir * batch, steps, heads, -1).transpose(1, 2).contiguous()
 
     h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
-    h = multihead_norm(h, directions[0].outnorm.eps).view(n_dir, batch, steps, inner)
+    # The wide tensors stay in the activations' dtype (bf16 under autocast): autocast runs the norm in float32, and
+    # float32 weights would promote every product after it, doubling the memory traffic of the output gate and of
+    # its backward pass. No-ops in float32.
+    act = x_conv.dtype
+    h = multihead_norm(h, directions[0].outnorm.eps).to(act).view(n_dir, batch, steps, inner)
     norm_w = [d.outnorm.weight_proxy for d in directions]
     if norm_w[0] is not None:
-        h = h * torch.stack(norm_w)[:, None, None]
+        h = h * torch.stack(norm_w).to(act)[:, None, None]
     if directions[0].outnorm.bias is not None:
-        h = h + stacked(lambda d: d.outnorm.bias)[:, None, None]
-    skip = stacked(lambda d: d.learnable_skip)[:, None, None]
+        h = h + stacked(lambda d: d.outnorm.bias).to(act)[:, None, None]
+    skip = stacked(lambda d: d.learnable_skip).to(act)[:, None, None]
     return (h + skip * x_conv) * F.silu(z)
 
 

@@ -147,3 +147,28 @@ def test_fused_form_for_compile_matches_dense_gemms():
     x_conv, x_m = torch.randn(2, 3, 7, 24), torch.randn(2, 3, 7, 24)
     for fused, dense in zip(_qkv_gates_fused(x_conv, x_m, weights, gate_w), _qkv_gates_dense(x_conv, x_m, weights, gate_w)):
         torch.testing.assert_close(fused, dense, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_wide_activations_stay_in_the_autocast_dtype(share, monkeypatch):
+    """Under bf16 autocast the output gate's wide tensors (directions x batch x steps x inner) stay bf16 up to the
+    down-projection: float32 norm outputs or float32 weights would promote them and double their memory traffic.
+    Gradients still reach the float32 weights in float32."""
+    from seisbench_xlstm import bimlstm
+
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, share_projections=share))
+    seen = []
+    original = bimlstm._batched_linear
+
+    def recording(x, weight):
+        seen.append(x.dtype)
+        return original(x, weight)
+
+    monkeypatch.setattr(bimlstm, "_batched_linear", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(2, 64, 32))
+    assert seen[-1] == torch.bfloat16  # the down-projection's input
+    y.float().square().mean().backward()
+    for d in (layer.forward_direction, layer.backward_direction):
+        assert d.learnable_skip.grad is not None and d.learnable_skip.grad.dtype == torch.float32
+        assert d.outnorm.weight.grad is not None and torch.isfinite(d.outnorm.weight.grad).all()
