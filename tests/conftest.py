@@ -52,3 +52,23 @@ def model(request):
     if request.param == "sequential":
         return XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
     return XLSTMUNetPicker(backbone_config=TINY_UNET).eval()
+
+
+@pytest.fixture
+def compile_counter(monkeypatch):
+    """The backbones' compiled layer function through dynamo with the eager backend (guards and recompiles as with
+    inductor, no code generation: fast on a CPU); yields the counter of compiled frames."""
+    from functools import lru_cache
+
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from seisbench_xlstm import backbones
+    from seisbench_xlstm.bimlstm import BiMLSTMLayer
+
+    counter = CompileCounter()
+    monkeypatch.setattr(backbones, "compiled_layer_forward",
+                        lru_cache(None)(lambda: torch.compile(BiMLSTMLayer.forward, dynamic=False, backend=counter)))
+    torch._dynamo.reset()
+    yield counter
+    torch._dynamo.reset()

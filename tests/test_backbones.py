@@ -129,32 +129,22 @@ def test_compiled_layers_match_eager():
     assert "compiled" not in backbone.config.to_dict()
 
 
-def test_compiled_unet_compiles_each_layer_width_once(monkeypatch):
+def test_compiled_unet_compiles_each_layer_width_once(compile_counter):
     """A compiled U-Net compiles one variant per layer width: encoder layers (fed by transposed stem and pool
     outputs) and decoder layers (fed by a linear layer) of the same width share it, and a second step compiles
-    nothing. Dynamo's guards are counted with the eager backend (no code generation)."""
-    from functools import lru_cache
-
+    nothing."""
     import torch._dynamo
-    from torch._dynamo.testing import CompileCounter
 
     from seisbench_xlstm import backbones
     from seisbench_xlstm.bimlstm import BiMLSTMLayer
 
-    counter = CompileCounter()
-    monkeypatch.setattr(backbones, "compiled_layer_forward",
-                        lru_cache(None)(lambda: torch.compile(BiMLSTMLayer.forward, dynamic=False, backend=counter)))
+    layer = BiMLSTMLayer(backbones.UNetBackbone(UNetBackboneConfig(**TINY_UNET)).encoder_stages[0][0].config)
+    backbones.compiled_layer_forward()(layer, torch.randn(2, 64, 16), "auto")
+    per_layer = compile_counter.frame_count  # the pieces around the (uncompiled) kernel call
     torch._dynamo.reset()
-    try:
-        layer = BiMLSTMLayer(backbones.UNetBackbone(UNetBackboneConfig(**TINY_UNET)).encoder_stages[0][0].config)
-        backbones.compiled_layer_forward()(layer, torch.randn(2, 64, 16), "auto")
-        per_layer = counter.frame_count  # the pieces around the (uncompiled) kernel call
-        torch._dynamo.reset()
-        counter.frame_count = 0
-        unet = build_backbone("unet", TINY_UNET).train()
-        unet.set_compile(True)
-        for _ in range(2):
-            unet(torch.randn(2, 3, 1024)).square().mean().backward()
-        assert counter.frame_count == per_layer * len(TINY_UNET["dims"])
-    finally:
-        torch._dynamo.reset()
+    compile_counter.frame_count = 0
+    unet = build_backbone("unet", TINY_UNET).train()
+    unet.set_compile(True)
+    for _ in range(2):
+        unet(torch.randn(2, 3, 1024)).square().mean().backward()
+    assert compile_counter.frame_count == per_layer * len(TINY_UNET["dims"])

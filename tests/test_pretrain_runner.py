@@ -228,20 +228,9 @@ def test_local_data_uses_every_shared_waveform_and_ingests_once(shared_data, tmp
         ingest_cached(other, tmp_path)
 
 
-def test_compiled_run_validates_eagerly(records, tmp_path, monkeypatch):
+def test_compiled_run_validates_eagerly(records, tmp_path, compile_counter):
     """With model.compile, training steps run compiled and validation eagerly (its no-grad mode and short last
     batch would each compile variants of their own), and training is compiled again after each validation."""
-    from functools import lru_cache
-
-    import torch._dynamo
-    from torch._dynamo.testing import CompileCounter
-
-    from seisbench_xlstm import backbones
-    from seisbench_xlstm.bimlstm import BiMLSTMLayer
-
-    counter = CompileCounter()  # dynamo without code generation: fast on a CPU
-    monkeypatch.setattr(backbones, "compiled_layer_forward",
-                        lru_cache(None)(lambda: torch.compile(BiMLSTMLayer.forward, dynamic=False, backend=counter)))
     seen = []
 
     class Record(L.Callback):
@@ -251,15 +240,11 @@ def test_compiled_run_validates_eagerly(records, tmp_path, monkeypatch):
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             seen.append(("val", pl_module.backbone.compiled))
 
-    torch._dynamo.reset()
-    try:
-        run(tiny(records, tmp_path / "run", steps=6, extra=["model.compile=true", "trainer.val_check_interval=0.5"]),
-            extra_callbacks=[Record()])
-    finally:
-        torch._dynamo.reset()
+    run(tiny(records, tmp_path / "run", steps=6, extra=["model.compile=true", "trainer.val_check_interval=0.5"]),
+        extra_callbacks=[Record()])
     assert {c for phase, c in seen if phase == "train"} == {True}
     assert {c for phase, c in seen if phase == "val"} == {False}
     first_val = [p for p, _ in seen].index("val")
     after = [c for p, c in seen[first_val:] if p == "train"]
     assert after and all(after)
-    assert counter.frame_count > 0
+    assert compile_counter.frame_count > 0
