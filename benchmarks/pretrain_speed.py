@@ -174,7 +174,8 @@ def flops_per_window(recipe: str, tiny: bool, samples: int, kernel: str) -> floa
     module = build(recipe, tiny, False, "auto").train()
     step = make_step(module, torch.randn(1, 3, samples))
     calls: list = []
-    with cell_standin(calls), FlopCounterMode(display=False) as counter:
+    with cell_standin(calls), mock.patch.object(bimlstm, "CPU_QKV_FORM", "einsum"), \
+            FlopCounterMode(display=False) as counter:  # model FLOPs: per-block products, whatever the form
         step()
     return counter.get_total_flops() + cell_flops(calls, kernel)
 
@@ -228,6 +229,11 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def set_qkv_form(form: str) -> None:
+    """The q/k/v form of the layers on GPUs and, for CPU smoke runs, on CPUs."""
+    bimlstm.GPU_QKV_FORM = bimlstm.CPU_QKV_FORM = form
 
 
 def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
@@ -346,7 +352,7 @@ def ddp_worker(rank: int, world: int, port: int, configs: list[dict], opts: dict
     """Process ``rank`` of ``world`` (one per device; NCCL on GPUs, gloo on CPUs): every configuration in turn,
     results to ``out_dir/rank<r>.json``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    bimlstm.COMPILED_QKV_FORM = opts["compiled_qkv"]
+    set_qkv_form(opts["qkv_form"])
     if opts["cuda"]:
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
@@ -387,7 +393,7 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
         raise SystemExit(f"--devices {args.devices}: only {torch.cuda.device_count()} GPU(s) here")
     multicast_off()  # inherited by the spawned processes, before NCCL starts
     opts = dict(cuda=cuda, tiny=args.tiny, kernel=args.kernel, samples=args.samples, steps=args.steps,
-                compiled_qkv=bimlstm.COMPILED_QKV_FORM,  # spawned processes start from the module's default
+                qkv_form=bimlstm.GPU_QKV_FORM,  # spawned processes start from the module's default
                 warmup=args.warmup, threads=1)
     groups = {n: run_group(n, configs, opts) for n in args.devices}
     rows = []
@@ -515,9 +521,9 @@ def main(argv=None):
                         help="activation checkpointing of the mLSTM layers")
     parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                         help="torch.compile of the mLSTM layers (backbone.set_compile)")
-    parser.add_argument("--compiled-qkv", choices=["fused", "dense"], default=None,
-                        help="form of q/k/v inside torch.compile (seisbench_xlstm.bimlstm.COMPILED_QKV_FORM); "
-                             "the label gets a suffix")
+    parser.add_argument("--qkv-form", nargs="+", choices=["dense", "per_head", "fused"], default=None,
+                        help="forms of the q/k/v projections (seisbench_xlstm.bimlstm.GPU_QKV_FORM), measured one "
+                             "after the other in this run (DDP mode: the first); each label gets a suffix")
     parser.add_argument("--profile", type=Path, help="folder for a profiler table of each configuration (one device)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -538,9 +544,9 @@ def main(argv=None):
                         " pretrain_ddp.md in DDP mode; the CSV next to it keeps all labels)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.compiled_qkv:
-        bimlstm.COMPILED_QKV_FORM = args.compiled_qkv
-        args.label = f"{args.label} (qkv {args.compiled_qkv})"
+    forms = args.qkv_form or [None]
+    if forms[0]:
+        set_qkv_form(forms[0])
     single_report = args.out is not None and args.out.stem == "pretrain_gpu"
     ddp_mode = bool(args.devices or args.run_dir or (args.regenerate and not single_report))
     out = args.out
@@ -562,12 +568,16 @@ def main(argv=None):
             runs = update_csv(runs_csv, runs, RUN_FIELDS, lambda r: (r["label"], r["device"], r["experiment"]))
         write_report(ddp_report(rows, runs, args), out)
         return rows + runs
-    rows = []
-    for recipe in recipes if not args.regenerate else []:
-        for batch in args.batch or [SEED_BATCH[recipe]]:
-            for ckpt in modes:
-                for compiled in modes_compile:
-                    rows.append(measure(args, recipe, batch, ckpt, device, compiled))
+    rows, label = [], args.label
+    for form in forms if not args.regenerate else []:
+        if form:
+            set_qkv_form(form)
+            args.label = f"{label} (qkv {form})"
+        for recipe in recipes:
+            for batch in args.batch or [SEED_BATCH[recipe]]:
+                for ckpt in modes:
+                    for compiled in modes_compile:
+                        rows.append(measure(args, recipe, batch, ckpt, device, compiled))
     if out is not None:
         rows = update_csv(out.with_suffix(".csv"), rows)
     write_report(report(rows, args), out)

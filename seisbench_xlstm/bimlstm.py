@@ -42,10 +42,18 @@ from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 from .kernels import AUTO, mlstm_sequence
 
 
-#: How q/k/v are computed inside ``torch.compile`` (see :func:`_qkv_gates_fused`): ``"dense"`` (the block-diagonal
-#: GEMMs of eager GPU runs) or ``"fused"`` (multiply-sums the compiler fuses). Both give the same values. Measured on
-#: an H200 (recipe 1, batch 128, compiled, benchmarks/results/pretrain_gpu.md): dense 360 ms a step, fused 1222 ms.
-COMPILED_QKV_FORM = "dense"
+#: How q/k/v and the gates are computed on GPUs; all forms give the same values (tests compare them):
+#:
+#: - ``"dense"``: block-diagonal GEMMs over the whole inner width (:func:`_qkv_gates_dense`), then a layout copy per
+#:   tensor for the kernel. Measured on an H200 (recipe 1, batch 128, compiled): 360 ms a step.
+#: - ``"per_head"``: one GEMM per mLSTM head whose output is already in the kernel's layout
+#:   (:func:`_qkv_gates_per_head`): 1/heads of the dense FLOPs and no layout copies of q, k, v.
+#: - ``"fused"``: multiply-sums the compiler fuses (:func:`_qkv_gates_fused`; only inside ``torch.compile``, else
+#:   dense). Measured 1222 ms a step in the same setting.
+GPU_QKV_FORM = "dense"
+#: The same choice on CPUs: ``"einsum"`` (per-block products, the fast form there) or any GPU form (for tests).
+CPU_QKV_FORM = "einsum"
+QKV_FORMS = ("dense", "per_head", "fused", "einsum")
 
 
 @dataclass
@@ -155,7 +163,7 @@ def mlstm_branches(
     heads = directions[0].config.num_heads
 
     def stacked(get):
-        return torch.stack([get(d) for d in directions])
+        return _stacked(directions, get)
 
     x_conv = F.silu(
         causal_depthwise_conv(x_mlstm, stacked(lambda d: d.conv1d.conv.weight[:, 0]), stacked(lambda d: d.conv1d.conv.bias))
@@ -163,9 +171,17 @@ def mlstm_branches(
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
-    if torch.compiler.is_compiling() and COMPILED_QKV_FORM == "fused":
+    form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
+    eps = directions[0].outnorm.eps
+    if form == "per_head":
+        q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads)
+        h = mlstm_sequence(q, k, v, i, f, kernel=kernel)  # (directions * heads, batch, steps, head_dim)
+        h = F.layer_norm(h, (inner // heads,), eps=eps).to(x_conv.dtype).view(n_dir, heads, batch, steps, -1)
+        h = h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, inner)
+        return _output_gate(h, x_conv, z, directions)
+    if form == "fused":
         q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
-    elif x_mlstm.is_cuda:
+    elif form == "dense":
         q, k, v, gates = _qkv_gates_dense(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
     else:
         q, k = headwise_linear(x_conv, (w_q, w_k))
@@ -179,17 +195,40 @@ def mlstm_branches(
         return t.reshape(n_dir * batch, steps, heads, -1).transpose(1, 2).contiguous()
 
     h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
-    # The wide tensors stay in the activations' dtype (bf16 under autocast): autocast runs the norm in float32, and
-    # float32 weights would promote every product after it, doubling the memory traffic of the output gate and of
-    # its backward pass. No-ops in float32.
+    h = multihead_norm(h, eps).to(x_conv.dtype).view(n_dir, batch, steps, inner)
+    return _output_gate(h, x_conv, z, directions)
+
+
+def _stacked(directions: list[MLSTMDirection], get) -> torch.Tensor:
+    """One tensor per direction, stacked along a new leading axis."""
+    return torch.stack([get(d) for d in directions])
+
+
+def _qkv_form(x: torch.Tensor, heads: int, blocksize: int) -> str:
+    form = GPU_QKV_FORM if x.is_cuda else CPU_QKV_FORM
+    if form not in QKV_FORMS:
+        raise ValueError(f"Unknown q/k/v form {form!r}; known forms: {', '.join(QKV_FORMS)}")
+    if form == "fused" and not torch.compiler.is_compiling():
+        return "dense"  # the fused form would materialise d_out times the input outside the compiler
+    if form == "per_head" and (x.shape[-1] // heads) % blocksize:
+        return "dense"  # projection blocks that straddle two heads
+    return form
+
+
+def _output_gate(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection]):
+    """Normalised cell outputs ``h`` ``(directions, batch, steps, inner)`` to the gated hidden states: the norm's
+    weight (and bias), the learnable skip of the conv output and the SiLU output gate."""
+    # The wide tensors stay in the activations' dtype (bf16 under autocast; the callers cast the norm's output):
+    # autocast runs the norm in float32, and float32 weights would promote every product after it, doubling the
+    # memory traffic of the output gate and of its backward pass. No-ops in float32.
     act = x_conv.dtype
-    h = multihead_norm(h, directions[0].outnorm.eps).to(act).view(n_dir, batch, steps, inner)
+
     norm_w = [d.outnorm.weight_proxy for d in directions]
     if norm_w[0] is not None:
         h = h * torch.stack(norm_w).to(act)[:, None, None]
     if directions[0].outnorm.bias is not None:
-        h = h + stacked(lambda d: d.outnorm.bias).to(act)[:, None, None]
-    skip = stacked(lambda d: d.learnable_skip).to(act)[:, None, None]
+        h = h + _stacked(directions, lambda d: d.outnorm.bias).to(act)[:, None, None]
+    skip = _stacked(directions, lambda d: d.learnable_skip).to(act)[:, None, None]
     return (h + skip * x_conv) * F.silu(z)
 
 
@@ -259,6 +298,52 @@ def _qkv_gates_dense(
     return q, k, v, gates_qk + gates_v
 
 
+def _qkv_gates_per_head(
+    x_conv: torch.Tensor,
+    x_mlstm: torch.Tensor,
+    qkv_weights: tuple[torch.Tensor, ...],
+    gate_w: torch.Tensor,
+    gate_b: torch.Tensor,
+    heads: int,
+) -> tuple[torch.Tensor, ...]:
+    """q, k, v and the gates directly in the mLSTM kernel's layout, with one GEMM per mLSTM head.
+
+    Each mLSTM head's q/k/v depend only on that head's slice of the inputs (the projection blocks lie inside
+    heads), so the inputs are laid out per head once, ``(directions, heads, batch * steps, head_dim)``, and
+    multiplied by each head's block-diagonal ``(head_dim, head_dim)`` matrix: ``1 / heads`` of the FLOPs of
+    :func:`_qkv_gates_dense`, and outputs that are already contiguous kernel inputs. The kernel treats its two
+    leading axes alike (every pair is an independent sequence), so ``directions * heads`` becomes its batch axis and
+    the windows its head axis. The gates (linear in q, k, v) come from the folded weights of
+    :func:`_qkv_gates_dense` on the token-major inputs.
+
+    :param x_conv: ``(directions, batch, steps, inner)``, input of q and k
+    :param x_mlstm: ``(directions, batch, steps, inner)``, input of v
+    :param qkv_weights: headwise weights ``(directions, blocks, block, block)`` of q, k, v
+    :param gate_w: ``(directions, 2 * heads, 3 * inner)``; :param gate_b: ``(directions, 2 * heads)``
+    :return: q, k, v ``(directions * heads, batch, steps, head_dim)`` and the input and forget gate
+        pre-activations ``(directions * heads, batch, steps)``
+    """
+    n_dir, batch, steps, inner = x_conv.shape
+    head_dim = inner // heads
+
+    def per_head(x):  # one layout copy of each input
+        return x.reshape(n_dir, batch * steps, heads, head_dim).transpose(1, 2)
+
+    def head_matrices(w):  # (directions, blocks, b, b) -> each head's block-diagonal (directions, heads, hd, hd)
+        blocks = w.reshape(n_dir * heads, w.shape[1] // heads, *w.shape[2:])
+        return _block_diagonal(blocks).view(n_dir, heads, head_dim, head_dim)
+
+    w_q, w_k, w_v = qkv_weights
+    xc, xm = per_head(x_conv), per_head(x_mlstm)
+    q, k, v = (torch.matmul(x, head_matrices(w).transpose(-1, -2)).view(n_dir * heads, batch, steps, head_dim)
+               for x, w in ((xc, w_q), (xc, w_k), (xm, w_v)))
+    g_q, g_k, g_v = gate_w.split(inner, dim=-1)
+    gates = _batched_linear(x_conv, g_q @ _block_diagonal(w_q) + g_k @ _block_diagonal(w_k))
+    gates = gates + _batched_linear(x_mlstm, g_v @ _block_diagonal(w_v)) + gate_b[:, None, None]
+    i, f = gates.permute(0, 3, 1, 2).split(heads, dim=1)  # (directions, heads, batch, steps)
+    return q, k, v, i.reshape(n_dir * heads, batch, steps), f.reshape(n_dir * heads, batch, steps)
+
+
 def _qkv_gates_fused(
     x_conv: torch.Tensor, x_mlstm: torch.Tensor, qkv_weights: tuple[torch.Tensor, ...], gate_w: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
@@ -268,8 +353,8 @@ def _qkv_gates_fused(
     ``heads`` times the FLOPs, plus a copy). In eager mode this form would materialise ``d_out`` times the input,
     so it is used only while compiling. Gates: thin GEMMs with the folded weights of :func:`_qkv_gates_dense`.
     Same shapes and values as :func:`_qkv_gates_dense`. Measured 3.4x slower than the dense GEMMs for the whole
-    compiled training step on an H200 (the compiler does not fuse it as hoped), so it is no longer the default of
-    :data:`COMPILED_QKV_FORM`; kept as the alternative that benchmarks compare with.
+    compiled training step on an H200 (the compiler does not fuse it as hoped), so it is not the default of
+    :data:`GPU_QKV_FORM`; kept as the alternative that benchmarks compare with.
     """
     inner = x_conv.shape[-1]
     w_q, w_k, w_v = qkv_weights

@@ -172,3 +172,32 @@ def test_wide_activations_stay_in_the_autocast_dtype(share, monkeypatch):
     for d in (layer.forward_direction, layer.backward_direction):
         assert d.learnable_skip.grad is not None and d.learnable_skip.grad.dtype == torch.float32
         assert d.outnorm.weight.grad is not None and torch.isfinite(d.outnorm.weight.grad).all()
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("form", ["dense", "per_head"])
+def test_qkv_forms_give_the_same_layer(share, form, monkeypatch):
+    """Every q/k/v form (the GPU ones forced on the CPU) gives the layer output and all weight gradients of the
+    per-block einsum form, at a length the kernel pads."""
+    from seisbench_xlstm import bimlstm
+
+    layer = _layer(share=share, d=48).train()  # inner 128: 4 heads of 32, blocks of 4
+    layer.dropout.p = 0.0
+    x = torch.randn(2, 70, 48)
+    results = []
+    for chosen in ("einsum", form):
+        monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", chosen)
+        layer.zero_grad()
+        y = layer(x)
+        y.square().mean().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in layer.parameters()])
+    for reference, other in zip(*results):
+        torch.testing.assert_close(other, reference, atol=2e-5, rtol=1e-4)
+
+
+def test_unknown_qkv_form_is_named(monkeypatch):
+    from seisbench_xlstm import bimlstm
+
+    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", "per-head")
+    with pytest.raises(ValueError, match="per-head.*dense, per_head, fused, einsum"):
+        _layer()(torch.randn(1, 16, 32))
