@@ -127,3 +127,19 @@ def shared_dataset_path(name: str, shared: Path, data_cache: str | Path | None =
     if not (shared / name).is_dir():
         raise FileNotFoundError(f"{shared / name} is absent")
     return shared / name
+
+
+def random_mlstm_inputs(shape, seed: int = 0):
+    """Random bf16 q, k, v and float32 gate pre-activations (forget gates around 3, as trained layers have them) of
+    one mLSTM kernel call ``(batch, heads, steps, head_dim)`` on the GPU, all requiring gradients, and a random
+    output gradient."""
+    import torch
+
+    b, heads, steps, dim = shape
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = [torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3)]
+    i = torch.randn(b, heads, steps, device="cuda", generator=gen)
+    f = 3.0 + torch.randn(b, heads, steps, device="cuda", generator=gen)
+    grad = torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    return [t.requires_grad_() for t in (*qkv, i, f)], grad
+

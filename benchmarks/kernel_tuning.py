@@ -36,7 +36,7 @@ import torch
 
 os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl_chunk without it (GPU.md)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, write_report  # noqa: E402
+from common import REPO, machine, random_mlstm_inputs, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from pretrain_speed import SEED_BATCH, build, cell_standin  # noqa: E402
@@ -76,14 +76,6 @@ def call_shapes() -> dict[tuple, str]:
     return shapes
 
 
-def make_inputs(shape, seed=0):
-    b, heads, steps, dim = shape
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    qkv = [torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3)]
-    i = torch.randn(b, heads, steps, device="cuda", generator=gen)
-    f = 3.0 + torch.randn(b, heads, steps, device="cuda", generator=gen)
-    grad = torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16)
-    return [t.requires_grad_() for t in (*qkv, i, f)], grad
 
 
 def run_once(inputs, grad, settings):
@@ -103,7 +95,7 @@ def rel_error(a, b):
 def tune(shape, budget_s: float, tolerance: float):
     from triton.testing import do_bench
 
-    inputs, grad = make_inputs(shape)
+    inputs, grad = random_mlstm_inputs(shape)
     reference = run_once(inputs, grad, DEFAULT)
     default_ms = do_bench(lambda: run_once(inputs, grad, DEFAULT), warmup=10, rep=50)
     best, best_ms, tried, rejected = dict(DEFAULT), default_ms, 1, 0
@@ -145,7 +137,7 @@ def check_one(spec: str) -> None:
     dim, steps, batch, mode = spec.split(",")
     listed = [s for d, n, s in listed_settings() if (d, n) == (int(dim), int(steps))]
     settings = {**DEFAULT, **listed[0]}
-    inputs, grad = make_inputs((int(batch), 4, int(steps), int(dim)))
+    inputs, grad = random_mlstm_inputs((int(batch), 4, int(steps), int(dim)))
     if mode == "fwd":
         from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
 

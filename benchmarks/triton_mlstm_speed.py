@@ -1,0 +1,143 @@
+"""Speed and agreement of this project's chunkwise Triton mLSTM (``seisbench_xlstm.triton_mlstm``) against TFLA's
+``chunkwise--triton_xl_chunk`` at the project's call shapes.
+
+Run on a CUDA machine (writes ``benchmarks/results/triton_mlstm_speed.md`` and ``.csv``)::
+
+    python benchmarks/triton_mlstm_speed.py
+    python benchmarks/triton_mlstm_speed.py --chunk-size 32 --out benchmarks/results/triton_mlstm_speed_c32.md
+
+Shapes: batch (both directions stacked) x heads x padded steps x head dim, bf16 q/k/v/upstream gradient, gates
+``i ~ N(0, 1)``, ``f ~ 3 + N(0, 1)`` (as ``kernel_tuning.py``). Times: ``triton.testing.do_bench`` (median, ms) of
+a forward under ``torch.no_grad`` and of forward+backward. TFLA runs as the project calls it: ``eps=1e-6``, chunk
+``min(128, steps)``, ``autocast_kernel_dtype=bfloat16``. Agreement: relative L2 error ``|ours - tfla| / |tfla|`` of
+the output and of each input gradient (both kernels in bf16, so ~1e-2 is rounding; the kernels' stabilisers differ
+only where ``eps`` matters, see the module docstring of ``seisbench_xlstm/triton_mlstm.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl_chunk without it (GPU.md)
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine, random_mlstm_inputs, write_report  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+#: (batch x 2 directions, heads, padded steps, head dim) of the project's mLSTM calls.
+SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
+NAMES = ("h", "dq", "dk", "dv", "di", "df")
+FIELDS = ["device", "shape", "chunk", "ours_fwd_ms", "tfla_fwd_ms", "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms",
+          "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [f"rel_err_{n}" for n in NAMES] + ["note"]
+
+
+
+
+def kernels(steps: int, chunk_size: int, block_v: int | None) -> dict:
+    """``name -> fn(q, k, v, i, f) -> h`` for our kernel and TFLA at this length."""
+    from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
+
+    from seisbench_xlstm.kernels import kernel_shape
+    from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton
+
+    tfla_chunk = kernel_shape(steps, 128).chunk_size
+    return {
+        "ours": lambda *x: mlstm_chunkwise_triton(*x, chunk_size=min(chunk_size, steps), eps=1e-6, block_v=block_v),
+        "tfla": lambda *x: mlstm_chunkwise__xl_chunk(*x, eps=1e-6, chunk_size=tfla_chunk,
+                                                     autocast_kernel_dtype=torch.bfloat16),
+    }
+
+
+def fwbw(fn, inputs, grad):
+    for t in inputs:
+        t.grad = None
+    h = fn(*inputs)
+    h.backward(grad)
+    return [h.detach()] + [t.grad for t in inputs]
+
+
+def rel_error(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+
+
+def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) -> dict:
+    from triton.testing import do_bench
+
+    inputs, grad = random_mlstm_inputs(shape)
+    row = {"device": machine(), "shape": "x".join(map(str, shape)), "chunk": min(chunk_size, shape[2]), "note": ""}
+    outputs = {}
+    for name, fn in kernels(shape[2], chunk_size, block_v).items():
+        try:
+            outputs[name] = fwbw(fn, inputs, grad)
+            torch.cuda.synchronize()
+
+            def forward(fn=fn):
+                with torch.no_grad():
+                    fn(*inputs)
+
+            row[f"{name}_fwd_ms"] = round(do_bench(forward, warmup=warmup, rep=rep), 3)
+            row[f"{name}_fwbw_ms"] = round(do_bench(lambda fn=fn: fwbw(fn, inputs, grad), warmup=warmup, rep=rep), 3)
+            for t in inputs:
+                t.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            fwbw(fn, inputs, grad)
+            torch.cuda.synchronize()
+            row[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        except Exception as err:  # record and go on: one failing kernel or shape must not hide the others
+            row["note"] += f"{name}: {type(err).__name__}: {str(err)[:120]} "
+            print(f"  {shape} {name} failed: {err}", flush=True)
+    for kind in ("fwd", "fwbw"):
+        if f"ours_{kind}_ms" in row and f"tfla_{kind}_ms" in row:
+            row[f"{kind}_speedup"] = round(row[f"tfla_{kind}_ms"] / row[f"ours_{kind}_ms"], 2)
+    if len(outputs) == 2:
+        for n, a, b in zip(NAMES, outputs["ours"], outputs["tfla"]):
+            row[f"rel_err_{n}"] = f"{rel_error(a, b):.1e}"
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunk-size", type=int, default=64, help="chunk size of our kernel (capped at the length)")
+    parser.add_argument("--block-v", type=int, default=None, help="value columns per program of our kernel")
+    parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
+                        help="shapes to run instead of the project's, e.g. 256x4x1024x96")
+    parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time (ms)")
+    parser.add_argument("--rep", type=int, default=100, help="do_bench measuring time (ms)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "triton_mlstm_speed.md")
+    args = parser.parse_args(argv)
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    if any(len(s) != 4 for s in shapes):
+        parser.error("shapes are batch x heads x steps x head_dim, e.g. 256x4x1024x96")
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device (the Triton kernels are compiled for the GPU)")
+    rows = []
+    for shape in shapes:
+        print(f"shape {shape}", flush=True)
+        rows.append(measure(shape, args.chunk_size, args.block_v, args.warmup, args.rep))
+        print(rows[-1], flush=True)
+    lines = ["# Chunkwise Triton mLSTM (ours) vs TFLA `chunkwise--triton_xl_chunk`", "",
+             f"`benchmarks/triton_mlstm_speed.py` (see its docstring), {machine()}: median ms "
+             "(`triton.testing.do_bench`) of a forward (no grad) and of forward+backward, bf16 inputs; shape = batch "
+             "(both directions) x heads x padded steps x head dim; speedup = TFLA time / our time; rel_err = relative "
+             f"L2 error of ours against TFLA; our chunk size {args.chunk_size}, block_v {args.block_v or 'default'}.",
+             ""]
+    lines += ["| " + " | ".join(FIELDS[1:]) + " |", "|" + "---|" * (len(FIELDS) - 1)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in FIELDS[1:]) + " |" for r in rows]
+    write_report(lines, args.out)
+    with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return 1 if any(r["note"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

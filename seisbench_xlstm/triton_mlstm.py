@@ -1,0 +1,334 @@
+"""Chunkwise mLSTM forward and backward in Triton, for the small heads of this project (head dims 64 to 256).
+
+Formulation (identical to ``mlstm_kernels``' ``parallel--native_autograd``, eps passed by the caller)::
+
+    lsf_t  = logsigmoid(f_t),           F_t = sum_{s<=t} lsf_s
+    a_tj   = F_t - F_j + i_j            (j <= t; the log of the gate product)
+    m_t    = max_{j<=t} a_tj            (stabiliser)
+    C~_tj  = (q_t . k_j) * DHQK**-0.5 * exp(a_tj - m_t)
+    n~_t   = sum_j C~_tj
+    h_t    = sum_j C~_tj v_j / (max(|n~_t|, exp(-m_t)) + eps)
+
+The stabiliser cancels except through ``eps``: ``h_t = X_t / (max(|Y_t|, 1) + eps * exp(m_t))`` with X, Y the
+unstabilised sums (``exp(a_tj)`` in place of ``exp(a_tj - m_t)``), so ``m_t`` matters only where the stabilised
+normaliser ``max(|n~_t|, exp(-m_t))`` is not large against ``eps`` (then so does its gradient). ``m_t`` follows the recurrence ``m_t = max(m_{t-1} + lsf_t, i_t)`` with ``m_{-1} = -inf`` (as the
+parallel reference; ``mlstm_kernels``' chunkwise kernels start from ``m = 0`` instead, which changes outputs by at most
+``eps`` relative because ``max(|Y|, 1) >= 1``).
+
+Design. Forward: one program per (batch*head, block of ``block_v`` value columns) loops over the chunks of ``L``
+steps in order, carrying the state ``C`` (DHQK x block_v), ``n`` (DHQK) in float32 and the scalar stabiliser in
+registers; ``C`` and ``n`` are stabilised by ``m`` of the chunk's last step. Per chunk it computes the gated,
+stabilised L x L intra-chunk product and the inter-chunk part ``q C``. Gate preprocessing (log-sigmoid, cumulative
+sums inside the chunk, stabiliser) happens in the kernel. When gradients are needed it stores ``C``/``n`` at the
+start of every chunk ((S/L) x DHQK x DHHV float32 per sequence), ``m_t`` and ``n~_t``.
+
+Backward: one program per (batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn``
+(gradients of the stabilised states). It writes dq, dk (partial sums per value block, summed afterwards) and dv.
+The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient:
+
+- the gradient of the input gate except through the max is ``di_j = k_j . dk_j``;
+- the total gradient of ``a_tj`` summed over ``j`` equals ``dm_t`` through ``exp(-m_t)`` only, so
+  ``dF_t = dm_direct_t - di_t`` and ``d lsf = reverse cumsum(dF)``;
+- autograd sends the gradient of ``m_t`` (through the max, ``-delta_t * eps / den_t`` with
+  ``delta_t = dh_t . h_t``) to the arg-max ``j*(t)``. ``j*(t)`` is the last step ``u <= t`` with ``m_u == i_u``,
+  so the term is a segment sum added to ``di`` at those steps. Ties of the max are resolved by that rule, not by
+  ``torch.max``'s choice; ties of ``max(|n~|, exp(-m))`` split the gradient in half as ``torch.maximum`` does.
+
+Inputs: q, k ``(batch, heads, steps, DHQK)``, v ``(batch, heads, steps, DHHV)``, gate pre-activations i, f
+``(batch, heads, steps)``; float32, bfloat16 or float16 (q, k, v one dtype). The products run in the input dtype
+(bf16 tensor cores) with float32 accumulation; float32 inputs use IEEE float32 products. Head dims need not be powers
+of two (masked). ``steps`` must be a multiple of the chunk size. No initial or final states.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the package works without triton; only mlstm_chunkwise_triton needs it
+    triton = None
+    tl = None
+
+if triton is not None:
+    _NEG = tl.constexpr(-1.0e30)  # stabiliser before the first step (finite, so that differences never give nan)
+
+    @triton.jit
+    def _logsigmoid(x):
+        # min(x, 0) - log1p(exp(-|x|)); log1p(z) = log(u) * z / (u - 1) with u = 1 + z is exact to float32 rounding
+        z = tl.exp(-tl.abs(x))
+        u = 1.0 + z
+        log1p = tl.where(u == 1.0, z, tl.log(u) * z / tl.where(u == 1.0, 1.0, u - 1.0))
+        return tl.minimum(x, 0.0) - log1p
+
+    @triton.jit
+    def _program_block(D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
+        """This program's (batch*head, value block) and the offsets and masks of its chunk, head dim and values."""
+        pid_v = tl.program_id(1)
+        offs_d = tl.arange(0, BD)
+        offs_v = pid_v * BV + tl.arange(0, BV)
+        return tl.program_id(0).to(tl.int64), pid_v, tl.arange(0, L), offs_d, offs_v, offs_d < D, offs_v < DV
+
+    @triton.jit
+    def _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr):
+        """Steps, q/k and value offsets and the q, k, v tiles of chunk ``c`` of this program's sequence and value
+        block."""
+        t = c * L + offs_l
+        qk_off = pid_bh * S * D + t[:, None] * D + offs_d[None, :]
+        v_off = pid_bh * S * DV + t[:, None] * DV + offs_v[None, :]
+        q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
+        k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
+        return t, qk_off, v_off, q, k, tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
+
+    @triton.jit
+    def _chunk_gates(I, Fg, gate_off, offs_l, L: tl.constexpr):
+        """Input gates, chunk-local cumulative log forget gates and their last value of one chunk."""
+        ig = tl.load(I + gate_off + offs_l).to(tl.float32)
+        lsf = _logsigmoid(tl.load(Fg + gate_off + offs_l).to(tl.float32))
+        fc = tl.cumsum(lsf, axis=0)
+        f_last = tl.sum(tl.where(offs_l == L - 1, fc, 0.0), axis=0)
+        return ig, fc, f_last
+
+    @triton.jit
+    def _mlstm_fwd_kernel(
+        Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states,
+        scale, eps, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        SAVE: tl.constexpr, PREC: tl.constexpr,
+    ):
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        DT = Q.dtype.element_ty
+        first = pid_v == 0
+        causal = offs_l[:, None] >= offs_l[None, :]
+
+        C = tl.zeros((BD, BV), dtype=tl.float32)
+        n = tl.zeros((BD,), dtype=tl.float32)
+        m_state = tl.sum(tl.zeros((1,), dtype=tl.float32), axis=0) + _NEG
+        # while, not range(): Triton 3.6's interpreter cannot take range() of a run-time bound under numpy 2.4.
+        # The counter must be a Triton value (a plain 0 would be a constexpr, which cannot be loop-carried).
+        c = pid_v * 0
+        while c < NC:
+            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v, D, DV, L)
+            ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+
+            if SAVE:  # state at the start of this chunk
+                st = (pid_bh * NC + c) * D
+                tl.store(C_states + (st + offs_d[:, None]) * DV + offs_v[None, :], C,
+                         mask=mask_d[:, None] & mask_v[None, :])
+                tl.store(N_states + st + offs_d, n, mask=mask_d & first)
+
+            log_d = tl.where(causal, fc[:, None] - fc[None, :] + ig[None, :], float("-inf"))
+            m = tl.maximum(tl.max(log_d, axis=1), fc + m_state)
+            ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * tl.exp(log_d - m[:, None])
+            b = tl.exp(fc + m_state - m) * scale  # decay of the state into each step, with the qk scale
+            num = tl.dot(ctil.to(DT), v, input_precision=PREC)
+            num += b[:, None] * tl.dot(q, C.to(DT), input_precision=PREC)
+            ntil = tl.sum(ctil, axis=1) + b * tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+            den = tl.maximum(tl.abs(ntil), tl.exp(-m)) + eps
+            h = num / den[:, None]
+            tl.store(H + v_off, h.to(H.dtype.element_ty), mask=mask_v[None, :])
+            if SAVE:
+                tl.store(M_out + pid_bh * S + t, m, mask=first & (offs_l < L))
+                tl.store(N_out + pid_bh * S + t, ntil, mask=first & (offs_l < L))
+
+            m_next = tl.sum(tl.where(offs_l == L - 1, m, 0.0), axis=0)  # = max(f_last + m_state, max_j a_Lj)
+            kw = k.to(tl.float32) * tl.exp(f_last - fc + ig - m_next)[:, None]
+            g = tl.exp(f_last + m_state - m_next)
+            C = g * C + tl.dot(tl.trans(kw.to(DT)), v, input_precision=PREC)
+            n = g * n + tl.sum(kw, axis=0)
+            m_state = m_next
+            c += 1
+
+    @triton.jit
+    def _mlstm_bwd_kernel(
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout,
+        scale, S, NC, BHS,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        DT = Q.dtype.element_ty
+        # the normaliser is an extra value column of ones; only value block 0 counts its contributions
+        ncol = (pid_v == 0).to(tl.float32)
+        causal = offs_l[:, None] >= offs_l[None, :]
+
+        dC = tl.zeros((BD, BV), dtype=tl.float32)
+        dn = tl.zeros((BD,), dtype=tl.float32)
+        c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
+        while c >= 0:
+            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v, D, DV, L)
+            dh = tl.load(DH + v_off, mask=mask_v[None, :], other=0.0).to(tl.float32)
+            ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+            row = pid_bh * S + t
+            m = tl.load(M_in + row)
+            dnum = (dh / tl.load(DEN + row)[:, None]).to(DT)
+            dnt = tl.load(DNT + row) * ncol
+            m_prev = tl.load(M_in + pid_bh * S + c * L - 1, mask=c > 0, other=_NEG)  # stabiliser of the state
+            m_last = tl.sum(tl.where(offs_l == L - 1, m, 0.0), axis=0)
+
+            # intra-chunk
+            log_d = tl.where(causal, fc[:, None] - fc[None, :] + ig[None, :], float("-inf"))
+            p = tl.exp(log_d - m[:, None])
+            ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p
+            dctil = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dnt[:, None]
+            ds = (dctil * p * scale).to(DT)
+            dq = tl.dot(ds, k, input_precision=PREC)
+            dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
+            dv = tl.dot(tl.trans(ctil.to(DT)), dnum, input_precision=PREC)
+
+            # queries of this chunk read the state at its start
+            st = (pid_bh * NC + c) * D
+            c_start = tl.load(C_states + (st + offs_d[:, None]) * DV + offs_v[None, :],
+                              mask=mask_d[:, None] & mask_v[None, :], other=0.0)
+            n_start = tl.load(N_states + st + offs_d, mask=mask_d, other=0.0)
+            b = tl.exp(fc + m_prev - m) * scale
+            dq += b[:, None] * (tl.dot(dnum, tl.trans(c_start.to(DT)), input_precision=PREC)
+                                + dnt[:, None] * n_start[None, :])
+
+            # keys and values of this chunk feed all later steps through dC (stabilised by m_last)
+            w = tl.exp(f_last - fc + ig - m_last)
+            dk += w[:, None] * (tl.dot(v, tl.trans(dC.to(DT)), input_precision=PREC) + ncol * dn[None, :])
+            dv += w[:, None] * tl.dot(k, dC.to(DT), input_precision=PREC)
+
+            g = tl.exp(f_last + m_prev - m_last)
+            qb = q.to(tl.float32) * b[:, None]
+            dC = g * dC + tl.dot(tl.trans(qb.to(DT)), dnum, input_precision=PREC)
+            dn = g * dn + tl.sum(qb * dnt[:, None], axis=0)
+
+            part = pid_v.to(tl.int64) * BHS * D
+            tl.store(DQ + part + qk_off, dq, mask=mask_d[None, :])
+            tl.store(DK + part + qk_off, dk, mask=mask_d[None, :])
+            tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+            c -= 1
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << (int(x) - 1).bit_length()
+
+
+def _default_block_v(dv: int, dqk: int) -> int:
+    """Value columns per program: all of a small head, else 64 (32 with DHQK 256, to keep the state in registers)."""
+    if dv <= 64:
+        return max(16, _next_pow2(dv))
+    cap = 32 if dqk > 128 else 64
+    for bv in (cap, 32, 16):
+        if dv % bv == 0:
+            return bv
+    return cap
+
+
+def _launch_config(L: int, BD: int, BV: int) -> dict:
+    """8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4 at every head dim and chunk size tried; chunk
+    32 spills far less than 64 (none at head dim 64, block_v 32). Static counts only, not yet timed."""
+    return dict(num_warps=8, num_stages=1)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+class _MLSTMChunkwiseTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v):
+        B, NH, S, D = q.shape
+        DV = v.shape[-1]
+        L = min(chunk_size, S)
+        if L < 16 or L & (L - 1) or S % L:
+            raise ValueError(f"steps ({S}) must be a multiple of the chunk size ({L}), a power of two >= 16")
+        if not (q.dtype == k.dtype == v.dtype) or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+            raise ValueError("q, k, v must share dtype and (batch, heads, steps); q and k their head dim")
+        if i.shape != q.shape[:3] or f.shape != q.shape[:3]:
+            raise ValueError("gates i, f must have shape (batch, heads, steps)")
+        q, k, v, i, f = (x.contiguous() for x in (q, k, v, i, f))
+        BD, BV = max(16, _next_pow2(D)), block_v or _default_block_v(DV, D)
+        if BV < 16 or BV & (BV - 1):
+            raise ValueError(f"block_v ({BV}) must be a power of two >= 16")
+        NC, BH = S // L, B * NH
+        save = any(ctx.needs_input_grad[:5])
+        h = torch.empty_like(v)
+        f32 = dict(dtype=torch.float32, device=q.device)
+        if save:
+            m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
+            c_states, n_states = torch.empty(BH, NC, D, DV, **f32), torch.empty(BH, NC, D, **f32)
+        else:
+            m = ntil = c_states = n_states = h  # never written
+        grid = (BH, triton.cdiv(DV, BV))
+        _mlstm_fwd_kernel[grid](
+            q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC,
+            D=D, DV=DV, L=L, BD=BD, BV=BV, SAVE=save, PREC=_prec(q.dtype), **_launch_config(L, BD, BV),
+        )
+        if save:
+            ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
+            ctx.config = (L, eps, BD, BV)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        q, k, v, i, f, h, m, ntil, c_states, n_states = ctx.saved_tensors
+        L, eps, BD, BV = ctx.config
+        B, NH, S, D = q.shape
+        DV = v.shape[-1]
+        BH, NC = B * NH, S // L
+        dh = dh.contiguous()
+        # per-step scalars of the normaliser (exact autograd of max(|n~|, exp(-m)) + eps)
+        delta = (dh.float() * h.float()).sum(-1)  # dh . h
+        exp_neg_m = torch.exp(-m)
+        abs_n = ntil.abs()
+        den = torch.maximum(abs_n, exp_neg_m) + eps
+        d_norm = -delta / den  # gradient of max(|n~|, exp(-m))
+        take_n = (abs_n > exp_neg_m).float() + 0.5 * (abs_n == exp_neg_m).float()
+        dntil = d_norm * take_n * torch.sign(ntil)
+        dm_direct = -d_norm * (1.0 - take_n) * exp_neg_m
+
+        nvb = triton.cdiv(DV, BV)
+        dq_part = torch.empty(nvb, B, NH, S, D, dtype=torch.float32, device=q.device)
+        dk_part = torch.empty_like(dq_part)
+        dv = torch.empty_like(v)
+        _mlstm_bwd_kernel[(BH, nvb)](
+            q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv,
+            D**-0.5, S, NC, BH * S,
+            D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV),
+        )
+        dq, dk = dq_part.sum(0), dk_part.sum(0)
+
+        # input gates: k . dk, plus the gradient of m_t through the max, sent to its arg-max j*(t)
+        di = (k.float() * dk).sum(-1)
+        dm_total = dm_direct - delta - dntil * ntil  # = -delta * eps / den up to rounding
+        reset = m == i.float()  # m_u == i_u: step u is its own arg-max, and j*(t) for the steps up to the next
+        seg = (reset.long().cumsum(-1) - 1).clamp_min(0)
+        seg = (seg + torch.arange(BH, device=q.device).view(B, NH, 1) * S).view(-1)
+        seg_sum = torch.zeros(BH * S, dtype=torch.float32, device=q.device).index_add_(0, seg, dm_total.view(-1))
+        di = di + reset.float() * seg_sum[seg].view(B, NH, S)
+        # forget gates: dF_t = (row sum of d a_t.) - (column sum) = dm_direct_t - di_t; F = cumsum(logsigmoid(f))
+        d_lsf = (dm_direct - di).flip(-1).cumsum(-1).flip(-1)
+        df = d_lsf * torch.sigmoid(-f.float())
+        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None
+
+
+def mlstm_chunkwise_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    block_v: int | None = None,
+) -> torch.Tensor:
+    """Causal mLSTM over a whole sequence, chunkwise in Triton, differentiable in q, k, v, i and f.
+
+    :param q: queries ``(batch, heads, steps, head_dim_qk)``; scaled by ``head_dim_qk ** -0.5`` inside
+    :param k: keys ``(batch, heads, steps, head_dim_qk)``
+    :param v: values ``(batch, heads, steps, head_dim_v)`` (same dtype as q and k: float32, bfloat16 or float16)
+    :param i: input-gate pre-activations ``(batch, heads, steps)``
+    :param f: forget-gate pre-activations ``(batch, heads, steps)``
+    :param chunk_size: steps per chunk (a power of two >= 16, capped at ``steps``); ``steps`` must be a multiple
+    :param eps: added to the normaliser
+    :param block_v: value columns per program (default: see :func:`_default_block_v`)
+    :return: hidden states ``(batch, heads, steps, head_dim_v)`` in the dtype of v
+    """
+    if triton is None:
+        raise ImportError("mlstm_chunkwise_triton needs the 'triton' package, which is not installed")
+    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v)

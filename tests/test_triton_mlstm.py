@@ -1,0 +1,196 @@
+"""The chunkwise Triton mLSTM (``seisbench_xlstm.triton_mlstm``) against ``mlstm_kernels``' quadratic reference
+``parallel--native_autograd``: output and the gradients of q, k, v, i and f.
+
+Runs on CUDA, or on CPU under Triton's interpreter::
+
+    TRITON_INTERPRET=1 PYTHONPATH=/path/to/triton python -m pytest -q tests/test_triton_mlstm.py
+
+Tolerances (relative L2 error ``|a - b| / |b|`` per tensor):
+
+- float32: ``max(1e-4, 4 * e_ref)`` per tensor, where ``e_ref`` is the float32 reference's own relative error
+  against the same reference run in float64. Kernel and reference differ only in float32 rounding (chunk-local
+  cumulative sums of the log forget gates against global ones, summation order of the chunked products). With
+  large input gates the normaliser ``|n~_t|`` can come close to zero and outputs and gradients become
+  ill-conditioned: both the float32 reference and the kernel are then up to ~1e-3 from float64 (the kernel is as
+  often closer to float64 as the reference is), so a fixed 1e-4 would fail on rounding alone. With ordinary gates
+  the errors are ~1e-6.
+- float16 (interpreter) / bfloat16 (CUDA): 5e-3 / 3e-2 against the float32 reference run on the same rounded
+  inputs. The kernel's products take half-precision operands (8 or 11 significant bits) with float32
+  accumulation, as the TFLA kernels do. (Triton 3.6's interpreter computes ``tl.dot`` of bfloat16 wrongly, so
+  bfloat16 is tested on CUDA only.)
+"""
+
+import os
+
+import pytest
+import torch
+
+try:
+    import triton  # noqa: F401
+except ImportError:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (torch.cuda.is_available() or INTERPRET):
+    pytest.skip("the Triton mLSTM kernel needs CUDA, or TRITON_INTERPRET=1 to run on CPU", allow_module_level=True)
+
+from mlstm_kernels.torch import get_mlstm_kernel  # noqa: E402
+
+from seisbench_xlstm import triton_mlstm  # noqa: E402
+from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+EPS = 1e-6
+NAMES = ("h", "dq", "dk", "dv", "di", "df")
+reference = get_mlstm_kernel("parallel--native_autograd")
+
+#: (batch, heads, steps, head dim qk, head dim v, chunk size, value columns per program or None for the default)
+SHAPES = [
+    (1, 1, 16, 16, 16, 16, None),  # one chunk
+    (1, 1, 32, 16, 16, 64, None),  # chunk size capped at the length
+    (2, 1, 64, 16, 16, 16, None),  # four chunks
+    (1, 2, 64, 32, 32, 32, None),
+    (1, 2, 128, 24, 48, 64, None),  # head dims not powers of two (masked)
+    (1, 1, 128, 48, 24, 32, 16),  # two value blocks, the second half masked
+    (2, 2, 128, 32, 48, 16, 16),  # three value blocks, eight chunks
+]
+
+#: Gate pre-activations (i, f) that exercise the stabiliser m and both branches of the normaliser.
+GATES = {
+    "normal": lambda shape: (torch.randn(shape), 3.0 + torch.randn(shape)),
+    "wide": lambda shape: (torch.empty(shape).uniform_(-15, 15), torch.empty(shape).uniform_(-5, 8)),
+    # exp(-m) wins the normaliser's max
+    "negative_i": lambda shape: (torch.empty(shape).uniform_(-25, -10), torch.empty(shape).uniform_(-5, 8)),
+    "positive_i": lambda shape: (torch.empty(shape).uniform_(5, 25), torch.empty(shape).uniform_(-5, 8)),
+}
+
+
+def make_inputs(b, nh, s, dqk, dv, gates="normal", q_scale=1.0, seed=0, device=DEVICE):
+    torch.manual_seed(seed)
+    q = torch.randn(b, nh, s, dqk) * q_scale
+    k = torch.randn(b, nh, s, dqk)
+    v = torch.randn(b, nh, s, dv)
+    i, f = GATES[gates]((b, nh, s))
+    grad = torch.randn(b, nh, s, dv)
+    return [x.to(device) for x in (q, k, v, i, f)], grad.to(device)
+
+
+def output_and_grads(fn, inputs, grad, dtype=None):
+    """``[h, dq, dk, dv, di, df]`` of ``fn``; q, k, v (and grad) cast to ``dtype`` if given."""
+    xs = [x.detach().clone() for x in inputs]
+    if dtype is not None:
+        xs[:3] = [x.to(dtype) for x in xs[:3]]
+        grad = grad.to(dtype)
+    xs = [x.requires_grad_() for x in xs]
+    h = fn(*xs)
+    h.backward(grad)
+    return [h.detach()] + [x.grad for x in xs]
+
+
+def rel_errors(got, want):
+    return {n: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+            for n, a, b in zip(NAMES, got, want)}
+
+
+def assert_close(got, want, tol):
+    """Relative L2 error of each of h, dq, dk, dv, di, df below ``tol`` (a number or a dict by name)."""
+    for n, a, b in zip(NAMES, got, want):
+        assert a.shape == b.shape, n
+        assert torch.isfinite(a).all(), f"{n} not finite"
+    errors = rel_errors(got, want)
+    tols = tol if isinstance(tol, dict) else dict.fromkeys(NAMES, tol)
+    bad = {n: f"{e:.2e} > {tols[n]:.2e}" for n, e in errors.items() if not e < tols[n]}
+    assert not bad, f"relative L2 errors above tolerance: {bad} (all: {errors})"
+
+
+def float32_reference_and_tolerance(inputs, grad):
+    """The float32 reference's output and gradients, and per tensor ``max(1e-4, 4 * its error against float64)``."""
+    want = output_and_grads(lambda *x: reference(*x, eps=EPS), inputs, grad)
+    exact = output_and_grads(lambda *x: reference(*x, eps=EPS), [x.double() for x in inputs], grad.double())
+    return want, {n: max(1e-4, 4 * e) for n, e in rel_errors(want, exact).items()}
+
+
+@pytest.mark.parametrize("gates", list(GATES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(x) for x in s))
+def test_matches_parallel_reference_float32(shape, gates):
+    b, nh, s, dqk, dv, chunk, block_v = shape
+    inputs, grad = make_inputs(b, nh, s, dqk, dv, gates)
+    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=chunk, eps=EPS, block_v=block_v),
+                           inputs, grad)
+    want, tol = float32_reference_and_tolerance(inputs, grad)
+    assert [x.dtype for x in got] == [torch.float32] * 6
+    assert_close(got, want, tol)
+
+
+@pytest.mark.parametrize("chunk", [16, 32])
+def test_gradient_through_the_stabiliser(chunk):
+    """Tiny queries and large input gates: the normaliser is close to eps, so the gradient autograd sends through
+    the max of the stabiliser m to the arg-max gate is large (without it di and df are off by 30% and 160%)."""
+    inputs, grad = make_inputs(1, 2, 64, 16, 16, "normal", q_scale=1e-5, seed=1)
+    inputs[3] = torch.empty_like(inputs[3]).uniform_(8, 16)
+    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=chunk, eps=EPS), inputs, grad)
+    want, tol = float32_reference_and_tolerance(inputs, grad)
+    assert_close(got, want, tol)
+
+
+def test_forward_without_grad_matches():
+    inputs, _ = make_inputs(2, 1, 64, 24, 24, "wide")
+    with torch.no_grad():
+        h = mlstm_chunkwise_triton(*inputs, chunk_size=16)
+    want = reference(*inputs, eps=EPS)
+    assert float((h - want).norm() / want.norm()) < 1e-4
+
+
+def test_half_precision_float16():
+    """float16 runs the kernels' half-precision path (bfloat16 is the same code; the interpreter cannot do it)."""
+    inputs, grad = make_inputs(1, 2, 64, 32, 48, "normal")
+    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=32), inputs, grad, torch.float16)
+    assert [x.dtype for x in got[:4]] == [torch.float16] * 4
+    # reference in float32 on the same rounded inputs
+    rounded = [x.to(torch.float16).float() for x in inputs[:3]] + inputs[3:]
+    want = output_and_grads(lambda *x: reference(*x, eps=EPS), rounded, grad.to(torch.float16).float())
+    assert_close(got, want, 5e-3)
+
+
+def test_rejects_bad_shapes():
+    inputs, _ = make_inputs(1, 1, 48, 16, 16)
+    with pytest.raises(ValueError, match="multiple of the chunk size"):
+        mlstm_chunkwise_triton(*inputs, chunk_size=32)
+    with pytest.raises(ValueError, match="gates"):
+        mlstm_chunkwise_triton(*inputs[:3], inputs[3][..., :-1], inputs[4], chunk_size=16)
+
+
+def test_clear_error_without_triton(monkeypatch):
+    monkeypatch.setattr(triton_mlstm, "triton", None)
+    inputs, _ = make_inputs(1, 1, 16, 16, 16)
+    with pytest.raises(ImportError, match="triton"):
+        mlstm_chunkwise_triton(*inputs)
+
+
+cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels on CUDA (the interpreter is too slow and "
+                               "computes bfloat16 tl.dot wrongly)")
+
+
+@cuda_only
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+@pytest.mark.parametrize("steps", [64, 1024, 4096])
+def test_bfloat16_project_shapes(head_dim, steps):
+    if head_dim == 256 and steps == 4096:
+        steps = 2048  # keeps the quadratic reference's memory moderate
+    inputs, grad = make_inputs(2, 2, steps, head_dim, head_dim, "normal")
+    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x), inputs, grad, torch.bfloat16)
+    assert [x.dtype for x in got[:4]] == [torch.bfloat16] * 4
+    rounded = [x.to(torch.bfloat16).float() for x in inputs[:3]] + inputs[3:]
+    want = output_and_grads(lambda *x: reference(*x, eps=EPS), rounded, grad.to(torch.bfloat16).float())
+    assert_close(got, want, 3e-2)
+
+
+@cuda_only
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 96])
+def test_float32_project_head_dims_wide_gates(head_dim):
+    inputs, grad = make_inputs(2, 2, 512, head_dim, head_dim, "wide")
+    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x), inputs, grad)
+    want, tol = float32_reference_and_tolerance(inputs, grad)
+    assert_close(got, want, tol)
