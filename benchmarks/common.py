@@ -129,17 +129,17 @@ def shared_dataset_path(name: str, shared: Path, data_cache: str | Path | None =
     return shared / name
 
 
-def random_mlstm_inputs(shape, seed: int = 0):
+def random_mlstm_inputs(shape, seed: int = 0, device: str = "cuda"):
     """Random bf16 q, k, v and float32 gate pre-activations (forget gates around 3, as trained layers have them) of
-    one mLSTM kernel call ``(batch, heads, steps, head_dim)`` on the GPU, all requiring gradients, and a random
-    output gradient."""
+    one mLSTM kernel call ``(batch, heads, steps, head_dim)``, all requiring gradients, and a random output
+    gradient."""
     import torch
 
     b, heads, steps, dim = shape
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    qkv = [torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3)]
-    i = torch.randn(b, heads, steps, device="cuda", generator=gen)
-    f = 3.0 + torch.randn(b, heads, steps, device="cuda", generator=gen)
-    grad = torch.randn(b, heads, steps, dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    qkv = [torch.randn(b, heads, steps, dim, device=device, generator=gen, dtype=torch.bfloat16) for _ in range(3)]
+    i = torch.randn(b, heads, steps, device=device, generator=gen)
+    f = 3.0 + torch.randn(b, heads, steps, device=device, generator=gen)
+    grad = torch.randn(b, heads, steps, dim, device=device, generator=gen, dtype=torch.bfloat16)
     return [t.requires_grad_() for t in (*qkv, i, f)], grad
 

@@ -80,3 +80,22 @@ def test_kernel_tuning_records_the_backbones_call_shapes():
     listed = kernel_tuning.listed_settings()
     assert {(dim, steps) for dim, steps, _ in listed} == {(s[3], s[2]) for s in shapes}
     assert all(set(settings) <= set(kernel_tuning.SEARCH_SPACE) for _, _, settings in listed)
+
+
+def test_triton_speed_reference_check_finds_a_wrong_kernel(monkeypatch):
+    """triton_mlstm_speed.py's check against the float32 quadratic reference (here on a CPU, with the native
+    chunkwise kernel standing in for both GPU kernels, and a wrong one whose keys are negated)."""
+    import triton_mlstm_speed as speed
+    from mlstm_kernels.torch import get_mlstm_kernel
+
+    native = get_mlstm_kernel("chunkwise--native_autograd")
+
+    def run(q, k, v, i, f, sign=1.0):
+        return native(q.float(), sign * k.float(), v.float(), i, f, eps=1e-6, chunk_size=16).to(q.dtype)
+
+    monkeypatch.setattr(speed, "DEVICE", "cpu")
+    monkeypatch.setattr(speed, "kernels", lambda steps, chunk, block_v: {"ours": run,
+                                                                          "tfla": lambda *x: run(*x, sign=-1.0)})
+    row = speed.against_reference((8, 4, 32, 16), 16, None)
+    assert all(float(row[f"ours_vs_ref_{n}"]) < 3e-2 for n in speed.NAMES)  # bf16 inputs, float32 arithmetic
+    assert float(row["tfla_vs_ref_h"]) > 0.1 and float(row["tfla_vs_ref_dq"]) > 0.1

@@ -72,3 +72,24 @@ def test_cpu_chunk_size_is_64():
     shape = kernel_shape(1000, 64)
     assert (shape.padded_length, shape.chunk_size) == (1024, 64)
     assert kernel_shape(40, 64).padded_length == 64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the TFLA Triton kernels)")
+@pytest.mark.parametrize("head_dim,steps", [(96, 1024), (64, 256), (128, 256), (256, 64)])
+def test_tfla_gradients_match_the_quadratic_reference_on_gpu(head_dim, steps):
+    """Output and all five input gradients of the kernel the library runs on GPUs (TFLA, bf16) against the quadratic
+    ``parallel--native_autograd`` in float32 on the same rounded inputs, at the backbones' head dims."""
+    torch.manual_seed(0)
+    shape = (2, 4, steps, head_dim)
+    q, k, v = (torch.randn(shape, device="cuda").bfloat16().float() for _ in range(3))
+    i, f = torch.randn(shape[:3], device="cuda"), 3.0 + torch.randn(shape[:3], device="cuda")
+    grad = torch.randn(shape, device="cuda")
+    results = []
+    for kernel in ("auto", "parallel--native_autograd"):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+        h = mlstm_sequence(*inputs, kernel=kernel)
+        h.backward(grad)
+        results.append([h.detach()] + [t.grad for t in inputs])
+    for name, a, b in zip(("h", "dq", "dk", "dv", "di", "df"), *results):
+        rel = float((a - b).norm() / b.norm())
+        assert rel < 3e-2, f"{name}: TFLA vs quadratic reference relative error {rel:.2e}"
