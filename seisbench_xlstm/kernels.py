@@ -174,3 +174,39 @@ def mlstm_sequence(
     backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
     h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
     return h[:, :, :length].to(v.dtype)
+
+
+def quadratic_mlstm(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    eps: float = 1e-6,
+    constant_normaliser: bool = False,
+) -> torch.Tensor:
+    """The mLSTM written out quadratically (the function ``parallel--native_autograd`` computes), a reference for
+    tests and benchmarks: memory grows with the square of the length.
+
+    ``h_t = sum_j C_tj v_j / (max(|sum_j C_tj|, exp(-m_t)) + eps)`` with ``C_tj = q_t.k_j / sqrt(d) *
+    exp(F_t - F_j + i_j - m_t)``, ``F`` the cumulative log-sigmoid forget gates and ``m_t = max_j (F_t - F_j + i_j)``.
+
+    Two gradients of this function are in use. ``constant_normaliser=False``: the exact one (autograd of the
+    formula; ``mlstm_kernels``' autograd kernels, so the library's CPU path). ``True``: the stabiliser ``m_t`` and
+    the denominator are constants for autograd, the convention of ``mlstm_kernels``' custom backward passes
+    (``native_custbw`` and the TFLA Triton kernels of the library's GPU path). Outputs and value gradients are the
+    same; the q, k and gate gradients differ by about their own size.
+
+    :param q: ``(batch, heads, steps, head_dim)``; k, v alike; i, f: ``(batch, heads, steps)``
+    :return: ``(batch, heads, steps, head_dim)``
+    """
+    steps, head_dim = q.shape[2], q.shape[3]
+    log_f = torch.nn.functional.logsigmoid(f).cumsum(-1)
+    a = log_f[..., :, None] - log_f[..., None, :] + i[..., None, :]
+    a = a.masked_fill(~torch.ones(steps, steps, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    m = a.max(-1, keepdim=True).values
+    if constant_normaliser:
+        m = m.detach()
+    c = (q @ k.transpose(-1, -2)) * head_dim**-0.5 * torch.exp(a - m)
+    denominator = torch.maximum(c.sum(-1, keepdim=True).abs(), torch.exp(-m)) + eps
+    return (c @ v) / (denominator.detach() if constant_normaliser else denominator)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from seisbench_xlstm import kernels
-from seisbench_xlstm.kernels import kernel_shape, mlstm_sequence, resolve_kernel
+from seisbench_xlstm.kernels import kernel_shape, mlstm_sequence, quadratic_mlstm, resolve_kernel
 
 
 @pytest.mark.parametrize(
@@ -74,22 +74,56 @@ def test_cpu_chunk_size_is_64():
     assert kernel_shape(40, 64).padded_length == 64
 
 
+def _outputs_and_gradients(fn, inputs, grad):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    h = fn(*inputs)
+    h.backward(grad)
+    return [h.detach()] + [t.grad for t in inputs]
+
+
+def _relative_errors(a, b):
+    return {name: float((x - y).norm() / y.norm()) for name, x, y in zip(("h", "dq", "dk", "dv", "di", "df"), a, b)}
+
+
+def _random_call(shape, device="cpu", seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    qkv = [torch.randn(shape, generator=gen, device=device) for _ in range(3)]
+    gates = [torch.randn(shape[:3], generator=gen, device=device), 3 + torch.randn(shape[:3], generator=gen, device=device)]
+    return qkv + gates, torch.randn(shape, generator=gen, device=device)
+
+
+def test_mlstm_kernels_gradient_conventions():
+    """``mlstm_kernels`` has two gradients of one function: its autograd kernels give the exact gradient, its custom
+    backward passes (``native_custbw``, and the TFLA kernels the library runs on GPUs) treat the stabiliser and the
+    normaliser as constants. Outputs and value gradients agree; q, k and gate gradients differ by about their own
+    size. (CPU training uses the first, GPU training the second.)"""
+    from mlstm_kernels.torch import get_mlstm_kernel
+
+    inputs, grad = _random_call((1, 2, 128, 32))
+    exact = _outputs_and_gradients(quadratic_mlstm, inputs, grad)
+    constant = _outputs_and_gradients(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
+    for name, options in (("parallel--native_autograd", {}), ("chunkwise--native_autograd", {"chunk_size": 32})):
+        errors = _relative_errors(_outputs_and_gradients(
+            lambda *x, fn=get_mlstm_kernel(name): fn(*x, eps=1e-6, **options), inputs, grad), exact)
+        assert max(errors.values()) < 1e-4, (name, errors)
+    custom = get_mlstm_kernel("chunkwise--native_custbw")
+    custom_out = _outputs_and_gradients(lambda *x: custom(*x, eps=1e-6, chunk_size=32), inputs, grad)
+    assert max(_relative_errors(custom_out, constant).values()) < 1e-4
+    differ = _relative_errors(custom_out, exact)
+    assert differ["h"] < 1e-4 and differ["dv"] < 1e-4
+    assert min(differ[n] for n in ("dq", "dk", "di", "df")) > 0.1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the TFLA Triton kernels)")
 @pytest.mark.parametrize("head_dim,steps", [(96, 1024), (64, 256), (128, 256), (256, 64)])
-def test_tfla_gradients_match_the_quadratic_reference_on_gpu(head_dim, steps):
-    """Output and all five input gradients of the kernel the library runs on GPUs (TFLA, bf16) against the quadratic
-    ``parallel--native_autograd`` in float32 on the same rounded inputs, at the backbones' head dims."""
-    torch.manual_seed(0)
-    shape = (2, 4, steps, head_dim)
-    q, k, v = (torch.randn(shape, device="cuda").bfloat16().float() for _ in range(3))
-    i, f = torch.randn(shape[:3], device="cuda"), 3.0 + torch.randn(shape[:3], device="cuda")
-    grad = torch.randn(shape, device="cuda")
-    results = []
-    for kernel in ("auto", "parallel--native_autograd"):
-        inputs = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
-        h = mlstm_sequence(*inputs, kernel=kernel)
-        h.backward(grad)
-        results.append([h.detach()] + [t.grad for t in inputs])
-    for name, a, b in zip(("h", "dq", "dk", "dv", "di", "df"), *results):
-        rel = float((a - b).norm() / b.norm())
-        assert rel < 3e-2, f"{name}: TFLA vs quadratic reference relative error {rel:.2e}"
+def test_tfla_follows_the_constant_normaliser_convention_on_gpu(head_dim, steps):
+    """Output and all five input gradients of the kernel the library runs on GPUs (TFLA, bf16) against the
+    quadratic mLSTM with constant stabiliser and normaliser (its gradient convention, see
+    :func:`test_mlstm_kernels_gradient_conventions`) in float32 on the same rounded inputs, at the backbones' head
+    dims."""
+    inputs, grad = _random_call((2, 4, steps, head_dim), device="cuda")
+    inputs[:3] = [t.bfloat16().float() for t in inputs[:3]]
+    tfla = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel="auto"), inputs, grad)
+    reference = _outputs_and_gradients(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
+    errors = _relative_errors(tfla, reference)
+    assert max(errors.values()) < 3e-2, errors
