@@ -37,7 +37,7 @@ from common import TINY_BACKBONES, continuous_stations, load_average, machine, s
 
 import seisbench.models as sbm  # noqa: E402
 
-from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker  # noqa: E402
+from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker, bimlstm  # noqa: E402
 
 MODELS = ("PhaseNet", "EQTransformer", "XLSTMSeqPicker", "XLSTMUNetPicker")
 
@@ -95,11 +95,26 @@ def parse_args(argv=None):
     parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                         help="xLSTM pickers with their mLSTM layers through torch.compile (set_compile); the best "
                              "of --repeats runs excludes the compilation of shapes seen before")
+    parser.add_argument("--qkv-form", nargs="+", default=[None], choices=["einsum", "dense", "per_head", "fused"],
+                        help="xLSTM pickers: forms of the q/k/v projections to compare in this run "
+                             "(seisbench_xlstm.bimlstm: GPU_QKV_FORM on GPUs, CPU_QKV_FORM on CPUs; default: the "
+                             "library's)")
     parser.add_argument("--baseline-repeats", type=int, default=5, help="runs of PhaseNet and EQTransformer (fast)")
     parser.add_argument("--tiny", action="store_true", help="tiny xLSTM backbones (smoke run, not a measurement)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
+
+
+_DEFAULT_FORMS = (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM)
+
+
+def set_qkv_form(form: str | None, cuda: bool) -> None:
+    """The q/k/v form of the xLSTM layers on this device (None: the library's default)."""
+    if cuda:
+        bimlstm.GPU_QKV_FORM = form or _DEFAULT_FORMS[0]
+    else:
+        bimlstm.CPU_QKV_FORM = form or _DEFAULT_FORMS[1]
 
 
 def main(argv=None) -> int:
@@ -123,22 +138,25 @@ def main(argv=None) -> int:
         xlstm = name.startswith("XLSTM")
         batches = batch_sizes if xlstm else [baseline_batch]
         compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile] if xlstm else [False]
-        settings = [(c, o, b) for c in compiles for o in args.overlaps for b in batches] if xlstm else \
-            [(False, None, baseline_batch)]
+        settings = [(c, o, b, f) for f in args.qkv_form for c in compiles for o in args.overlaps for b in batches] \
+            if xlstm else [(False, None, baseline_batch, None)]
         best: dict = {}
-        for compiled, overlap, batch in settings:
+        for compiled, overlap, batch, form in settings:
             if xlstm:
                 model.set_compile(compiled)
-            if (compiled, overlap) not in best:  # warm-up (compiles Triton kernels, and the layers when compiled)
+                set_qkv_form(form, cuda)
+            if (compiled, overlap, form) not in best:  # warm-up (compiles Triton kernels, and the layers if compiled)
                 annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
             seconds = annotate_seconds(model, stream, repeats=args.repeats if xlstm else args.baseline_repeats,
                                        **kwargs)
-            print((name, compiled, overlap, batch, round(seconds, 3)), flush=True)
-            if (compiled, overlap) not in best or seconds < best[(compiled, overlap)][1]:
-                best[(compiled, overlap)] = (batch, seconds)
-        for (compiled, overlap), (batch, seconds) in best.items():
+            print((name, compiled, overlap, batch, form, round(seconds, 3)), flush=True)
+            if (compiled, overlap, form) not in best or seconds < best[(compiled, overlap, form)][1]:
+                best[(compiled, overlap, form)] = (batch, seconds)
+        set_qkv_form(None, cuda)
+        for (compiled, overlap, form), (batch, seconds) in best.items():
             kernel = f", kernel {'TFLA+bf16' if cuda else 'native fp32'}" if xlstm else ""
+            kernel += f", q/k/v {form}" if form else ""
             kernel += ", compiled layers" if compiled else ""
             results.append({"model": name + (" (tiny)" if xlstm and args.tiny else ""), "batch": batch,
                             "overlap": overlap if overlap is not None else "default",

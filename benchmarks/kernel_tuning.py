@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -41,6 +42,7 @@ from common import REPO, machine, random_mlstm_inputs, write_report  # noqa: E40
 sys.path.insert(0, str(REPO))
 from pretrain_speed import SEED_BATCH, build, cell_standin  # noqa: E402
 
+from seisbench_xlstm import bimlstm  # noqa: E402
 from seisbench_xlstm.kernels import kernel_shape  # noqa: E402
 
 PARAMS_FILE = REPO / "benchmarks" / "results" / "kernel_tuning_params.json"
@@ -68,8 +70,8 @@ def call_shapes() -> dict[tuple, str]:
     for recipe, batch in SEED_BATCH.items():
         module = build(recipe, False, False, "auto")
         calls: list = []
-        with cell_standin(calls), torch.no_grad():
-            module.recipe(torch.randn(1, 3, 4096))
+        with cell_standin(calls), torch.no_grad(), mock.patch.object(bimlstm, "CPU_QKV_FORM", bimlstm.GPU_QKV_FORM):
+            module.recipe(torch.randn(1, 3, 4096))  # the calls as the GPU form lays them out
         for b, heads, steps, dim in calls:
             shape = (b * batch, heads, kernel_shape(steps, 128).padded_length, dim)
             shapes.setdefault(shape, module.backbone_name)

@@ -19,10 +19,11 @@ FLOPs per step, for the model FLOPs utilisation (MFU = FLOPs per step / step tim
 * everything except the mLSTM cell is counted by ``torch.utils.flop_counter.FlopCounterMode`` over one full step
   of one window on a CPU copy of the model, times the batch size (forward and backward: matmuls, convolutions,
   batched products; elementwise operations count 0). The mLSTM cell is replaced by a stand-in without matmuls that
-  passes gradients to q, k, v and the gates. On the CPU the headwise q/k/v projections are per-head products, their
-  model FLOPs (the GPU path multiplies by block-diagonal matrices, whose zero blocks are not model FLOPs);
-* the mLSTM cell (chunkwise form, chunk ``L`` as the kernel runs: 128 for TFLA, 64 natively, per head of width
-  ``d`` over ``S`` padded steps) is counted analytically: forward ``4 S d^2`` (state updates ``K^T V`` and
+  passes gradients to q, k, v and the gates. The count runs the q/k/v projections as per-block products (the
+  ``einsum`` form), their model FLOPs (the other forms multiply by block-diagonal matrices, whose zero blocks are not
+  model FLOPs);
+* the mLSTM cell (chunkwise form, chunk ``L`` as the kernel runs: 128 for TFLA, natively 32 or 64 by head width,
+  per head of width ``d`` over ``S`` padded steps) is counted analytically: forward ``4 S d^2`` (state updates ``K^T V`` and
   inter-chunk outputs ``Q C``) ``+ 4 S L d`` (intra-chunk ``Q K^T`` and its product with ``V``), backward twice the
   forward, per head, direction, layer and window. Recomputation inside the kernels is not counted (model FLOPs).
 
@@ -76,7 +77,7 @@ from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
 from seisbench_xlstm import bimlstm  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
-from seisbench_xlstm.kernels import kernel_shape, resolve_kernel  # noqa: E402
+from seisbench_xlstm.kernels import kernel_shape, native_chunk_size, resolve_kernel  # noqa: E402
 
 EXPERIMENTS = {
     "masked": "xlstm_large/pure_mlstm_sequential_12m_foundation",
@@ -155,7 +156,7 @@ def cell_flops(calls: list, kernel: str) -> float:
     """Analytic model FLOPs (forward + backward) of the recorded mLSTM cell calls run with ``kernel``."""
     total = 0.0
     for batch, heads, steps, d in calls:
-        shape = kernel_shape(steps, 128 if "triton" in kernel else 64)
+        shape = kernel_shape(steps, 128 if "triton" in kernel else native_chunk_size(d))
         s, chunk = shape.padded_length, shape.chunk_size
         forward = 4 * s * d * d + 4 * s * chunk * d
         total += 3 * forward * batch * heads

@@ -201,3 +201,28 @@ def test_unknown_qkv_form_is_named(monkeypatch):
     monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", "per-head")
     with pytest.raises(ValueError, match="per-head.*dense, per_head, fused, einsum"):
         _layer()(torch.randn(1, 16, 32))
+
+
+def test_causal_conv_and_its_gradients_match_a_grouped_conv1d():
+    """The channels-last causal depthwise convolution (shifted multiply-adds, accumulated in place) against PyTorch's
+    grouped conv1d with left padding: outputs and the gradients of input, weight and bias, per direction."""
+    import torch.nn.functional as F
+
+    from seisbench_xlstm.bimlstm import causal_depthwise_conv
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 3, 50, 8), torch.randn(2, 8, 4), torch.randn(2, 8)
+    grad = torch.randn(2, 3, 50, 8)
+    results = []
+    for fn in ("ours", "conv1d"):
+        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        xi, wi, bi = inputs
+        if fn == "ours":
+            y = causal_depthwise_conv(xi, wi, bi)
+        else:
+            y = torch.stack([F.conv1d(F.pad(xi[d].transpose(1, 2), (3, 0)), wi[d][:, None], bi[d], groups=8)
+                             .transpose(1, 2) for d in range(2)])
+        y.backward(grad)
+        results.append([y.detach()] + [t.grad for t in inputs])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

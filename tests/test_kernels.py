@@ -68,10 +68,26 @@ def test_padding_never_changes_real_outputs():
     torch.testing.assert_close(h[:, :, :50], h_prefix, atol=2e-5, rtol=1e-4)
 
 
-def test_cpu_chunk_size_is_64():
-    shape = kernel_shape(1000, 64)
-    assert (shape.padded_length, shape.chunk_size) == (1024, 64)
-    assert kernel_shape(40, 64).padded_length == 64
+@pytest.mark.parametrize("head_dim,length,padded,chunk", [(64, 1000, 1024, 32), (96, 1000, 1024, 64),
+                                                           (128, 250, 256, 64), (64, 40, 64, 32), (256, 20, 32, 32)])
+def test_cpu_kernel_chunk_follows_the_head_dim(monkeypatch, head_dim, length, padded, chunk):
+    """The native kernel runs with the chunk measured fastest for the head dim on CPUs, inputs padded to it."""
+    calls = []
+    real = kernels._backend
+
+    def recording(kernel, chunk_size, dtype):
+        backend = real(kernel, chunk_size, dtype)
+
+        def run(q, *rest):
+            calls.append((q.shape[2], chunk_size))
+            return backend(q, *rest)
+
+        return run
+
+    monkeypatch.setattr(kernels, "_backend", recording)
+    q = torch.randn(1, 1, length, head_dim)
+    mlstm_sequence(q, q, q, torch.zeros(1, 1, length), torch.zeros(1, 1, length))
+    assert calls == [(padded, chunk)]
 
 
 def _outputs_and_gradients(fn, inputs, grad):

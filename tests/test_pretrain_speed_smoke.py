@@ -41,14 +41,15 @@ def test_cell_flops_formula_and_standin(bench):
     # one call: batch 2, 4 heads, 1024 steps, head width 96, TFLA chunk 128
     forward = 4 * 1024 * 96**2 + 4 * 1024 * 128 * 96
     assert bench.cell_flops([(2, 4, 1024, 96)], "chunkwise--triton_xl_chunk") == 3 * forward * 2 * 4
-    # 100 steps are padded to 128 in one chunk of 128 (TFLA) or two of 64 (native)
-    assert bench.cell_flops([(1, 1, 100, 8)], "chunkwise--native_autograd") == 3 * (4 * 128 * 64 + 4 * 128 * 64 * 8)
+    # 100 steps are padded to 128 in one chunk of 128 (TFLA) or four of 32 (native, head width 8)
+    assert bench.cell_flops([(1, 1, 100, 8)], "chunkwise--native_autograd") == 3 * (4 * 128 * 64 + 4 * 128 * 32 * 8)
     module = bench.build("masked", True, False, "auto")
     calls = []
     x = torch.randn(1, 3, 1024, requires_grad=True)
     with bench.cell_standin(calls):
         module.recipe(x)["loss"].backward()
     layers = module.backbone.config.num_layers
-    # one call per layer, both directions stacked along the batch axis, through the stand-in
-    assert len(calls) == layers and all(c[0] == 2 for c in calls)
+    # one call per layer, both directions (and, in the per-head layout, the heads) in the kernel's two leading axes
+    heads = module.backbone.config.num_heads
+    assert len(calls) == layers and all(c[0] * c[1] == 2 * heads for c in calls)
     assert x.grad is not None
