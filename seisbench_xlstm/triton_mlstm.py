@@ -11,9 +11,10 @@ Formulation (identical to ``mlstm_kernels``' ``parallel--native_autograd``, eps 
 
 The stabiliser cancels except through ``eps``: ``h_t = X_t / (max(|Y_t|, 1) + eps * exp(m_t))`` with X, Y the
 unstabilised sums (``exp(a_tj)`` in place of ``exp(a_tj - m_t)``), so ``m_t`` matters only where the stabilised
-normaliser ``max(|n~_t|, exp(-m_t))`` is not large against ``eps`` (then so does its gradient). ``m_t`` follows the recurrence ``m_t = max(m_{t-1} + lsf_t, i_t)`` with ``m_{-1} = -inf`` (as the
-parallel reference; ``mlstm_kernels``' chunkwise kernels start from ``m = 0`` instead, which changes outputs by at most
-``eps`` relative because ``max(|Y|, 1) >= 1``).
+normaliser ``max(|n~_t|, exp(-m_t))`` is not large against ``eps`` (then so does its gradient). ``m_t`` follows the
+recurrence ``m_t = max(m_{t-1} + lsf_t, i_t)`` with ``m_{-1} = -inf`` (as the parallel reference;
+``mlstm_kernels``' chunkwise kernels start from ``m = 0`` instead, which changes outputs by at most ``eps`` relative
+because ``max(|Y|, 1) >= 1``).
 
 Design. Forward: one program per (batch*head, block of ``block_v`` value columns) loops over the chunks of ``L``
 steps in order, carrying the state ``C`` (DHQK x block_v), ``n`` (DHQK) in float32 and the scalar stabiliser in
@@ -22,9 +23,19 @@ stabilised L x L intra-chunk product and the inter-chunk part ``q C``. Gate prep
 sums inside the chunk, stabiliser) happens in the kernel. When gradients are needed it stores ``C``/``n`` at the
 start of every chunk ((S/L) x DHQK x DHHV float32 per sequence), ``m_t`` and ``n~_t``.
 
+Two gradient conventions (``constant_normaliser``; reference: ``seisbench_xlstm.kernels.quadratic_mlstm``).
+``False`` (default): the exact gradient of the formula, as autograd of ``mlstm_kernels``' parallel/autograd kernels.
+``True``: ``m_t`` and the whole denominator ``max(|n~_t|, exp(-m_t)) + eps`` are constants for the backward pass,
+the convention of ``mlstm_kernels``' custom backward passes (``native_custbw`` and the TFLA Triton kernels used on
+GPUs). Outputs and dv agree; dq, dk, di and df differ by about their own size. With ``True`` gradient reaches the
+gates and q, k only through the numerator: the kernel gets no normaliser column (``dntil = 0``), there is no
+``dm`` term and no arg-max routing; ``di_j = k_j . dk_j`` still holds, and the row sum of the gradient of ``a_t.``
+is ``dnum_t . num_t = dh_t . h_t``, so ``dF_t = dh_t . h_t - di_t``.
+
 Backward: one program per (batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn``
 (gradients of the stabilised states). It writes dq, dk (partial sums per value block, summed afterwards) and dv.
-The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient:
+The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient
+(the constant convention: see above):
 
 - the gradient of the input gate except through the max is ``di_j = k_j . dk_j``;
 - the total gradient of ``a_tj`` summed over ``j`` equals ``dm_t`` through ``exp(-m_t)`` only, so
@@ -110,7 +121,8 @@ if triton is not None:
         # The counter must be a Triton value (a plain 0 would be a constexpr, which cannot be loop-carried).
         c = pid_v * 0
         while c < NC:
-            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v, D, DV, L)
+            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                    D, DV, L)
             ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
 
             if SAVE:  # state at the start of this chunk
@@ -158,7 +170,8 @@ if triton is not None:
         dn = tl.zeros((BD,), dtype=tl.float32)
         c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
         while c >= 0:
-            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v, D, DV, L)
+            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                    D, DV, L)
             dh = tl.load(DH + v_off, mask=mask_v[None, :], other=0.0).to(tl.float32)
             ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
             row = pid_bh * S + t
@@ -231,7 +244,7 @@ def _prec(dtype: torch.dtype) -> str:
 
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v):
+    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser):
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         L = min(chunk_size, S)
@@ -261,26 +274,27 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         )
         if save:
             ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
-            ctx.config = (L, eps, BD, BV)
+            ctx.config = (L, eps, BD, BV, constant_normaliser)
         return h
 
     @staticmethod
     def backward(ctx, dh):
         q, k, v, i, f, h, m, ntil, c_states, n_states = ctx.saved_tensors
-        L, eps, BD, BV = ctx.config
+        L, eps, BD, BV, constant = ctx.config
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         BH, NC = B * NH, S // L
         dh = dh.contiguous()
-        # per-step scalars of the normaliser (exact autograd of max(|n~|, exp(-m)) + eps)
         delta = (dh.float() * h.float()).sum(-1)  # dh . h
         exp_neg_m = torch.exp(-m)
-        abs_n = ntil.abs()
-        den = torch.maximum(abs_n, exp_neg_m) + eps
-        d_norm = -delta / den  # gradient of max(|n~|, exp(-m))
-        take_n = (abs_n > exp_neg_m).float() + 0.5 * (abs_n == exp_neg_m).float()
-        dntil = d_norm * take_n * torch.sign(ntil)
-        dm_direct = -d_norm * (1.0 - take_n) * exp_neg_m
+        den = torch.maximum(ntil.abs(), exp_neg_m) + eps
+        if constant:  # m and den are constants: no gradient into the normaliser column or through the max
+            dntil = torch.zeros_like(ntil)
+        else:  # per-step scalars of the normaliser (exact autograd of max(|n~|, exp(-m)) + eps)
+            d_norm = -delta / den  # gradient of max(|n~|, exp(-m))
+            take_n = (ntil.abs() > exp_neg_m).float() + 0.5 * (ntil.abs() == exp_neg_m).float()
+            dntil = d_norm * take_n * torch.sign(ntil)
+            dm_direct = -d_norm * (1.0 - take_n) * exp_neg_m
 
         nvb = triton.cdiv(DV, BV)
         dq_part = torch.empty(nvb, B, NH, S, D, dtype=torch.float32, device=q.device)
@@ -293,18 +307,22 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         )
         dq, dk = dq_part.sum(0), dk_part.sum(0)
 
-        # input gates: k . dk, plus the gradient of m_t through the max, sent to its arg-max j*(t)
+        # input gates: k . dk (both conventions), plus (exact) the gradient of m_t through the max, sent to j*(t)
         di = (k.float() * dk).sum(-1)
-        dm_total = dm_direct - delta - dntil * ntil  # = -delta * eps / den up to rounding
-        reset = m == i.float()  # m_u == i_u: step u is its own arg-max, and j*(t) for the steps up to the next
-        seg = (reset.long().cumsum(-1) - 1).clamp_min(0)
-        seg = (seg + torch.arange(BH, device=q.device).view(B, NH, 1) * S).view(-1)
-        seg_sum = torch.zeros(BH * S, dtype=torch.float32, device=q.device).index_add_(0, seg, dm_total.view(-1))
-        di = di + reset.float() * seg_sum[seg].view(B, NH, S)
-        # forget gates: dF_t = (row sum of d a_t.) - (column sum) = dm_direct_t - di_t; F = cumsum(logsigmoid(f))
-        d_lsf = (dm_direct - di).flip(-1).cumsum(-1).flip(-1)
+        if constant:
+            row_sum = delta  # row sum of d a_t. through the numerator only: dnum_t . num_t = dh_t . h_t
+        else:
+            dm_total = dm_direct - delta - dntil * ntil  # = -delta * eps / den up to rounding
+            reset = m == i.float()  # m_u == i_u: step u is its own arg-max, and j*(t) for the steps up to the next
+            seg = (reset.long().cumsum(-1) - 1).clamp_min(0)
+            seg = (seg + torch.arange(BH, device=q.device).view(B, NH, 1) * S).view(-1)
+            seg_sum = torch.zeros(BH * S, dtype=torch.float32, device=q.device).index_add_(0, seg, dm_total.view(-1))
+            di = di + reset.float() * seg_sum[seg].view(B, NH, S)
+            row_sum = dm_direct  # the numerator's and the normaliser column's parts cancel
+        # forget gates: dF_t = (row sum of d a_t.) - (column sum di_t); F = cumsum(logsigmoid(f))
+        d_lsf = (row_sum - di).flip(-1).cumsum(-1).flip(-1)
         df = d_lsf * torch.sigmoid(-f.float())
-        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None
 
 
 def mlstm_chunkwise_triton(
@@ -316,6 +334,7 @@ def mlstm_chunkwise_triton(
     chunk_size: int = 64,
     eps: float = 1e-6,
     block_v: int | None = None,
+    constant_normaliser: bool = False,
 ) -> torch.Tensor:
     """Causal mLSTM over a whole sequence, chunkwise in Triton, differentiable in q, k, v, i and f.
 
@@ -327,8 +346,10 @@ def mlstm_chunkwise_triton(
     :param chunk_size: steps per chunk (a power of two >= 16, capped at ``steps``); ``steps`` must be a multiple
     :param eps: added to the normaliser
     :param block_v: value columns per program (default: see :func:`_default_block_v`)
+    :param constant_normaliser: gradient convention: ``False`` the exact gradient of the formula, ``True`` the
+        stabiliser and the denominator held constant (as ``mlstm_kernels``' TFLA kernels); the output is the same
     :return: hidden states ``(batch, heads, steps, head_dim_v)`` in the dtype of v
     """
     if triton is None:
         raise ImportError("mlstm_chunkwise_triton needs the 'triton' package, which is not installed")
-    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v)
+    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))

@@ -1,5 +1,8 @@
-"""The chunkwise Triton mLSTM (``seisbench_xlstm.triton_mlstm``) against ``mlstm_kernels``' quadratic reference
-``parallel--native_autograd``: output and the gradients of q, k, v, i and f.
+"""The chunkwise Triton mLSTM (``seisbench_xlstm.triton_mlstm``) against quadratic references: output and the
+gradients of q, k, v, i and f, in both gradient conventions. The exact gradient (``constant_normaliser=False``)
+against ``mlstm_kernels``' ``parallel--native_autograd``; the gradient with the stabiliser and the denominator held
+constant (``constant_normaliser=True``, the TFLA kernels' convention) against
+``seisbench_xlstm.kernels.quadratic_mlstm(..., constant_normaliser=True)``. The same tolerances for both.
 
 Runs on CUDA, or on CPU under Triton's interpreter::
 
@@ -20,6 +23,7 @@ Tolerances (relative L2 error ``|a - b| / |b|`` per tensor):
   bfloat16 is tested on CUDA only.)
 """
 
+import functools
 import os
 
 import pytest
@@ -37,12 +41,26 @@ if not (torch.cuda.is_available() or INTERPRET):
 from mlstm_kernels.torch import get_mlstm_kernel  # noqa: E402
 
 from seisbench_xlstm import triton_mlstm  # noqa: E402
+from seisbench_xlstm.kernels import quadratic_mlstm  # noqa: E402
 from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 EPS = 1e-6
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-reference = get_mlstm_kernel("parallel--native_autograd")
+exact_reference = get_mlstm_kernel("parallel--native_autograd")
+CONVENTIONS = {"exact": False, "constant": True}  # test id: constant_normaliser
+
+
+def reference(*x, constant_normaliser=False):
+    """The quadratic reference of the gradient convention ``constant_normaliser``."""
+    if constant_normaliser:
+        return quadratic_mlstm(*x, eps=EPS, constant_normaliser=True)
+    return exact_reference(*x, eps=EPS)
+
+
+def kernel(chunk_size=64, block_v=None, constant_normaliser=False):
+    return lambda *x: mlstm_chunkwise_triton(*x, chunk_size=chunk_size, eps=EPS, block_v=block_v,
+                                             constant_normaliser=constant_normaliser)
 
 #: (batch, heads, steps, head dim qk, head dim v, chunk size, value columns per program or None for the default)
 SHAPES = [
@@ -103,21 +121,23 @@ def assert_close(got, want, tol):
     assert not bad, f"relative L2 errors above tolerance: {bad} (all: {errors})"
 
 
-def float32_reference_and_tolerance(inputs, grad):
+def float32_reference_and_tolerance(inputs, grad, constant_normaliser=False):
     """The float32 reference's output and gradients, and per tensor ``max(1e-4, 4 * its error against float64)``."""
-    want = output_and_grads(lambda *x: reference(*x, eps=EPS), inputs, grad)
-    exact = output_and_grads(lambda *x: reference(*x, eps=EPS), [x.double() for x in inputs], grad.double())
+    ref = functools.partial(reference, constant_normaliser=constant_normaliser)
+    want = output_and_grads(ref, inputs, grad)
+    exact = output_and_grads(ref, [x.double() for x in inputs], grad.double())
     return want, {n: max(1e-4, 4 * e) for n, e in rel_errors(want, exact).items()}
 
 
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
 @pytest.mark.parametrize("gates", list(GATES))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(x) for x in s))
-def test_matches_parallel_reference_float32(shape, gates):
+def test_matches_parallel_reference_float32(shape, gates, convention):
     b, nh, s, dqk, dv, chunk, block_v = shape
+    const = CONVENTIONS[convention]
     inputs, grad = make_inputs(b, nh, s, dqk, dv, gates)
-    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=chunk, eps=EPS, block_v=block_v),
-                           inputs, grad)
-    want, tol = float32_reference_and_tolerance(inputs, grad)
+    got = output_and_grads(kernel(chunk, block_v, const), inputs, grad)
+    want, tol = float32_reference_and_tolerance(inputs, grad, const)
     assert [x.dtype for x in got] == [torch.float32] * 6
     assert_close(got, want, tol)
 
@@ -128,28 +148,48 @@ def test_gradient_through_the_stabiliser(chunk):
     the max of the stabiliser m to the arg-max gate is large (without it di and df are off by 30% and 160%)."""
     inputs, grad = make_inputs(1, 2, 64, 16, 16, "normal", q_scale=1e-5, seed=1)
     inputs[3] = torch.empty_like(inputs[3]).uniform_(8, 16)
-    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=chunk, eps=EPS), inputs, grad)
+    got = output_and_grads(kernel(chunk), inputs, grad)
     want, tol = float32_reference_and_tolerance(inputs, grad)
     assert_close(got, want, tol)
+
+
+@pytest.mark.parametrize("chunk", [16, 32])
+def test_constant_normaliser_near_eps(chunk):
+    """The same inputs with m and the denominator held constant: no gradient through the max (which the exact
+    gradient has); outputs and dv are the same in both conventions, the other gradients are not."""
+    inputs, grad = make_inputs(1, 2, 64, 16, 16, "normal", q_scale=1e-5, seed=1)
+    inputs[3] = torch.empty_like(inputs[3]).uniform_(8, 16)
+    got = output_and_grads(kernel(chunk, constant_normaliser=True), inputs, grad)
+    want, tol = float32_reference_and_tolerance(inputs, grad, constant_normaliser=True)
+    assert_close(got, want, tol)
+    errors = rel_errors(got, output_and_grads(kernel(chunk), inputs, grad))  # against the exact convention
+    assert errors["h"] == errors["dv"] == 0.0
+    assert min(errors[n] for n in ("dq", "dk", "di", "df")) > 1e-2, errors
 
 
 def test_forward_without_grad_matches():
     inputs, _ = make_inputs(2, 1, 64, 24, 24, "wide")
     with torch.no_grad():
         h = mlstm_chunkwise_triton(*inputs, chunk_size=16)
-    want = reference(*inputs, eps=EPS)
+    want = reference(*inputs)
     assert float((h - want).norm() / want.norm()) < 1e-4
 
 
-def test_half_precision_float16():
+def half_precision_reference(inputs, grad, dtype, constant_normaliser):
+    """The float32 reference's output and gradients on the inputs (and grad) rounded to ``dtype``."""
+    rounded = [x.to(dtype).float() for x in inputs[:3]] + inputs[3:]
+    ref = functools.partial(reference, constant_normaliser=constant_normaliser)
+    return output_and_grads(ref, rounded, grad.to(dtype).float())
+
+
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_half_precision_float16(convention):
     """float16 runs the kernels' half-precision path (bfloat16 is the same code; the interpreter cannot do it)."""
+    const = CONVENTIONS[convention]
     inputs, grad = make_inputs(1, 2, 64, 32, 48, "normal")
-    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=32), inputs, grad, torch.float16)
+    got = output_and_grads(kernel(32, constant_normaliser=const), inputs, grad, torch.float16)
     assert [x.dtype for x in got[:4]] == [torch.float16] * 4
-    # reference in float32 on the same rounded inputs
-    rounded = [x.to(torch.float16).float() for x in inputs[:3]] + inputs[3:]
-    want = output_and_grads(lambda *x: reference(*x, eps=EPS), rounded, grad.to(torch.float16).float())
-    assert_close(got, want, 5e-3)
+    assert_close(got, half_precision_reference(inputs, grad, torch.float16, const), 5e-3)
 
 
 def test_rejects_bad_shapes():
@@ -173,24 +213,26 @@ cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels on CUD
 
 @cuda_only
 @pytest.mark.gpu
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("steps", [64, 1024, 4096])
-def test_bfloat16_project_shapes(head_dim, steps):
+def test_bfloat16_project_shapes(head_dim, steps, convention):
     if head_dim == 256 and steps == 4096:
         steps = 2048  # keeps the quadratic reference's memory moderate
+    const = CONVENTIONS[convention]
     inputs, grad = make_inputs(2, 2, steps, head_dim, head_dim, "normal")
-    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x), inputs, grad, torch.bfloat16)
+    got = output_and_grads(kernel(constant_normaliser=const), inputs, grad, torch.bfloat16)
     assert [x.dtype for x in got[:4]] == [torch.bfloat16] * 4
-    rounded = [x.to(torch.bfloat16).float() for x in inputs[:3]] + inputs[3:]
-    want = output_and_grads(lambda *x: reference(*x, eps=EPS), rounded, grad.to(torch.bfloat16).float())
-    assert_close(got, want, 3e-2)
+    assert_close(got, half_precision_reference(inputs, grad, torch.bfloat16, const), 3e-2)
 
 
 @cuda_only
 @pytest.mark.gpu
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
 @pytest.mark.parametrize("head_dim", [64, 96])
-def test_float32_project_head_dims_wide_gates(head_dim):
+def test_float32_project_head_dims_wide_gates(head_dim, convention):
+    const = CONVENTIONS[convention]
     inputs, grad = make_inputs(2, 2, 512, head_dim, head_dim, "wide")
-    got = output_and_grads(lambda *x: mlstm_chunkwise_triton(*x), inputs, grad)
-    want, tol = float32_reference_and_tolerance(inputs, grad)
+    got = output_and_grads(kernel(constant_normaliser=const), inputs, grad)
+    want, tol = float32_reference_and_tolerance(inputs, grad, const)
     assert_close(got, want, tol)
