@@ -353,7 +353,7 @@ def ddp_worker(rank: int, world: int, port: int, configs: list[dict], opts: dict
     """Process ``rank`` of ``world`` (one per device; NCCL on GPUs, gloo on CPUs): every configuration in turn,
     results to ``out_dir/rank<r>.json``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    set_qkv_form(opts["qkv_form"])
+    bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM = opts["qkv_forms"]
     if opts["cuda"]:
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
@@ -394,7 +394,7 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
         raise SystemExit(f"--devices {args.devices}: only {torch.cuda.device_count()} GPU(s) here")
     multicast_off()  # inherited by the spawned processes, before NCCL starts
     opts = dict(cuda=cuda, tiny=args.tiny, kernel=args.kernel, samples=args.samples, steps=args.steps,
-                qkv_form=bimlstm.GPU_QKV_FORM,  # spawned processes start from the module's default
+                qkv_forms=(bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM),  # spawned processes start from the defaults
                 warmup=args.warmup, threads=1)
     groups = {n: run_group(n, configs, opts) for n in args.devices}
     rows = []
