@@ -23,7 +23,9 @@ configs; at most 15 MiB a part, 4 parts; ``cat bundle.tar.part-* | tar x``).
 
 Measured on ``nvidia-h200-x2`` (benchmarks/results/finetune_gpu.md): a local recipe-2 pretraining run takes 5.5 to 7.5
 minutes with its start-up, so runs from the pretrained backbone fit one 10-minute command only with a shorter
-pretraining or in a command of their own.
+pretraining or in a command of their own. Those runs compiled many more graph variants than needed (encoder and
+decoder layers of one width separately, and validation's no-grad and short-batch variants): fixed since, not yet
+re-measured on a GPU.
 
 ``--dry-run`` does the same on this machine's CPU with tiny settings (checks the wiring, not the figures).
 """
