@@ -226,3 +226,19 @@ def test_causal_conv_and_its_gradients_match_a_grouped_conv1d():
         results.append([y.detach()] + [t.grad for t in inputs])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_per_head_form_falls_back_where_blocks_straddle_heads(monkeypatch):
+    """Projection blocks wider than a head (block 16, heads of 8) cannot be split per head: the per_head form then
+    computes the dense form, with the same output as the per-block products."""
+    from seisbench_xlstm import bimlstm
+
+    torch.manual_seed(0)
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=8, qkv_proj_blocksize=16)).eval()
+    x = torch.randn(2, 20, 32)
+    assert bimlstm._qkv_form(torch.zeros(1, 1, 1, 64), 8, 16) == "dense"
+    outputs = []
+    for form in ("einsum", "per_head"):
+        monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
+        outputs.append(layer(x))
+    torch.testing.assert_close(outputs[1], outputs[0], atol=2e-5, rtol=1e-4)
