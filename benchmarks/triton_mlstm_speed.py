@@ -40,6 +40,8 @@ FIELDS = ["device", "shape", "chunk", "ours_fwd_ms", "tfla_fwd_ms", "fwd_speedup
 DEVICE = "cuda"
 #: Our kernel's gradient convention (--constant-normaliser: TFLA's, else the exact gradient).
 CONSTANT_NORMALISER = False
+#: Our kernel's schedule (--schedule): "sequential" (one program per sequence loops over the chunks) or "two_phase".
+SCHEDULE = "sequential"
 #: Sequences of each shape checked against the float32 quadratic reference (its memory grows with steps squared).
 REFERENCE_SEQUENCES = 4
 
@@ -56,7 +58,7 @@ def kernels(steps: int, chunk_size: int, block_v: int | None) -> dict:
     tfla_chunk = kernel_shape(steps, 128).chunk_size
     return {
         "ours": lambda *x: mlstm_chunkwise_triton(*x, chunk_size=min(chunk_size, steps), eps=1e-6, block_v=block_v,
-                                                  constant_normaliser=CONSTANT_NORMALISER),
+                                                  constant_normaliser=CONSTANT_NORMALISER, schedule=SCHEDULE),
         "tfla": lambda *x: mlstm_chunkwise__xl_chunk(*x, eps=1e-6, chunk_size=tfla_chunk,
                                                      autocast_kernel_dtype=torch.bfloat16),
     }
@@ -140,6 +142,8 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, default=64, help="chunk size of our kernel (capped at the length)")
     parser.add_argument("--constant-normaliser", action="store_true",
                         help="our kernel with TFLA's gradient convention (stabiliser and normaliser constant)")
+    parser.add_argument("--schedule", choices=["sequential", "two_phase"], default="sequential",
+                        help="our kernel's schedule (seisbench_xlstm.triton_mlstm)")
     parser.add_argument("--block-v", type=int, default=None, help="value columns per program of our kernel")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")
@@ -147,8 +151,8 @@ def main(argv=None):
     parser.add_argument("--rep", type=int, default=100, help="do_bench measuring time (ms)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "triton_mlstm_speed.md")
     args = parser.parse_args(argv)
-    global CONSTANT_NORMALISER
-    CONSTANT_NORMALISER = args.constant_normaliser
+    global CONSTANT_NORMALISER, SCHEDULE
+    CONSTANT_NORMALISER, SCHEDULE = args.constant_normaliser, args.schedule
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
     if any(len(s) != 4 for s in shapes):
         parser.error("shapes are batch x heads x steps x head_dim, e.g. 256x4x1024x96")
@@ -167,7 +171,7 @@ def main(argv=None):
              f"(output and five gradients) against the quadratic mLSTM in float32 on {REFERENCE_SEQUENCES} sequences "
              "of the shape, same rounded inputs, with the exact gradient or with stabiliser and normaliser constant "
              "(TFLA's convention; `seisbench_xlstm.kernels.quadratic_mlstm`); our chunk size "
-             f"{args.chunk_size}, block_v {args.block_v or 'default'}, gradient "
+             f"{args.chunk_size}, schedule {args.schedule}, block_v {args.block_v or 'default'}, gradient "
              f"{'constant normaliser (as TFLA)' if args.constant_normaliser else 'exact'}.",
              ""]
     lines += ["| " + " | ".join(FIELDS[1:]) + " |", "|" + "---|" * (len(FIELDS) - 1)]

@@ -23,6 +23,17 @@ stabilised L x L intra-chunk product and the inter-chunk part ``q C``. Gate prep
 sums inside the chunk, stabiliser) happens in the kernel. When gradients are needed it stores ``C``/``n`` at the
 start of every chunk ((S/L) x DHQK x DHHV float32 per sequence), ``m_t`` and ``n~_t``.
 
+Schedules (``schedule``). ``"sequential"`` (default) is the above: the parallelism is only (batch*head) x value
+blocks. ``"two_phase"`` splits each pass in two kernels: (1) a recurrent kernel per (batch*head, value block) that
+only carries the state over the chunks (one K^T V product per chunk) and stores it at every chunk's start, with the
+stabiliser of that state; (2) a kernel with one program per (batch*head, chunk, value block) that computes the
+chunk's outputs from its q, k, v and the stored start state. The backward likewise: a reverse recurrent kernel
+stores ``dC``, ``dn`` at the end of every chunk, then one program per (batch*head, chunk, value block) computes dq,
+dk, dv. Both schedules run the same per-chunk jit functions, so they agree to float32 rounding, and the saved
+stabiliser ``m_t`` is bitwise the same (only additions and maxima of the same gate values). The two-phase schedule
+always stores the chunk-start states (also without gradients) and its backward a second tensor of that size for
+``dC``.
+
 Two gradient conventions (``constant_normaliser``; reference: ``seisbench_xlstm.kernels.quadratic_mlstm``).
 ``False`` (default): the exact gradient of the formula, as autograd of ``mlstm_kernels``' parallel/autograd kernels.
 ``True``: ``m_t`` and the whole denominator ``max(|n~_t|, exp(-m_t)) + eps`` are constants for the backward pass,
@@ -74,21 +85,28 @@ if triton is not None:
         return tl.minimum(x, 0.0) - log1p
 
     @triton.jit
-    def _program_block(D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
-        """This program's (batch*head, value block) and the offsets and masks of its chunk, head dim and values."""
-        pid_v = tl.program_id(1)
+    def _program_block(D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                       AXIS_V: tl.constexpr):
+        """This program's (batch*head, value block) and the offsets and masks of its chunk, head dim and values. The
+        value block is grid axis ``AXIS_V``: 1 in the kernels that loop over chunks, 2 in those with a chunk axis."""
+        pid_v = tl.program_id(AXIS_V)
         offs_d = tl.arange(0, BD)
         offs_v = pid_v * BV + tl.arange(0, BV)
         return tl.program_id(0).to(tl.int64), pid_v, tl.arange(0, L), offs_d, offs_v, offs_d < D, offs_v < DV
+
+    @triton.jit
+    def _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr):
+        """Steps, q/k offsets and value offsets of chunk ``c`` of this program's sequence and value block."""
+        t = c * L + offs_l
+        qk_off = pid_bh * S * D + t[:, None] * D + offs_d[None, :]
+        return t, qk_off, pid_bh * S * DV + t[:, None] * DV + offs_v[None, :]
 
     @triton.jit
     def _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
                     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr):
         """Steps, q/k and value offsets and the q, k, v tiles of chunk ``c`` of this program's sequence and value
         block."""
-        t = c * L + offs_l
-        qk_off = pid_bh * S * D + t[:, None] * D + offs_d[None, :]
-        v_off = pid_bh * S * DV + t[:, None] * DV + offs_v[None, :]
+        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
         q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
         k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
         return t, qk_off, v_off, q, k, tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
@@ -103,20 +121,84 @@ if triton is not None:
         return ig, fc, f_last
 
     @triton.jit
+    def _log_decay(ig, fc, offs_l):
+        """``a_tj`` of the chunk less ``F`` at its start (``-inf`` above the diagonal)."""
+        return tl.where(offs_l[:, None] >= offs_l[None, :], fc[:, None] - fc[None, :] + ig[None, :], float("-inf"))
+
+    @triton.jit
+    def _state_offsets(pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D: tl.constexpr, DV: tl.constexpr):
+        """Offsets and mask of chunk ``c``'s (DHQK x block_v) block in a per-chunk matrix-state tensor
+        ``(batch*head, chunks, DHQK, DHHV)``, and the offsets of its vector in ``(batch*head, chunks, DHQK)``."""
+        st = (pid_bh * NC + c) * D
+        return (st + offs_d[:, None]) * DV + offs_v[None, :], mask_d[:, None] & mask_v[None, :], st + offs_d
+
+    @triton.jit
+    def _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first,
+                     D: tl.constexpr, DV: tl.constexpr):
+        """Store one chunk's matrix state block and (value block 0 only) its vector state."""
+        c_off, c_mask, n_off = _state_offsets(pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        tl.store(C_states + c_off, C, mask=c_mask)
+        tl.store(N_states + n_off, n, mask=mask_d & first)
+
+    @triton.jit
+    def _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v,
+                    D: tl.constexpr, DV: tl.constexpr):
+        c_off, c_mask, n_off = _state_offsets(pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        return tl.load(C_states + c_off, mask=c_mask, other=0.0), tl.load(N_states + n_off, mask=mask_d, other=0.0)
+
+    @triton.jit
+    def _zero_state(BD: tl.constexpr, BV: tl.constexpr):
+        """``C``, ``n`` and the stabiliser before the first step."""
+        m_state = tl.sum(tl.zeros((1,), dtype=tl.float32), axis=0) + _NEG
+        return tl.zeros((BD, BV), dtype=tl.float32), tl.zeros((BD,), dtype=tl.float32), m_state
+
+    # ---- forward: per-chunk math shared by the sequential and the two-phase schedules ----
+
+    @triton.jit
+    def _fwd_chunk_output(q, k, v, ig, fc, offs_l, C, n, m_state, scale, eps, PREC: tl.constexpr):
+        """``h``, ``m_t`` and ``n~_t`` of one chunk from its q, k, v, gates and the state (C, n, stabiliser) at its
+        start."""
+        DT = q.dtype
+        log_d = _log_decay(ig, fc, offs_l)
+        m = tl.maximum(tl.max(log_d, axis=1), fc + m_state)
+        ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * tl.exp(log_d - m[:, None])
+        b = tl.exp(fc + m_state - m) * scale  # decay of the state into each step, with the qk scale
+        num = tl.dot(ctil.to(DT), v, input_precision=PREC)
+        num += b[:, None] * tl.dot(q, C.to(DT), input_precision=PREC)
+        ntil = tl.sum(ctil, axis=1) + b * tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+        den = tl.maximum(tl.abs(ntil), tl.exp(-m)) + eps
+        return num / den[:, None], m, ntil
+
+    @triton.jit
+    def _fwd_store_output(H, M_out, N_out, h, m, ntil, row, v_off, mask_v, first, SAVE: tl.constexpr):
+        tl.store(H + v_off, h.to(H.dtype.element_ty), mask=mask_v[None, :])
+        if SAVE:
+            tl.store(M_out + row, m, mask=first & (row >= 0))
+            tl.store(N_out + row, ntil, mask=first & (row >= 0))
+
+    @triton.jit
+    def _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC: tl.constexpr):
+        """The state (C, n, stabiliser) at the end of a chunk from the one at its start; the stabiliser is ``m`` of
+        the chunk's last step, ``max(f_last + m_state, max_j a_Lj)`` (bitwise the value ``_fwd_chunk_output``
+        gives)."""
+        a_last = f_last - fc + ig
+        m_next = tl.maximum(tl.max(a_last, axis=0), f_last + m_state)
+        kw = k.to(tl.float32) * tl.exp(a_last - m_next)[:, None]
+        g = tl.exp(f_last + m_state - m_next)
+        C = g * C + tl.dot(tl.trans(kw.to(k.dtype)), v, input_precision=PREC)
+        return C, g * n + tl.sum(kw, axis=0), m_next
+
+    @triton.jit
     def _mlstm_fwd_kernel(
         Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states,
         scale, eps, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         SAVE: tl.constexpr, PREC: tl.constexpr,
     ):
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
-        DT = Q.dtype.element_ty
+        """Sequential schedule: one program per (batch*head, value block) over all chunks in order."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
         first = pid_v == 0
-        causal = offs_l[:, None] >= offs_l[None, :]
-
-        C = tl.zeros((BD, BV), dtype=tl.float32)
-        n = tl.zeros((BD,), dtype=tl.float32)
-        m_state = tl.sum(tl.zeros((1,), dtype=tl.float32), axis=0) + _NEG
+        C, n, m_state = _zero_state(BD, BV)
         # while, not range(): Triton 3.6's interpreter cannot take range() of a run-time bound under numpy 2.4.
         # The counter must be a Triton value (a plain 0 would be a constexpr, which cannot be loop-carried).
         c = pid_v * 0
@@ -124,34 +206,111 @@ if triton is not None:
             t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
                                                     D, DV, L)
             ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
-
             if SAVE:  # state at the start of this chunk
-                st = (pid_bh * NC + c) * D
-                tl.store(C_states + (st + offs_d[:, None]) * DV + offs_v[None, :], C,
-                         mask=mask_d[:, None] & mask_v[None, :])
-                tl.store(N_states + st + offs_d, n, mask=mask_d & first)
-
-            log_d = tl.where(causal, fc[:, None] - fc[None, :] + ig[None, :], float("-inf"))
-            m = tl.maximum(tl.max(log_d, axis=1), fc + m_state)
-            ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * tl.exp(log_d - m[:, None])
-            b = tl.exp(fc + m_state - m) * scale  # decay of the state into each step, with the qk scale
-            num = tl.dot(ctil.to(DT), v, input_precision=PREC)
-            num += b[:, None] * tl.dot(q, C.to(DT), input_precision=PREC)
-            ntil = tl.sum(ctil, axis=1) + b * tl.sum(q.to(tl.float32) * n[None, :], axis=1)
-            den = tl.maximum(tl.abs(ntil), tl.exp(-m)) + eps
-            h = num / den[:, None]
-            tl.store(H + v_off, h.to(H.dtype.element_ty), mask=mask_v[None, :])
-            if SAVE:
-                tl.store(M_out + pid_bh * S + t, m, mask=first & (offs_l < L))
-                tl.store(N_out + pid_bh * S + t, ntil, mask=first & (offs_l < L))
-
-            m_next = tl.sum(tl.where(offs_l == L - 1, m, 0.0), axis=0)  # = max(f_last + m_state, max_j a_Lj)
-            kw = k.to(tl.float32) * tl.exp(f_last - fc + ig - m_next)[:, None]
-            g = tl.exp(f_last + m_state - m_next)
-            C = g * C + tl.dot(tl.trans(kw.to(DT)), v, input_precision=PREC)
-            n = g * n + tl.sum(kw, axis=0)
-            m_state = m_next
+                _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+            h, m, ntil = _fwd_chunk_output(q, k, v, ig, fc, offs_l, C, n, m_state, scale, eps, PREC)
+            _fwd_store_output(H, M_out, N_out, h, m, ntil, pid_bh * S + t, v_off, mask_v, first, SAVE)
+            C, n, m_state = _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC)
             c += 1
+
+    @triton.jit
+    def _mlstm_fwd_states_kernel(
+        K, V, I, Fg, C_states, N_states, M_states, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        """Two-phase schedule, phase 1: per (batch*head, value block) the state (C, n, stabiliser) at the start of
+        every chunk, without outputs."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
+        first = pid_v == 0
+        C, n, m_state = _zero_state(BD, BV)
+        c = pid_v * 0  # a Triton value (see _mlstm_fwd_kernel)
+        while c < NC:
+            t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+            k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
+            v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
+            ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+            _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+            tl.store(M_states + pid_bh * NC + c, m_state, mask=first)
+            C, n, m_state = _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC)
+            c += 1
+
+    @triton.jit
+    def _mlstm_fwd_chunks_kernel(
+        Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states, M_states,
+        scale, eps, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        SAVE: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """Two-phase schedule, phase 2: one program per (batch*head, chunk, value block), outputs of one chunk from
+        the state phase 1 stored for its start."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 2)
+        c = tl.program_id(1)
+        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                D, DV, L)
+        ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+        C, n = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        m_state = tl.load(M_states + pid_bh * NC + c)
+        h, m, ntil = _fwd_chunk_output(q, k, v, ig, fc, offs_l, C, n, m_state, scale, eps, PREC)
+        _fwd_store_output(H, M_out, N_out, h, m, ntil, pid_bh * S + t, v_off, mask_v, pid_v == 0, SAVE)
+
+    # ---- backward: per-chunk math shared by the sequential and the two-phase schedules ----
+
+    @triton.jit
+    def _bwd_chunk_scalars(I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q,
+                           L: tl.constexpr):
+        """Per-step inputs of one chunk's backward: ``dnum = dh / den`` (in the dtype of q), the normaliser
+        column's gradient (value block 0 only), the gates, ``m_t``, the stabiliser of the state at the chunk's start
+        and at its end."""
+        ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+        row = pid_bh * S + t
+        m = tl.load(M_in + row)
+        dh = tl.load(DH + v_off, mask=mask_v[None, :], other=0.0).to(tl.float32)
+        dnum = (dh / tl.load(DEN + row)[:, None]).to(q.dtype)
+        dnt = tl.load(DNT + row) * ncol
+        m_prev = tl.load(M_in + pid_bh * S + c * L - 1, mask=c > 0, other=_NEG)
+        m_last = tl.sum(tl.where(offs_l == L - 1, m, 0.0), axis=0)
+        return dnum, dnt, ig, fc, f_last, m, m_prev, m_last
+
+    @triton.jit
+    def _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start, dC, dn, ncol,
+                         offs_l, scale, PREC: tl.constexpr):
+        """dq, dk (float32, this value block's part) and dv of one chunk, from the state at its start and the state
+        gradient (dC, dn) at its end."""
+        DT = q.dtype
+        # intra-chunk
+        p = tl.exp(_log_decay(ig, fc, offs_l) - m[:, None])
+        ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p
+        dctil = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dnt[:, None]
+        ds = (dctil * p * scale).to(DT)
+        dq = tl.dot(ds, k, input_precision=PREC)
+        dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
+        dv = tl.dot(tl.trans(ctil.to(DT)), dnum, input_precision=PREC)
+        # queries of this chunk read the state at its start
+        b = tl.exp(fc + m_prev - m) * scale
+        dq += b[:, None] * (tl.dot(dnum, tl.trans(c_start.to(DT)), input_precision=PREC)
+                            + dnt[:, None] * n_start[None, :])
+        # keys and values of this chunk feed all later steps through dC (stabilised by m_last)
+        w = tl.exp(f_last - fc + ig - m_last)
+        dk += w[:, None] * (tl.dot(v, tl.trans(dC.to(DT)), input_precision=PREC) + ncol * dn[None, :])
+        dv += w[:, None] * tl.dot(k, dC.to(DT), input_precision=PREC)
+        return dq, dk, dv
+
+    @triton.jit
+    def _bwd_store_grads(DQ, DK, DVout, dq, dk, dv, pid_v, BHS, qk_off, v_off, mask_d, mask_v, D: tl.constexpr):
+        part = pid_v.to(tl.int64) * BHS * D
+        tl.store(DQ + part + qk_off, dq, mask=mask_d[None, :])
+        tl.store(DK + part + qk_off, dk, mask=mask_d[None, :])
+        tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+
+    @triton.jit
+    def _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC: tl.constexpr):
+        """The state gradient (dC, dn) at the start of a chunk from the one at its end."""
+        b = tl.exp(fc + m_prev - m) * scale
+        g = tl.exp(f_last + m_prev - m_last)
+        qb = q.to(tl.float32) * b[:, None]
+        dC = g * dC + tl.dot(tl.trans(qb.to(q.dtype)), dnum, input_precision=PREC)
+        return dC, g * dn + tl.sum(qb * dnt[:, None], axis=0)
 
     @triton.jit
     def _mlstm_bwd_kernel(
@@ -160,61 +319,67 @@ if triton is not None:
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         PREC: tl.constexpr,
     ):
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
-        DT = Q.dtype.element_ty
+        """Sequential schedule: one program per (batch*head, value block) over all chunks in reverse."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
-        causal = offs_l[:, None] >= offs_l[None, :]
-
-        dC = tl.zeros((BD, BV), dtype=tl.float32)
-        dn = tl.zeros((BD,), dtype=tl.float32)
+        dC, dn, _unused = _zero_state(BD, BV)
         c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
         while c >= 0:
             t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
                                                     D, DV, L)
-            dh = tl.load(DH + v_off, mask=mask_v[None, :], other=0.0).to(tl.float32)
-            ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
-            row = pid_bh * S + t
-            m = tl.load(M_in + row)
-            dnum = (dh / tl.load(DEN + row)[:, None]).to(DT)
-            dnt = tl.load(DNT + row) * ncol
-            m_prev = tl.load(M_in + pid_bh * S + c * L - 1, mask=c > 0, other=_NEG)  # stabiliser of the state
-            m_last = tl.sum(tl.where(offs_l == L - 1, m, 0.0), axis=0)
-
-            # intra-chunk
-            log_d = tl.where(causal, fc[:, None] - fc[None, :] + ig[None, :], float("-inf"))
-            p = tl.exp(log_d - m[:, None])
-            ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p
-            dctil = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dnt[:, None]
-            ds = (dctil * p * scale).to(DT)
-            dq = tl.dot(ds, k, input_precision=PREC)
-            dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
-            dv = tl.dot(tl.trans(ctil.to(DT)), dnum, input_precision=PREC)
-
-            # queries of this chunk read the state at its start
-            st = (pid_bh * NC + c) * D
-            c_start = tl.load(C_states + (st + offs_d[:, None]) * DV + offs_v[None, :],
-                              mask=mask_d[:, None] & mask_v[None, :], other=0.0)
-            n_start = tl.load(N_states + st + offs_d, mask=mask_d, other=0.0)
-            b = tl.exp(fc + m_prev - m) * scale
-            dq += b[:, None] * (tl.dot(dnum, tl.trans(c_start.to(DT)), input_precision=PREC)
-                                + dnt[:, None] * n_start[None, :])
-
-            # keys and values of this chunk feed all later steps through dC (stabilised by m_last)
-            w = tl.exp(f_last - fc + ig - m_last)
-            dk += w[:, None] * (tl.dot(v, tl.trans(dC.to(DT)), input_precision=PREC) + ncol * dn[None, :])
-            dv += w[:, None] * tl.dot(k, dC.to(DT), input_precision=PREC)
-
-            g = tl.exp(f_last + m_prev - m_last)
-            qb = q.to(tl.float32) * b[:, None]
-            dC = g * dC + tl.dot(tl.trans(qb.to(DT)), dnum, input_precision=PREC)
-            dn = g * dn + tl.sum(qb * dnt[:, None], axis=0)
-
-            part = pid_v.to(tl.int64) * BHS * D
-            tl.store(DQ + part + qk_off, dq, mask=mask_d[None, :])
-            tl.store(DK + part + qk_off, dk, mask=mask_d[None, :])
-            tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+            dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
+                I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
+            c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+            dq, dk, dv = _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start,
+                                          dC, dn, ncol, offs_l, scale, PREC)
+            _bwd_store_grads(DQ, DK, DVout, dq, dk, dv, pid_v, BHS, qk_off, v_off, mask_d, mask_v, D)
+            dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
             c -= 1
+
+    @triton.jit
+    def _mlstm_bwd_states_kernel(
+        Q, I, Fg, DH, M_in, DEN, DNT, dC_states, dN_states,
+        scale, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        """Two-phase schedule, phase 1: per (batch*head, value block), in reverse, the state gradient (dC, dn) at
+        the end of every chunk."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
+        first = pid_v == 0
+        dC, dn, _unused = _zero_state(BD, BV)
+        c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
+        while c >= 0:
+            t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+            q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
+            dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
+                I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, first.to(tl.float32), q, L)
+            _store_state(dC_states, dN_states, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+            dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
+            c -= 1
+
+    @triton.jit
+    def _mlstm_bwd_chunks_kernel(
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, dC_states, dN_states, DQ, DK, DVout,
+        scale, S, NC, BHS,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        """Two-phase schedule, phase 2: one program per (batch*head, chunk, value block), dq, dk, dv of one chunk
+        from the state at its start (forward) and the state gradient at its end (phase 1)."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 2)
+        c = tl.program_id(1)
+        ncol = (pid_v == 0).to(tl.float32)
+        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                D, DV, L)
+        dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
+            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
+        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        dC, dn = _load_state(dC_states, dN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        dq, dk, dv = _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start,
+                                      dC, dn, ncol, offs_l, scale, PREC)
+        _bwd_store_grads(DQ, DK, DVout, dq, dk, dv, pid_v, BHS, qk_off, v_off, mask_d, mask_v, D)
 
 
 def _next_pow2(x: int) -> int:
@@ -242,9 +407,13 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+#: ``schedule`` values of :func:`mlstm_chunkwise_triton`.
+SCHEDULES = ("sequential", "two_phase")
+
+
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser):
+    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser, schedule):
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         L = min(chunk_size, S)
@@ -262,25 +431,31 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:5])
         h = torch.empty_like(v)
         f32 = dict(dtype=torch.float32, device=q.device)
+        two_phase = schedule == "two_phase"
+        m = ntil = c_states = n_states = h  # never written unless needed
         if save:
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
+        if save or two_phase:
             c_states, n_states = torch.empty(BH, NC, D, DV, **f32), torch.empty(BH, NC, D, **f32)
+        nvb = triton.cdiv(DV, BV)
+        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
+        if two_phase:  # states at every chunk's start, then every chunk's outputs in parallel
+            m_states = torch.empty(BH, NC, **f32)
+            _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC, **meta)
+            _mlstm_fwd_chunks_kernel[(BH, NC, nvb)](
+                q, k, v, i, f, h, m, ntil, c_states, n_states, m_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
         else:
-            m = ntil = c_states = n_states = h  # never written
-        grid = (BH, triton.cdiv(DV, BV))
-        _mlstm_fwd_kernel[grid](
-            q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC,
-            D=D, DV=DV, L=L, BD=BD, BV=BV, SAVE=save, PREC=_prec(q.dtype), **_launch_config(L, BD, BV),
-        )
+            _mlstm_fwd_kernel[(BH, nvb)](
+                q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
         if save:
             ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
-            ctx.config = (L, eps, BD, BV, constant_normaliser)
+            ctx.config = (L, eps, BD, BV, constant_normaliser, schedule)
         return h
 
     @staticmethod
     def backward(ctx, dh):
         q, k, v, i, f, h, m, ntil, c_states, n_states = ctx.saved_tensors
-        L, eps, BD, BV, constant = ctx.config
+        L, eps, BD, BV, constant, schedule = ctx.config
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         BH, NC = B * NH, S // L
@@ -300,11 +475,18 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dq_part = torch.empty(nvb, B, NH, S, D, dtype=torch.float32, device=q.device)
         dk_part = torch.empty_like(dq_part)
         dv = torch.empty_like(v)
-        _mlstm_bwd_kernel[(BH, nvb)](
-            q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv,
-            D**-0.5, S, NC, BH * S,
-            D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV),
-        )
+        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
+        if schedule == "two_phase":  # state gradients at every chunk's end, then every chunk's dq, dk, dv
+            dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
+            _mlstm_bwd_states_kernel[(BH, nvb)](
+                q, i, f, dh, m, den, dntil, dc_states, dn_states, D**-0.5, S, NC, **meta)
+            _mlstm_bwd_chunks_kernel[(BH, NC, nvb)](
+                q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv,
+                D**-0.5, S, NC, BH * S, **meta)
+        else:
+            _mlstm_bwd_kernel[(BH, nvb)](
+                q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, D**-0.5, S, NC, BH * S,
+                **meta)
         dq, dk = dq_part.sum(0), dk_part.sum(0)
 
         # input gates: k . dk (both conventions), plus (exact) the gradient of m_t through the max, sent to j*(t)
@@ -322,7 +504,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         # forget gates: dF_t = (row sum of d a_t.) - (column sum di_t); F = cumsum(logsigmoid(f))
         d_lsf = (row_sum - di).flip(-1).cumsum(-1).flip(-1)
         df = d_lsf * torch.sigmoid(-f.float())
-        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None, None
 
 
 def mlstm_chunkwise_triton(
@@ -335,6 +517,7 @@ def mlstm_chunkwise_triton(
     eps: float = 1e-6,
     block_v: int | None = None,
     constant_normaliser: bool = False,
+    schedule: str = "sequential",
 ) -> torch.Tensor:
     """Causal mLSTM over a whole sequence, chunkwise in Triton, differentiable in q, k, v, i and f.
 
@@ -348,8 +531,13 @@ def mlstm_chunkwise_triton(
     :param block_v: value columns per program (default: see :func:`_default_block_v`)
     :param constant_normaliser: gradient convention: ``False`` the exact gradient of the formula, ``True`` the
         stabiliser and the denominator held constant (as ``mlstm_kernels``' TFLA kernels); the output is the same
+    :param schedule: ``"sequential"`` (one program per sequence and value block over all chunks) or
+        ``"two_phase"`` (chunk-boundary states first, then all chunks in parallel; see the module docstring); the
+        same results to float32 rounding
     :return: hidden states ``(batch, heads, steps, head_dim_v)`` in the dtype of v
     """
     if triton is None:
         raise ImportError("mlstm_chunkwise_triton needs the 'triton' package, which is not installed")
-    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser), schedule)
