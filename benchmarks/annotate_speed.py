@@ -33,11 +33,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TINY_BACKBONES, continuous_stations, load_average, machine, synchronize, write_report  # noqa: E402
+from common import (  # noqa: E402
+    TINY_BACKBONES, continuous_stations, load_average, machine, set_qkv_form, synchronize, write_report,
+)
 
 import seisbench.models as sbm  # noqa: E402
 
-from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker, bimlstm  # noqa: E402
+from seisbench_xlstm import XLSTMSeqPicker, XLSTMUNetPicker  # noqa: E402
 
 MODELS = ("PhaseNet", "EQTransformer", "XLSTMSeqPicker", "XLSTMUNetPicker")
 
@@ -106,17 +108,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-_DEFAULT_FORMS = (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM)
-
-
-def set_qkv_form(form: str | None, cuda: bool) -> None:
-    """The q/k/v form of the xLSTM layers on this device (None: the library's default)."""
-    if cuda:
-        bimlstm.GPU_QKV_FORM = form or _DEFAULT_FORMS[0]
-    else:
-        bimlstm.CPU_QKV_FORM = form or _DEFAULT_FORMS[1]
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if "PhaseNet" not in args.models:
@@ -144,7 +135,7 @@ def main(argv=None) -> int:
         for compiled, overlap, batch, form in settings:
             if xlstm:
                 model.set_compile(compiled)
-                set_qkv_form(form, cuda)
+                set_qkv_form(form)
             if (compiled, overlap, form) not in best:  # warm-up (compiles Triton kernels, and the layers if compiled)
                 annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
@@ -153,7 +144,7 @@ def main(argv=None) -> int:
             print((name, compiled, overlap, batch, form, round(seconds, 3)), flush=True)
             if (compiled, overlap, form) not in best or seconds < best[(compiled, overlap, form)][1]:
                 best[(compiled, overlap, form)] = (batch, seconds)
-        set_qkv_form(None, cuda)
+        set_qkv_form(None)
         for (compiled, overlap, form), (batch, seconds) in best.items():
             kernel = f", kernel {'TFLA+bf16' if cuda else 'native fp32'}" if xlstm else ""
             kernel += f", q/k/v {form}" if form else ""

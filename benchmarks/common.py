@@ -143,3 +143,32 @@ def random_mlstm_inputs(shape, seed: int = 0, device: str = "cuda"):
     grad = torch.randn(b, heads, steps, dim, device=device, generator=gen, dtype=torch.bfloat16)
     return [t.requires_grad_() for t in (*qkv, i, f)], grad
 
+
+def forward_backward(fn, inputs, grad) -> list:
+    """``fn(*inputs)`` and its backward pass with output gradient ``grad``: the output and each input's gradient
+    (the inputs' old gradients cleared first)."""
+    for t in inputs:
+        t.grad = None
+    h = fn(*inputs)
+    h.backward(grad)
+    return [h.detach()] + [t.grad for t in inputs]
+
+
+def relative_error(a, b) -> float:
+    """``|a - b| / |b|`` (L2, in float32)."""
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+
+
+_LIBRARY_QKV_FORMS: tuple[str, str] | None = None
+
+
+def set_qkv_form(form: str | None) -> None:
+    """The q/k/v form of the xLSTM layers (``seisbench_xlstm.bimlstm``) on GPUs and, for CPU smoke runs, on CPUs;
+    ``None`` restores the library's defaults."""
+    global _LIBRARY_QKV_FORMS
+    from seisbench_xlstm import bimlstm
+
+    if _LIBRARY_QKV_FORMS is None:
+        _LIBRARY_QKV_FORMS = (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM)
+    bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM = (form, form) if form else _LIBRARY_QKV_FORMS
+

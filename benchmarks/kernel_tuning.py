@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -37,7 +38,9 @@ import torch
 
 os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl_chunk without it (GPU.md)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, random_mlstm_inputs, write_report  # noqa: E402
+from common import (  # noqa: E402
+    REPO, forward_backward, machine, random_mlstm_inputs, relative_error, write_report,
+)
 
 sys.path.insert(0, str(REPO))
 from pretrain_speed import SEED_BATCH, build, cell_standin  # noqa: E402
@@ -83,15 +86,12 @@ def call_shapes() -> dict[tuple, str]:
 def run_once(inputs, grad, settings):
     from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
 
-    for t in inputs:
-        t.grad = None
-    h = mlstm_chunkwise__xl_chunk(*inputs, eps=1e-6, autocast_kernel_dtype=torch.bfloat16, **settings)
-    h.backward(grad)
-    return [h.detach()] + [t.grad for t in inputs]
+    kernel = partial(mlstm_chunkwise__xl_chunk, eps=1e-6, autocast_kernel_dtype=torch.bfloat16, **settings)
+    return forward_backward(kernel, inputs, grad)
 
 
 def rel_error(a, b):
-    return max(float((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12)) for x, y in zip(a, b))
+    return max(relative_error(x, y) for x, y in zip(a, b))
 
 
 def tune(shape, budget_s: float, tolerance: float):

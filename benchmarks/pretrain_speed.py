@@ -23,8 +23,8 @@ FLOPs per step, for the model FLOPs utilisation (MFU = FLOPs per step / step tim
   ``einsum`` form), their model FLOPs (the other forms multiply by block-diagonal matrices, whose zero blocks are not
   model FLOPs);
 * the mLSTM cell (chunkwise form, chunk ``L`` as the kernel runs: 128 for TFLA, natively 32 or 64 by head width,
-  per head of width ``d`` over ``S`` padded steps) is counted analytically: forward ``4 S d^2`` (state updates ``K^T V`` and
-  inter-chunk outputs ``Q C``) ``+ 4 S L d`` (intra-chunk ``Q K^T`` and its product with ``V``), backward twice the
+  per head of width ``d`` over ``S`` padded steps) is counted analytically: forward ``4 S d^2`` (state updates
+  ``K^T V`` and inter-chunk outputs ``Q C``) ``+ 4 S L d`` (intra-chunk ``Q K^T`` and its product with ``V``), backward twice the
   forward, per head, direction, layer and window. Recomputation inside the kernels is not counted (model FLOPs).
 
 Peak: 989 TFLOP/s dense bf16 for H100/H200 SXM (``--peak-tflops`` to change); on CPUs MFU is not reported.
@@ -69,7 +69,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, synchronize, write_report  # noqa: E402
+from common import REPO, machine, set_qkv_form, synchronize, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from pretrain.config import compose_config  # noqa: E402
@@ -230,11 +230,6 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
-
-
-def set_qkv_form(form: str) -> None:
-    """The q/k/v form of the layers on GPUs and, for CPU smoke runs, on CPUs."""
-    bimlstm.GPU_QKV_FORM = bimlstm.CPU_QKV_FORM = form
 
 
 def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:

@@ -20,6 +20,7 @@ import argparse
 import csv
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl_chunk without it (GPU.md)
@@ -27,7 +28,9 @@ os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, random_mlstm_inputs, write_report  # noqa: E402
+from common import (  # noqa: E402
+    REPO, forward_backward, machine, random_mlstm_inputs, relative_error, write_report,
+)
 
 sys.path.insert(0, str(REPO))
 
@@ -64,18 +67,6 @@ def kernels(steps: int, chunk_size: int, block_v: int | None) -> dict:
     }
 
 
-def fwbw(fn, inputs, grad):
-    for t in inputs:
-        t.grad = None
-    h = fn(*inputs)
-    h.backward(grad)
-    return [h.detach()] + [t.grad for t in inputs]
-
-
-def rel_error(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
-
-
 def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) -> dict:
     from triton.testing import do_bench
 
@@ -84,7 +75,7 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) 
     outputs = {}
     for name, fn in kernels(shape[2], chunk_size, block_v).items():
         try:
-            outputs[name] = fwbw(fn, inputs, grad)
+            outputs[name] = forward_backward(fn, inputs, grad)
             torch.cuda.synchronize()
 
             def forward(fn=fn):
@@ -92,12 +83,13 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) 
                     fn(*inputs)
 
             row[f"{name}_fwd_ms"] = round(do_bench(forward, warmup=warmup, rep=rep), 3)
-            row[f"{name}_fwbw_ms"] = round(do_bench(lambda fn=fn: fwbw(fn, inputs, grad), warmup=warmup, rep=rep), 3)
+            row[f"{name}_fwbw_ms"] = round(do_bench(lambda fn=fn: forward_backward(fn, inputs, grad), warmup=warmup,
+                                                    rep=rep), 3)
             for t in inputs:
                 t.grad = None
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            fwbw(fn, inputs, grad)
+            forward_backward(fn, inputs, grad)
             torch.cuda.synchronize()
             row[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         except Exception as err:  # record and go on: one failing kernel or shape must not hide the others
@@ -108,7 +100,7 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) 
             row[f"{kind}_speedup"] = round(row[f"tfla_{kind}_ms"] / row[f"ours_{kind}_ms"], 2)
     if len(outputs) == 2:
         for n, a, b in zip(NAMES, outputs["ours"], outputs["tfla"]):
-            row[f"rel_err_{n}"] = f"{rel_error(a, b):.1e}"
+            row[f"rel_err_{n}"] = f"{relative_error(a, b):.1e}"
     row.update(against_reference(shape, chunk_size, block_v))
     return row
 
@@ -122,17 +114,19 @@ def against_reference(shape, chunk_size: int, block_v: int | None) -> dict:
 
     inputs, grad = random_mlstm_inputs((1, REFERENCE_SEQUENCES, *shape[2:]), seed=1, device=DEVICE)
     as_float = [t.detach().float().requires_grad_() for t in inputs]
-    references = {ref: fwbw(lambda *x, c=(ref == "constant"): quadratic_mlstm(*x, constant_normaliser=c), as_float,
-                            grad.float()) for ref in ("exact", "constant")}
+    references = {}
+    for ref in ("exact", "constant"):
+        quadratic = partial(quadratic_mlstm, constant_normaliser=ref == "constant")
+        references[ref] = forward_backward(quadratic, as_float, grad.float())
     row = {}
     for name, fn in kernels(shape[2], chunk_size, block_v).items():
         try:
-            got = fwbw(fn, inputs, grad)
+            got = forward_backward(fn, inputs, grad)
         except Exception as err:
             print(f"  {shape} {name} against the reference failed: {err}", flush=True)
             continue
         for ref, expected in references.items():
-            worst = max((rel_error(a, b), n) for n, a, b in zip(NAMES, got, expected))
+            worst = max((relative_error(a, b), n) for n, a, b in zip(NAMES, got, expected))
             row[f"{name}_vs_{ref}"] = f"{worst[0]:.1e} ({worst[1]})"
     return row
 
