@@ -46,8 +46,11 @@ if [ "$DRY" = 1 ]; then  # CPU, gloo, tiny: checks the commands, not the figures
   BATCH1=(--batch 2); BATCH2=(--batch 2)
   RUN_ARGS+=(trainer.accelerator=cpu trainer.strategy=ddp trainer.max_steps=4 trainer.log_every_n_steps=1
              data.window_len=1024 data.batch_size=2 data.windows_per_epoch=8 data.val_windows=4 data.num_workers=0
-             backbone.d_model=32 backbone.num_layers=2 backbone.qkv_proj_blocksize=4 "backbone.stem_channels=[8,16]"
-             "backbone.decoder_channels=[16,16]" export=false)
+             backbone.qkv_proj_blocksize=4 "backbone.stem_channels=[8,16]" "backbone.decoder_channels=[16,16]" export=false)
+  case $RUN_EXPERIMENT in  # each backbone has keys of its own
+    *unet*) RUN_ARGS+=("backbone.dims=[16,32,64]" backbone.layers_per_stage=1) ;;
+    *) RUN_ARGS+=(backbone.d_model=32 backbone.num_layers=2) ;;
+  esac
   export OMP_NUM_THREADS=1
 else
   BENCH+=(--compile yes)
