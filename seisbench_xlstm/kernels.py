@@ -118,6 +118,18 @@ def kernel_shape(length: int, max_chunk_size: int = 128) -> KernelShape:
     return KernelShape(padded_length=padded, chunk_size=max_chunk_size)
 
 
+def kernel_head_dim(head_dim: int, kernel: str) -> int:
+    """Head dim a kernel runs at: the Triton (TFLA) kernels tile the head dim in blocks of up to 64 without masking
+    the last block, so they give wrong results, and raise no error, unless it is a power of two or a multiple of 64
+    (``mlstm_kernels`` 2.0.6 has that check commented out in ``get_head_dim_block_size``). Measured on an H200
+    (``benchmarks/results/tfla_agreement.md``): at head dim 96 the output was 1% to 23% off the quadratic
+    reference depending on batch and length, at 64 and 128 about 1% everywhere (bf16). Other head dims are padded
+    with zeros to the next size that is either (96 -> 128, 160 -> 192); the native kernels take any head dim."""
+    if "triton" not in kernel or head_dim & (head_dim - 1) == 0 or head_dim % 64 == 0:
+        return head_dim
+    return min(1 << (head_dim - 1).bit_length(), -(-head_dim // 64) * 64)
+
+
 def native_chunk_size(head_dim: int) -> int:
     """Largest chunk of the native CPU kernel for a head dim (TFLA uses 128). Measured on 2 CPU cores, forward of 128
     sequences: 1,024 steps of head dim 64 take 161 ms with chunk 32 and 197 ms with 64; head dim 96: 283 / 280 ms;
@@ -153,7 +165,9 @@ def mlstm_sequence(
 
     Inputs of chunkwise kernels are zero-padded at the end to the kernel's shape rules (see :func:`kernel_shape`)
     and the output is cropped back; since the recurrence is causal, padding at the end never changes the real outputs.
-    Queries are scaled by ``head_dim ** -0.5`` inside the kernels.
+    Queries are scaled by ``head_dim ** -0.5`` inside the kernels. Head dims the Triton kernels cannot take are
+    zero-padded too (:func:`kernel_head_dim`), with the queries rescaled so that the scale stays that of the real
+    head dim: zero columns add nothing to ``q.k``, and the padded value columns are cropped from the output.
 
     :param q: queries ``(batch, heads, steps, head_dim)``
     :param k: keys ``(batch, heads, steps, head_dim)``
@@ -172,15 +186,19 @@ def mlstm_sequence(
     # The quadratic reference kernels take any length: they run unpadded, which makes them the reference that
     # shows padding does not change real outputs.
     pad = 0 if resolved.startswith("parallel") else shape.padded_length - length
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    head_dim = q.shape[3]
+    pad_dim = kernel_head_dim(head_dim, resolved) - head_dim
+    if pad or pad_dim:
+        q, k, v = (F.pad(t, (0, pad_dim, 0, pad)) for t in (q, k, v))
         i, f = (F.pad(t, (0, pad)) for t in (i, f))
+    if pad_dim:  # the kernel scales by (padded head dim) ** -0.5
+        q = q * ((head_dim + pad_dim) / head_dim) ** 0.5
     # TFLA kernels run in bf16 (the gates' log-space arithmetic stays float32 inside the kernel); the native
     # CPU kernels in float32. Inputs are cast here so the kernel sees one dtype whether or not autocast is on.
     kernel_dtype = torch.bfloat16 if "triton" in resolved else torch.float32
     backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
     h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
-    return h[:, :, :length].to(v.dtype)
+    return h[:, :, :length, :head_dim].to(v.dtype)
 
 
 def quadratic_mlstm(

@@ -130,14 +130,39 @@ def test_mlstm_kernels_gradient_conventions():
     assert min(differ[n] for n in ("dq", "dk", "di", "df")) > 0.1
 
 
+@pytest.mark.parametrize(
+    "head_dim,kernel,expected",
+    [(96, kernels.TRITON_KERNEL, 128), (160, kernels.TRITON_KERNEL, 192), (48, kernels.TRITON_KERNEL, 64),
+     (200, kernels.TRITON_KERNEL, 256), (64, kernels.TRITON_KERNEL, 64), (128, kernels.TRITON_KERNEL, 128),
+     (192, kernels.TRITON_KERNEL, 192), (32, kernels.TRITON_KERNEL, 32), (96, kernels.NATIVE_KERNEL, 96)],
+)
+def test_kernel_head_dim(head_dim, kernel, expected):
+    """Triton kernels run at a power of two or a multiple of 64 (the head dims their tiling handles); the native
+    kernels at any head dim."""
+    assert kernels.kernel_head_dim(head_dim, kernel) == expected
+
+
+def test_head_dim_padding_changes_no_output_or_gradient(monkeypatch):
+    """The zero padding of the head dim (with its query rescaling) that the Triton kernels need at head dim 96 is
+    exact: forced onto the native kernel on a CPU, outputs and all five input gradients equal the unpadded call."""
+    inputs, grad = _random_call((2, 3, 100, 96))
+    plain = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel=kernels.NATIVE_KERNEL), inputs, grad)
+    monkeypatch.setattr(kernels, "kernel_head_dim", lambda head_dim, kernel: 128)
+    padded = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel=kernels.NATIVE_KERNEL), inputs, grad)
+    assert padded[0].shape == plain[0].shape
+    errors = _relative_errors(padded, plain)
+    assert max(errors.values()) < 1e-5, errors
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the TFLA Triton kernels)")
-@pytest.mark.parametrize("head_dim,steps", [(96, 1024), (64, 256), (128, 256), (256, 64)])
-def test_tfla_follows_the_constant_normaliser_convention_on_gpu(head_dim, steps):
+@pytest.mark.parametrize("head_dim,steps,batch", [(96, 1024, 2), (96, 256, 1), (64, 256, 2), (128, 256, 2),
+                                                  (256, 64, 2)])
+def test_tfla_follows_the_constant_normaliser_convention_on_gpu(head_dim, steps, batch):
     """Output and all five input gradients of the kernel the library runs on GPUs (TFLA, bf16) against the
     quadratic mLSTM with constant stabiliser and normaliser (its gradient convention, see
     :func:`test_mlstm_kernels_gradient_conventions`) in float32 on the same rounded inputs, at the backbones' head
     dims."""
-    inputs, grad = _random_call((2, 4, steps, head_dim), device="cuda")
+    inputs, grad = _random_call((batch, 4, steps, head_dim), device="cuda")
     inputs[:3] = [t.bfloat16().float() for t in inputs[:3]]
     tfla = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel="auto"), inputs, grad)
     reference = _outputs_and_gradients(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
