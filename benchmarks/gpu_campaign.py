@@ -43,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = {"xlstm_seq": "XLSTMSeqPicker", "xlstm_unet": "XLSTMUNetPicker", "phasenet": "PhaseNet",
-           "eqtransformer": "EQTransformer"}
+sys.path.insert(0, str(REPO))
+from finetune.models import ARCH_SPECS  # noqa: E402
+
+CLASSES = {arch: spec.model_class for arch, spec in ARCH_SPECS.items()}
 # run name: (architecture, pretrained backbone?, evaluation label)
 MAIN_RUNS = {"xlstm_unet": ("xlstm_unet", True, "xLSTM U-Net (ours)"),
              "xlstm_unet_scratch": ("xlstm_unet", False, "xLSTM U-Net from scratch"),

@@ -74,11 +74,12 @@ for arch in $ARCH $BASELINES; do
   # shellcheck disable=SC2086
   $PY -m finetune $args $EXTRA 2>&1 | tee -a "$LOG" | grep -v -E "Warning|warn\(|inplace|whatsnew|^\s*$" || true
   [ -f "$WORK/$arch/result.json" ] || { echo "[gpu_finetune] $arch failed (see $LOG)" | tee -a "$LOG"; exit 1; }
+  cls=$($PY -c "import sys; from finetune.models import ARCH_SPECS; print(ARCH_SPECS[sys.argv[1]].model_class)" "$arch")
   case "$arch" in
-    xlstm_seq) cls=XLSTMSeqPicker; label="xLSTM seq (ours)" ;;
-    xlstm_unet) cls=XLSTMUNetPicker; label="xLSTM U-Net (ours)" ;;
-    phasenet) cls=PhaseNet; label="PhaseNet same data" ;;
-    eqtransformer) cls=EQTransformer; label="EQTransformer same data" ;;
+    xlstm_seq) label="xLSTM seq (ours)" ;;
+    xlstm_unet) label="xLSTM U-Net (ours)" ;;
+    phasenet) label="PhaseNet same data" ;;
+    eqtransformer) label="EQTransformer same data" ;;
   esac
   MODELS+=(--model "$label=$cls:$WORK/weights/$arch")
 done

@@ -36,18 +36,20 @@ BACKBONE_FORMAT = "seisbench_xlstm.pretrained_backbone"
 @dataclass(frozen=True)
 class ArchSpec:
     """:ivar window_len: samples per window; :ivar norm: data-layer normalisation (``std``/``peak``);
-    :ivar backbone: library backbone name (xLSTM pickers) or None"""
+    :ivar backbone: library backbone name (xLSTM pickers) or None; :ivar model_class: the class of the exported
+    weights, in ``seisbench_xlstm`` or ``seisbench.models`` (what evaluation scripts load them with)"""
 
     window_len: int
     norm: str
     backbone: str | None
+    model_class: str
 
 
 ARCH_SPECS = {
-    "xlstm_seq": ArchSpec(4096, "std", "sequential"),
-    "xlstm_unet": ArchSpec(4096, "std", "unet"),
-    "phasenet": ArchSpec(3001, "std", None),
-    "eqtransformer": ArchSpec(6000, "peak", None),
+    "xlstm_seq": ArchSpec(4096, "std", "sequential", "XLSTMSeqPicker"),
+    "xlstm_unet": ArchSpec(4096, "std", "unet", "XLSTMUNetPicker"),
+    "phasenet": ArchSpec(3001, "std", None, "PhaseNet"),
+    "eqtransformer": ArchSpec(6000, "peak", None, "EQTransformer"),
 }
 
 
