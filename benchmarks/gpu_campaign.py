@@ -10,7 +10,8 @@ GPU, several per GPU at once (``--per-gpu``), started as soon as their inputs ex
   on the labelled training traces) into the shared cache, so that the runs after it neither repeat nor race it;
 * ``pretrain``: recipe 2 (``contrastive/xlstm_unet_local``) for ``--pretrain-steps`` steps -> ``backbone.pt``;
 * main runs (``local/<arch>``: analyst picks + teacher labels, the same epochs, selection and budget):
-  ``xlstm_unet`` from the pretrained backbone, ``phasenet`` and ``eqtransformer`` from scratch;
+  ``xlstm_unet`` from the pretrained backbone, ``xlstm_unet_scratch``, ``phasenet`` and ``eqtransformer`` from
+  scratch; ``xlstm_seq`` (the sequential picker, from scratch) when ``--main`` names it;
 * label efficiency, for each ``--fractions`` value: analyst picks only (no teacher labels, so that the fraction
   is the only source of labels): ``xlstm_unet`` pretrained, ``xlstm_unet`` from scratch, ``phasenet``;
 * ``eval_main`` (``picking_eval.py`` on both test splits and the continuous record, original teachers beside) and
@@ -50,6 +51,7 @@ CLASSES = {arch: spec.model_class for arch, spec in ARCH_SPECS.items()}
 # run name: (architecture, pretrained backbone?, evaluation label)
 MAIN_RUNS = {"xlstm_unet": ("xlstm_unet", True, "xLSTM U-Net (ours)"),
              "xlstm_unet_scratch": ("xlstm_unet", False, "xLSTM U-Net from scratch"),
+             "xlstm_seq": ("xlstm_seq", False, "xLSTM sequential (ours)"),
              "phasenet": ("phasenet", False, "PhaseNet same data"),
              "eqtransformer": ("eqtransformer", False, "EQTransformer same data")}
 FRACTION_RUNS = {"xlstm_unet_pretrained": ("xlstm_unet", True), "xlstm_unet_scratch": ("xlstm_unet", False),
@@ -87,8 +89,9 @@ def _args(argv):
     ap.add_argument("--budget", default="00:00:04:00", help="trainer.max_time of the main runs")
     ap.add_argument("--fraction-budget", default="00:00:02:30", help="trainer.max_time of the fraction runs")
     ap.add_argument("--fractions", nargs="*", type=float, default=[0.05, 0.1, 1.0])
-    ap.add_argument("--main", nargs="*", default=list(MAIN_RUNS), choices=list(MAIN_RUNS),
-                    help="main runs (xlstm_unet_scratch: the U-Net from random weights, with the same labels)")
+    ap.add_argument("--main", nargs="*", default=[n for n in MAIN_RUNS if n != "xlstm_seq"], choices=list(MAIN_RUNS),
+                    help="main runs (xlstm_unet_scratch: the U-Net from random weights, with the same labels; "
+                         "xlstm_seq: the sequential picker from random weights, not in the default list)")
     ap.add_argument("--fraction-models", nargs="*", default=list(FRACTION_RUNS), choices=list(FRACTION_RUNS))
     ap.add_argument("--fraction-steps", type=int, default=-1, help="trainer.max_steps of the fraction runs")
     ap.add_argument("--pretrain-workers", type=int, default=None, help="loader workers of the pretraining run")

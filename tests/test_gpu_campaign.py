@@ -29,6 +29,9 @@ def test_jobs_depend_on_their_inputs_and_pretraining_is_dropped_when_nothing_nee
     given = {j.name: j for j in gc.build_jobs(_args(tmp_path, "--pretrained", "/x/backbone.pt"))}
     assert "pretrain" not in given and given["xlstm_unet"].deps == ["warm"]
     assert "model.pretrained=/x/backbone.pt" in given["frac010_xlstm_unet_pretrained"].argv
+    seq = {j.name: j for j in gc.build_jobs(_args(tmp_path, "--main", "xlstm_seq", "--fraction-models"))}
+    assert "experiment=local/xlstm_seq" in seq["xlstm_seq"].argv and seq["xlstm_seq"].deps == ["warm"]
+    assert any(x.startswith("xLSTM sequential (ours)=XLSTMSeqPicker:") for x in seq["eval_main"].argv)
 
 
 def _job(name, code, deps=(), budget=5.0):
