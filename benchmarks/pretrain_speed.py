@@ -72,7 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, set_qkv_form, synchronize, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from pretrain.config import compose_config  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pretrain.config import DDPConfig, compose_config  # noqa: E402
 from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
 from seisbench_xlstm import bimlstm  # noqa: E402
@@ -315,7 +317,7 @@ def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.d
     ddp = None
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        ddp = torch.nn.parallel.DistributedDataParallel(module.recipe, device_ids=ids)  # Lightning's defaults
+        ddp = torch.nn.parallel.DistributedDataParallel(module.recipe, device_ids=ids, **opts["ddp_options"])
     g = torch.Generator(device=device).manual_seed(rank)
     x = torch.randn(config["batch"], 3, opts["samples"], device=device, generator=g)
     step = make_step(module, x, ddp, statistics=True)
@@ -382,6 +384,12 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def ddp_options(dotlist: list[str]) -> dict:
+    """``--ddp static_graph=true ...``, checked against the runner's ``trainer.ddp`` schema: DDP keyword arguments."""
+    merged = OmegaConf.merge(OmegaConf.structured(DDPConfig), OmegaConf.from_dotlist(dotlist))
+    return OmegaConf.to_object(merged).options()
+
+
 def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
     """Every configuration on each number of devices in ``args.devices`` (same batch per device); rows with the
     scaling efficiency against one device of the same invocation."""
@@ -390,7 +398,8 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
     multicast_off()  # inherited by the spawned processes, before NCCL starts
     opts = dict(cuda=cuda, tiny=args.tiny, kernel=args.kernel, samples=args.samples, steps=args.steps,
                 qkv_forms=(bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM),  # spawned processes start from the defaults
-                warmup=args.warmup, threads=1)
+                warmup=args.warmup, threads=1, ddp_options=ddp_options(args.ddp))
+    label = args.label + (f" (DDP {opts['ddp_options']})" if opts["ddp_options"] else "")
     groups = {n: run_group(n, configs, opts) for n in args.devices}
     rows = []
     for i, config in enumerate(configs):
@@ -402,7 +411,7 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
                 single = step
             per_device = config["batch"] / step
             rows.append({
-                "label": args.label, "device": machine(), "recipe": config["recipe"],
+                "label": label, "device": machine(), "recipe": config["recipe"],
                 "backbone": ranks[0]["backbone"] + (" (tiny)" if args.tiny else ""), "params": ranks[0]["params"],
                 "batch": config["batch"], "devices": n, "compiled": "yes" if config["compiled"] else "no",
                 "kernel": ranks[0]["kernel"], "step_ms": round(1e3 * step, 1),
@@ -530,6 +539,9 @@ def main(argv=None):
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s of the device for the MFU")
     parser.add_argument("--devices", type=int, nargs="+",
                         help="DDP mode: numbers of devices (GPUs; CPU processes with gloo), e.g. 1 2")
+    parser.add_argument("--ddp", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="DDP mode: DistributedDataParallel settings, the keys of the runner's trainer.ddp "
+                             "(static_graph, bucket_cap_mb, gradient_as_bucket_view); default Lightning's")
     parser.add_argument("--loader-rate", type=float, default=800.0,
                         help="DDP mode: windows/s one loader core delivers (docs/data.md: ~800 augmented)")
     parser.add_argument("--run-dir", type=Path, nargs="+", default=[],

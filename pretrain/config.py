@@ -23,6 +23,7 @@ from .recipes import ContrastiveConfig, MaskedReconstructionConfig
 
 __all__ = [
     "DataConfig",
+    "DDPConfig",
     "IngestSourceConfig",
     "OptimConfig",
     "TrainerConfig",
@@ -103,6 +104,29 @@ class OptimConfig:
 
 
 @dataclass
+class DDPConfig:
+    """Settings of ``torch.nn.parallel.DistributedDataParallel`` for runs on several devices. At their defaults
+    Lightning picks the strategy (``trainer.strategy``); any other value runs Lightning's ``DDPStrategy`` with them.
+
+    :param static_graph: DDP's ``static_graph`` (the same parameters get gradients in the same order every step,
+        true of both recipes): lets DDP skip per-step bookkeeping
+    :param bucket_cap_mb: size of a gradient all-reduce bucket in MiB (``null``: torch's default, 25)
+    :param gradient_as_bucket_view: gradients are views into the all-reduce buckets (saves one copy per step)
+    """
+
+    static_graph: bool = False
+    bucket_cap_mb: Optional[float] = None
+    gradient_as_bucket_view: bool = False
+
+    def options(self) -> dict:
+        """The non-default settings, as keyword arguments of ``DistributedDataParallel``."""
+        opts = {"static_graph": bool(self.static_graph), "bucket_cap_mb": self.bucket_cap_mb,
+                "gradient_as_bucket_view": bool(self.gradient_as_bucket_view)}
+        defaults = {"static_graph": False, "bucket_cap_mb": None, "gradient_as_bucket_view": False}
+        return {k: (float(v) if k == "bucket_cap_mb" else v) for k, v in opts.items() if v != defaults[k]}
+
+
+@dataclass
 class TrainerConfig:
     """Lightning trainer settings.
 
@@ -114,6 +138,7 @@ class TrainerConfig:
     :param val_check_interval: validation every this fraction of an epoch (0.25: four times an epoch)
     :param checkpoint_every_n_steps: a checkpoint every N optimizer steps (plus ``last.ckpt`` and one at the end)
     :param gradient_clip_val: clip the global gradient norm to this (0: off)
+    :param ddp: DistributedDataParallel settings (:class:`DDPConfig`)
     """
 
     accelerator: str = "auto"
@@ -131,6 +156,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
     progress_bar: bool = True
+    ddp: DDPConfig = field(default_factory=DDPConfig)
 
 
 @dataclass

@@ -117,7 +117,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
         accelerator=str(t.accelerator),
         devices=t.devices,
         num_nodes=int(t.num_nodes),
-        strategy=str(t.strategy),
+        strategy=_strategy(t),
         precision=resolve_precision(cfg),
         max_steps=int(t.max_steps),
         max_epochs=None if t.max_epochs is None else int(t.max_epochs),
@@ -133,6 +133,18 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
         use_distributed_sampler=False,  # pretrain.data.EpochSampler shards by rank itself
         enable_model_summary=False,
     )
+
+
+def _strategy(t: DictConfig):
+    """``trainer.strategy``, or Lightning's DDP strategy with the non-default ``trainer.ddp`` settings."""
+    options = OmegaConf.to_object(t.ddp).options()
+    if not options:
+        return str(t.strategy)
+    if str(t.strategy) not in ("auto", "ddp"):
+        raise ValueError(f"trainer.ddp settings {options} need trainer.strategy=auto or ddp, not {t.strategy!r}")
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(**options)
 
 
 def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:

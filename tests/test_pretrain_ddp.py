@@ -306,3 +306,44 @@ def test_max_time_stops_a_timed_run(tmp_path):
     cfg = compose_config(["trainer.accelerator=cpu", "trainer.progress_bar=false", "trainer.max_time=00:00:04:30"])
     (timer,) = [c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, Timer)]
     assert timer.time_remaining() == 270
+
+
+def test_ddp_settings_select_lightnings_ddp_strategy():
+    """``trainer.ddp`` at its defaults leaves the strategy to Lightning; other values run ``DDPStrategy`` with them;
+    with another strategy they are an error, and an unknown key names the valid ones."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from experiments import UnknownConfigKeyError
+    from pretrain.config import compose_config
+    from pretrain.train import _strategy
+
+    base = ["experiment=contrastive/xlstm_unet_local"]
+    assert _strategy(compose_config(base).trainer) == "auto"
+    strategy = _strategy(compose_config(base + ["trainer.ddp.static_graph=true", "trainer.ddp.bucket_cap_mb=64"]).trainer)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._ddp_kwargs == {"static_graph": True, "bucket_cap_mb": 64.0}
+    with pytest.raises(ValueError, match="trainer.strategy=auto or ddp"):
+        _strategy(compose_config(base + ["trainer.ddp.gradient_as_bucket_view=true", "trainer.strategy=fsdp"]).trainer)
+    with pytest.raises(UnknownConfigKeyError, match="static_graph"):
+        compose_config(base + ["trainer.ddp.static=true"])
+
+
+def test_ddp_speed_benchmark_takes_ddp_settings(tmp_path):
+    """``pretrain_speed.py --devices 1 2 --ddp ...`` wraps the recipe with those DDP settings (static graph, one-MiB
+    buckets, gradients as bucket views: two processes on this CPU) and says so in the rows' label."""
+    import importlib.util
+
+    bench_path = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
+    sys.path.insert(0, str(bench_path.parent))
+    spec = importlib.util.spec_from_file_location("pretrain_speed", bench_path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["pretrain_speed"] = bench  # the spawned processes import the worker by this name
+    spec.loader.exec_module(bench)
+    with pytest.raises(Exception, match="static"):
+        bench.ddp_options(["static=true"])
+    rows = bench.main(["--tiny", "--devices", "1", "2", "--recipe", "masked", "--batch", "2", "--steps", "1",
+                       "--warmup", "2", "--samples", "1024", "--label", "knobs", "--out", str(tmp_path / "ddp.md"),
+                       "--ddp", "static_graph=true", "bucket_cap_mb=1", "gradient_as_bucket_view=true"])
+    assert [r["devices"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["step_ms"] > 0 and r["label"].startswith("knobs (DDP {'static_graph': True, 'bucket_cap_mb': 1.0")
