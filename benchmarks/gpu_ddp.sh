@@ -12,7 +12,8 @@
 # Installs nothing. Environment (defaults): NGPU (all visible GPUs), RUN_MINUTES (4), RUN_EXPERIMENT
 # (xlstm_large/pure_mlstm_sequential_12m_local), WORKERS (loader workers per GPU: the runner's default, min(8, cores)),
 # LABEL (h200xNGPU), OUT (/tmp/gpu_ddp_out), RUNS (/tmp/gpu_ddp_runs), STEPS (10 timed), WARMUP (3), RUN_OVERRIDES
-# (more overrides for the run, e.g. "trainer.accumulate_grad_batches=2" for recipe 2 at 64 x 2 GPUs x 2 = 256).
+# (more overrides for the run, e.g. "trainer.accumulate_grad_batches=2" for recipe 2 at 64 x 2 GPUs x 2 = 256),
+# BENCH_DDP (DDP settings of the bench stages, e.g. "static_graph=true bucket_cap_mb=100": pretrain_speed.py --ddp).
 # DRY_RUN=1: the same commands on this machine's CPU (gloo) with tiny backbones and short windows.
 # At most 10 minutes a device command: bench1 + bench2 should take about 5 (an estimate: compilation of both models
 # on 1 and N GPUs plus 24 steps each), run about RUN_MINUTES + 3 (data, compilation, checkpoints);
@@ -59,7 +60,8 @@ fi
 LOG=$OUT/gpu_ddp.log
 stage_bench() {  # $1: recipe, rest: batch arguments
   local recipe=$1; shift
-  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "$@" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
+  local ddp=(); read -r -a ddp <<< "${BENCH_DDP:-}"; [ ${#ddp[@]} -gt 0 ] && ddp=(--ddp "${ddp[@]}")
+  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "${ddp[@]}" "$@" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
 }
 stage_run() {
   $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
