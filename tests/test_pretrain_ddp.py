@@ -241,17 +241,24 @@ def test_multicast_stays_off_for_gpu_runs(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
-def test_ddp_speed_benchmark_smoke(ddp, tmp_path):
-    """benchmarks/pretrain_speed.py in DDP mode on this CPU (gloo, tiny backbones): both recipes on 1 and 2
-    processes (recipe 2 under DDP without its search for unused parameters), plus the DDP run's summary."""
+def _speed_benchmark():
+    """benchmarks/pretrain_speed.py as the module ``pretrain_speed`` (the spawned processes import the worker by
+    this name)."""
     import importlib.util
 
     bench_path = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
     sys.path.insert(0, str(bench_path.parent))
     spec = importlib.util.spec_from_file_location("pretrain_speed", bench_path)
     bench = importlib.util.module_from_spec(spec)
-    sys.modules["pretrain_speed"] = bench  # the spawned processes import the worker by this name
+    sys.modules["pretrain_speed"] = bench
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_ddp_speed_benchmark_smoke(ddp, tmp_path):
+    """benchmarks/pretrain_speed.py in DDP mode on this CPU (gloo, tiny backbones): both recipes on 1 and 2
+    processes (recipe 2 under DDP without its search for unused parameters), plus the DDP run's summary."""
+    bench = _speed_benchmark()
     out = tmp_path / "pretrain_ddp.md"
     rows = bench.main(["--tiny", "--devices", "1", "2", "--batch", "2", "--steps", "1", "--warmup", "1",
                        "--samples", "1024", "--label", "smoke", "--out", str(out), "--run-dir", str(ddp[0] / "run")])
@@ -331,14 +338,7 @@ def test_ddp_settings_select_lightnings_ddp_strategy():
 def test_ddp_speed_benchmark_takes_ddp_settings(tmp_path):
     """``pretrain_speed.py --devices 1 2 --ddp ...`` wraps the recipe with those DDP settings (static graph, one-MiB
     buckets, gradients as bucket views: two processes on this CPU) and says so in the rows' label."""
-    import importlib.util
-
-    bench_path = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
-    sys.path.insert(0, str(bench_path.parent))
-    spec = importlib.util.spec_from_file_location("pretrain_speed", bench_path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["pretrain_speed"] = bench  # the spawned processes import the worker by this name
-    spec.loader.exec_module(bench)
+    bench = _speed_benchmark()
     with pytest.raises(Exception, match="static"):
         bench.ddp_options(["static=true"])
     rows = bench.main(["--tiny", "--devices", "1", "2", "--recipe", "masked", "--batch", "2", "--steps", "1",
