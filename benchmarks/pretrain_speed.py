@@ -114,7 +114,8 @@ def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: boo
     :param ddp: the recipe wrapped in ``DistributedDataParallel`` (gradients all-reduced in the backward pass);
         the returned step then takes ``sync=False`` for a step under ``no_sync`` (no gradient all-reduce)
     :param statistics: also what the trainer's ``training_step`` does per step: the loss and the recipe's
-        statistics all-reduced over the devices in one call and the finite check on the host (a device sync)
+        statistics all-reduced over the devices in one call, and the finite check on the host (a device sync)
+        once the backward pass is queued
     """
     setup = module.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
@@ -130,9 +131,9 @@ def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: boo
                 local = torch.stack([v.detach().float() for v in out.values()])
                 if ddp is not None:
                     torch.distributed.all_reduce(local)
-                if not bool(torch.isfinite(local[0])):
-                    raise FloatingPointError("non-finite loss")
             loss.backward()
+            if statistics and not bool(torch.isfinite(local[0])):
+                raise FloatingPointError("non-finite loss")
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         scheduler.step()

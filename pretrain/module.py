@@ -48,6 +48,7 @@ class PretrainModule(L.LightningModule):
         backbone.gradient_checkpointing = bool(cfg.model.gradient_checkpointing)
         backbone.set_kernel(str(cfg.model.kernel))
         self.recipe = build_recipe(backbone, recipe_cfg)
+        self._unchecked_losses: list = []  # the training losses of the optimizer step under way (NaN/inf guard)
 
     @staticmethod
     def _structured(config: dict) -> DictConfig:
@@ -109,19 +110,30 @@ class PretrainModule(L.LightningModule):
         local = torch.stack([loss.detach().float()] + [out[k].detach().float() for k in keys])
         world = self.trainer.world_size if self._trainer is not None else 1
         mean = self.trainer.strategy.reduce(local.clone(), reduce_op="mean") if world > 1 else local
-        if not bool(torch.isfinite(mean[0])):
-            stats = {k: float(v) for k, v in zip(keys, local[1:])}
-            where = "" if world == 1 else f", mean over the {world} devices {mean[0].item()}"
-            raise NonFiniteLossError(
-                f"Training loss is {loss.item()} (on this rank{where}) at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); statistics of the step: {stats}. Stopped before "
-                f"the optimizer applied it. Resume from the last checkpoint with a lower optim.lr, stronger "
-                f"trainer.gradient_clip_val, or trainer.precision=32-true to look for the cause."
-            )
+        # checked in on_before_optimizer_step, once the backward pass is queued: a check here would make the host
+        # wait for the forward pass before it could launch the backward one
+        self._unchecked_losses.append((local, mean, keys, batch_idx))
         self.log("train/loss", mean[0], prog_bar=True)
         for key, value in zip(keys, mean[1:]):
             self.log(f"train/{key}", value)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        """The NaN/inf guard: stops the run before the optimizer applies a step any of whose micro-batches had a
+        non-finite loss (on any device: the checked value is the mean over the devices)."""
+        losses, self._unchecked_losses = self._unchecked_losses, []
+        if not losses or bool(torch.stack([torch.isfinite(mean[0]) for _, mean, _, _ in losses]).all()):
+            return
+        local, mean, keys, batch_idx = next(x for x in losses if not bool(torch.isfinite(x[1][0])))
+        world = self.trainer.world_size
+        stats = {k: float(v) for k, v in zip(keys, local[1:])}
+        where = "" if world == 1 else f", mean over the {world} devices {mean[0].item()}"
+        raise NonFiniteLossError(
+            f"Training loss is {local[0].item()} (on this rank{where}) at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}); statistics of the step: {stats}. Stopped before "
+            f"the optimizer applied it. Resume from the last checkpoint with a lower optim.lr, stronger "
+            f"trainer.gradient_clip_val, or trainer.precision=32-true to look for the cause."
+        )
 
     def validation_step(self, batch, batch_idx):
         g = torch.Generator(device=batch["X"].device).manual_seed(item_seed(int(self._omega.seed), batch_idx, 0x7A1))

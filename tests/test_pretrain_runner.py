@@ -193,15 +193,22 @@ def test_tiny_contrastive_run_logs_code_statistics(records, tmp_path):
     assert isinstance(exported, XLSTMUNetPicker)
 
 
-def test_non_finite_loss_stops_the_run(records, tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_non_finite_loss_stops_the_run(records, tmp_path, accumulate):
+    """A NaN in one micro-batch (the first of two when accumulating) stops the run at that step with the message,
+    before the optimizer applies it: every weight is still finite."""
+
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 2:
+            self.module = pl_module
+            if trainer.global_step == 2 and batch_idx % accumulate == 0:
                 batch["X"][0, 0, 0] = float("nan")
 
-    cfg = tiny(records, tmp_path / "run", steps=6)
+    poison = Poison()
+    cfg = tiny(records, tmp_path / "run", steps=6, extra=[f"trainer.accumulate_grad_batches={accumulate}"])
     with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(on this rank\) at step 2"):
-        run(cfg, extra_callbacks=[Poison()])
+        run(cfg, extra_callbacks=[poison])
+    assert all(torch.isfinite(p).all() for p in poison.module.parameters())
 
 
 def test_local_data_uses_every_shared_waveform_and_ingests_once(shared_data, tmp_path):
