@@ -81,8 +81,6 @@ def call_shapes() -> dict[tuple, str]:
     return shapes
 
 
-
-
 def run_once(inputs, grad, settings):
     from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
 

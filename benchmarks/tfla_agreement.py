@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, relative_error  # noqa: E402
 
+sys.path.insert(0, str(REPO))
 from seisbench_xlstm import kernels  # noqa: E402
 from seisbench_xlstm.kernels import mlstm_sequence, quadratic_mlstm  # noqa: E402
 
@@ -58,7 +59,7 @@ def main(argv=None):
                         ref = quadratic_mlstm(*x)
                         try:
                             out = mlstm_sequence(*x, kernel=kernel).float()
-                            err = f"{float((out - ref).norm() / ref.norm()):.3g}"
+                            err = f"{relative_error(out, ref):.3g}"
                         except Exception as e:  # noqa: BLE001 - reported in the table
                             err = f"error: {type(e).__name__}: {str(e)[:80]}"
                     rows.append(dict(kernel=kernel, head_dim=d, steps=t, batch=b, rel_error=err))

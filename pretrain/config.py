@@ -9,7 +9,7 @@ checked against the schema: an unknown key is an error naming the valid keys at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -119,11 +119,9 @@ class DDPConfig:
     gradient_as_bucket_view: bool = False
 
     def options(self) -> dict:
-        """The non-default settings, as keyword arguments of ``DistributedDataParallel``."""
-        opts = {"static_graph": bool(self.static_graph), "bucket_cap_mb": self.bucket_cap_mb,
-                "gradient_as_bucket_view": bool(self.gradient_as_bucket_view)}
-        defaults = {"static_graph": False, "bucket_cap_mb": None, "gradient_as_bucket_view": False}
-        return {k: (float(v) if k == "bucket_cap_mb" else v) for k, v in opts.items() if v != defaults[k]}
+        """The settings that differ from their defaults, as keyword arguments of ``DistributedDataParallel``."""
+        changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        return {k: float(v) if k == "bucket_cap_mb" else bool(v) for k, v in changed.items()}
 
 
 @dataclass
