@@ -155,16 +155,19 @@ def test_head_dim_padding_changes_no_output_or_gradient(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the TFLA Triton kernels)")
-@pytest.mark.parametrize("head_dim,steps,batch", [(96, 1024, 2), (96, 256, 1), (64, 256, 2), (128, 256, 2),
-                                                  (256, 64, 2)])
+@pytest.mark.parametrize("head_dim,steps,batch", [(96, 1024, 2), (96, 256, 1), (64, 1024, 2), (64, 256, 2),
+                                                  (128, 256, 2), (256, 64, 2)])
 def test_tfla_follows_the_constant_normaliser_convention_on_gpu(head_dim, steps, batch):
     """Output and all five input gradients of the kernel the library runs on GPUs (TFLA, bf16) against the
     quadratic mLSTM with constant stabiliser and normaliser (its gradient convention, see
     :func:`test_mlstm_kernels_gradient_conventions`) in float32 on the same rounded inputs, at the backbones' head
-    dims."""
+    dims. The forget-gate gradient sums bf16 rounding over all later steps: at 1,024 steps it is 3.6% off at head
+    dim 96 and 3.7% at head dim 64, which needs no padding (H200, 2026-11-30), so it gets a wider bound; the unpadded
+    head-96 kernel was 16% off in the output and 139% in a gradient here."""
     inputs, grad = _random_call((batch, 4, steps, head_dim), device="cuda")
     inputs[:3] = [t.bfloat16().float() for t in inputs[:3]]
     tfla = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel="auto"), inputs, grad)
     reference = _outputs_and_gradients(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
     errors = _relative_errors(tfla, reference)
-    assert max(errors.values()) < 3e-2, errors
+    bounds = {name: 6e-2 if name == "df" else 3e-2 for name in errors}
+    assert all(errors[name] < bounds[name] for name in errors), errors
