@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from xlstm.components.ln import LayerNorm
 
 from .bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig
-from .kernels import AUTO, validate_kernel_name
+from .kernels import AUTO, resolve_kernel, validate_kernel_name
 
 
 class ConvSubsampling(nn.Module):
@@ -190,12 +190,15 @@ class _Backbone(nn.Module):
         self.compiled = bool(enabled)
 
     def _run_layer(self, layer: BiMLSTMLayer, x: torch.Tensor) -> torch.Tensor:
+        # The kernel is resolved here, outside the compiled function, so that the layer knows which kernel runs
+        # (and lays out q, k, v at its head dim, see bimlstm.mlstm_branches) without reading the environment.
+        kernel = resolve_kernel(self.kernel, x.device)
         if self.compiled:  # the compiled function bypasses the layer's module hooks
             # contiguous: inputs that differ only in strides (a transposed stem or pool output vs. a linear output)
             # would each compile a variant of their own
-            run, args = compiled_layer_forward(), (layer, x.contiguous(), self.kernel)
+            run, args = compiled_layer_forward(), (layer, x.contiguous(), kernel)
         else:
-            run, args = layer, (x, self.kernel)
+            run, args = layer, (x, kernel)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(run, *args, use_reentrant=False)
         return run(*args)

@@ -39,7 +39,7 @@ from xlstm.components.init import bias_linspace_init_, small_init_init_, wang_in
 from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwiseExpandConfig
 from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
-from .kernels import AUTO, mlstm_sequence
+from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
 
 
 #: How q/k/v and the gates are computed on GPUs; all forms give the same values (tests compare them):
@@ -161,10 +161,16 @@ def mlstm_branches(
     :param x_mlstm: mLSTM-branch inputs ``(directions, batch, steps, inner)``, each in its own time order
     :param z: output-gate branches ``(directions, batch, steps, inner)``
     :param directions: one :class:`MLSTMDirection` per leading index
+    :param kernel: mLSTM kernel name or ``"auto"``; with a resolved name (as the backbones pass) q, k and v are laid
+        out at the head dim that kernel runs at (:func:`seisbench_xlstm.kernels.kernel_head_dim`): zero-padded in
+        the layout copy they get anyway, queries rescaled, the output cropped before the norm, instead of padded
+        copies inside :func:`seisbench_xlstm.kernels.mlstm_sequence`
     :return: gated hidden states ``(directions, batch, steps, inner)``
     """
     n_dir, batch, steps, inner = x_mlstm.shape
     heads = directions[0].config.num_heads
+    head_dim = inner // heads
+    kernel_dim = kernel_head_dim(head_dim, kernel)  # "auto": head_dim, and mlstm_sequence pads if it must
 
     def stacked(get):
         return _stacked(directions, get)
@@ -178,9 +184,9 @@ def mlstm_branches(
     form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
     eps = directions[0].outnorm.eps
     if form == "per_head":
-        q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads)
-        h = mlstm_sequence(q, k, v, i, f, kernel=kernel)  # (directions * heads, batch, steps, head_dim)
-        h = F.layer_norm(h, (inner // heads,), eps=eps).to(x_conv.dtype).view(n_dir, heads, batch, steps, -1)
+        q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim)
+        h = mlstm_sequence(q, k, v, i, f, kernel=kernel)[..., :head_dim]  # (directions * heads, batch, steps, hd)
+        h = F.layer_norm(h, (head_dim,), eps=eps).to(x_conv.dtype).view(n_dir, heads, batch, steps, -1)
         h = h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, inner)
         return _output_gate(h, x_conv, z, directions)
     if form == "fused":
@@ -195,10 +201,14 @@ def mlstm_branches(
     # (directions * batch, heads, steps, ...): the directions become part of the kernel's batch axis (views only)
     i, f = gates.flatten(0, 1).transpose(1, 2).split(heads, dim=1)
 
-    def split_heads(t):  # the kernels need contiguous inputs; under torch.compile this fuses into the producer
-        return t.reshape(n_dir * batch, steps, heads, -1).transpose(1, 2).contiguous()
+    def split_heads(t, scale=1.0):  # the kernels need contiguous inputs; under torch.compile this fuses into the
+        t = t.reshape(n_dir * batch, steps, heads, head_dim)  # producer, and so do the padding and the scale
+        if kernel_dim != head_dim:
+            t = F.pad(t * scale, (0, kernel_dim - head_dim))
+        return t.transpose(1, 2).contiguous()
 
-    h = mlstm_sequence(split_heads(q), split_heads(k), split_heads(v), i, f, kernel=kernel)
+    q = split_heads(q, query_scale(head_dim, kernel_dim))
+    h = mlstm_sequence(q, split_heads(k), split_heads(v), i, f, kernel=kernel)[..., :head_dim]
     h = multihead_norm(h, eps).to(x_conv.dtype).view(n_dir, batch, steps, inner)
     return _output_gate(h, x_conv, z, directions)
 
@@ -309,6 +319,7 @@ def _qkv_gates_per_head(
     gate_w: torch.Tensor,
     gate_b: torch.Tensor,
     heads: int,
+    kernel_dim: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """q, k, v and the gates directly in the mLSTM kernel's layout, with one GEMM per mLSTM head.
 
@@ -324,23 +335,29 @@ def _qkv_gates_per_head(
     :param x_mlstm: ``(directions, batch, steps, inner)``, input of v
     :param qkv_weights: headwise weights ``(directions, blocks, block, block)`` of q, k, v
     :param gate_w: ``(directions, 2 * heads, 3 * inner)``; :param gate_b: ``(directions, 2 * heads)``
-    :return: q, k, v ``(directions * heads, batch, steps, head_dim)`` and the input and forget gate
+    :param kernel_dim: head dim of q, k, v for the kernel (default ``head_dim``); larger: each head's matrices get
+        zero output rows (and the query matrix the factor :func:`seisbench_xlstm.kernels.query_scale`), so the GEMMs
+        write the padded layout directly
+    :return: q, k, v ``(directions * heads, batch, steps, kernel_dim)`` and the input and forget gate
         pre-activations ``(directions * heads, batch, steps)``
     """
     n_dir, batch, steps, inner = x_conv.shape
     head_dim = inner // heads
+    kernel_dim = kernel_dim or head_dim
 
     def per_head(x):  # one layout copy of each input
         return x.reshape(n_dir, batch * steps, heads, head_dim).transpose(1, 2)
 
-    def head_matrices(w):  # (directions, blocks, b, b) -> each head's block-diagonal (directions, heads, hd, hd)
-        blocks = w.reshape(n_dir * heads, w.shape[1] // heads, *w.shape[2:])
-        return _block_diagonal(blocks).view(n_dir, heads, head_dim, head_dim)
+    def head_matrices(w, scale=1.0):  # (directions, blocks, b, b) -> each head's block-diagonal matrix
+        blocks = w.reshape(n_dir * heads, w.shape[1] // heads, *w.shape[2:])  # (directions, heads, kernel_dim, hd)
+        matrices = _block_diagonal(blocks).view(n_dir, heads, head_dim, head_dim)
+        return F.pad(matrices * scale, (0, 0, 0, kernel_dim - head_dim)) if kernel_dim != head_dim else matrices
 
     w_q, w_k, w_v = qkv_weights
     xc, xm = per_head(x_conv), per_head(x_mlstm)
-    q, k, v = (torch.matmul(x, head_matrices(w).transpose(-1, -2)).view(n_dir * heads, batch, steps, head_dim)
-               for x, w in ((xc, w_q), (xc, w_k), (xm, w_v)))
+    scale = query_scale(head_dim, kernel_dim)
+    q, k, v = (torch.matmul(x, head_matrices(w, s).transpose(-1, -2)).view(n_dir * heads, batch, steps, kernel_dim)
+               for x, w, s in ((xc, w_q, scale), (xc, w_k, 1.0), (xm, w_v, 1.0)))
     gates = _folded_gates(x_conv, x_mlstm, qkv_weights, gate_w) + gate_b[:, None, None]
     i, f = gates.permute(0, 3, 1, 2).split(heads, dim=1)  # (directions, heads, batch, steps)
     return q, k, v, i.reshape(n_dir * heads, batch, steps), f.reshape(n_dir * heads, batch, steps)

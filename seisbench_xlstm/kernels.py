@@ -130,6 +130,12 @@ def kernel_head_dim(head_dim: int, kernel: str) -> int:
     return min(1 << (head_dim - 1).bit_length(), -(-head_dim // 64) * 64)
 
 
+def query_scale(head_dim: int, kernel_dim: int) -> float:
+    """Factor on the queries of a call whose head dim is zero-padded from ``head_dim`` to ``kernel_dim``: the
+    kernels scale ``q.k`` by ``kernel_dim ** -0.5``, the mLSTM by ``head_dim ** -0.5``."""
+    return (kernel_dim / head_dim) ** 0.5
+
+
 def native_chunk_size(head_dim: int) -> int:
     """Largest chunk of the native CPU kernel for a head dim (TFLA uses 128). Measured on 2 CPU cores, forward of 128
     sequences: 1,024 steps of head dim 64 take 161 ms with chunk 32 and 197 ms with 64; head dim 96: 283 / 280 ms;
@@ -167,7 +173,9 @@ def mlstm_sequence(
     and the output is cropped back; since the recurrence is causal, padding at the end never changes the real outputs.
     Queries are scaled by ``head_dim ** -0.5`` inside the kernels. Head dims the Triton kernels cannot take are
     zero-padded too (:func:`kernel_head_dim`), with the queries rescaled so that the scale stays that of the real
-    head dim: zero columns add nothing to ``q.k``, and the padded value columns are cropped from the output.
+    head dim: zero columns add nothing to ``q.k``, and the padded value columns are cropped from the output. Callers
+    that make a layout copy anyway can pad there instead (with :func:`query_scale`) and crop the output themselves,
+    as :func:`seisbench_xlstm.bimlstm.mlstm_branches` does: inputs at a head dim the kernel takes are not padded.
 
     :param q: queries ``(batch, heads, steps, head_dim)``
     :param k: keys ``(batch, heads, steps, head_dim)``
@@ -192,7 +200,7 @@ def mlstm_sequence(
         q, k, v = (F.pad(t, (0, pad_dim, 0, pad)) for t in (q, k, v))
         i, f = (F.pad(t, (0, pad)) for t in (i, f))
     if pad_dim:  # the kernel scales by (padded head dim) ** -0.5
-        q = q * ((head_dim + pad_dim) / head_dim) ** 0.5
+        q = q * query_scale(head_dim, head_dim + pad_dim)
     # TFLA kernels run in bf16 (the gates' log-space arithmetic stays float32 inside the kernel); the native
     # CPU kernels in float32. Inputs are cast here so the kernel sees one dtype whether or not autocast is on.
     kernel_dtype = torch.bfloat16 if "triton" in resolved else torch.float32

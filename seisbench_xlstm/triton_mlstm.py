@@ -64,6 +64,8 @@ of two (masked). ``steps`` must be a multiple of the chunk size. No initial or f
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -535,9 +537,15 @@ def mlstm_chunkwise_triton(
         ``"two_phase"`` (chunk-boundary states first, then all chunks in parallel; see the module docstring); the
         same results to float32 rounding
     :return: hidden states ``(batch, heads, steps, head_dim_v)`` in the dtype of v
+
+    Sets ``DISABLE_LLVM_OPT=1`` in the environment if it is unset (Triton reads it when it compiles a kernel).
     """
     if triton is None:
         raise ImportError("mlstm_chunkwise_triton needs the 'triton' package, which is not installed")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    # Compile as the library's TFLA path and every speed figure of this kernel do: with Triton 3.6's LLVM optimiser
+    # off (seisbench_xlstm.kernels.resolve_kernel). The one CUDA fault seen so far (bf16, head dim 96) came from a
+    # process that had it on; see benchmarks/results/triton_mlstm_speed.md. A value the user set is kept.
+    os.environ.setdefault("DISABLE_LLVM_OPT", "1")
     return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser), schedule)

@@ -177,6 +177,33 @@ def test_compiled_layers_match_eager():
     assert "compiled" not in backbone.config.to_dict()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["dense", "per_head"])
+def test_compiled_layers_pad_the_head_dim_like_eager(form, monkeypatch):
+    """The head-dim padding in the layout copies (forced here: 16 -> 32 on the native kernel; on GPUs TFLA's 96 ->
+    128) under torch.compile, in the GPU's q/k/v form and the CPU's: same outputs and gradients as the eager,
+    unpadded backbone."""
+    from seisbench_xlstm import bimlstm
+
+    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
+    torch.manual_seed(0)
+    backbone = build_backbone("sequential", {**TINY_SEQUENTIAL, "dropout": 0.0}).train()
+    x = torch.randn(2, 3, 512)
+    y_ref = backbone(x)
+    y_ref.square().mean().backward()
+    reference = [p.grad.clone() for p in backbone.parameters()]
+    backbone.zero_grad()
+    torch._dynamo.reset()  # the patched head dim must be traced, not a cached graph
+    monkeypatch.setattr(bimlstm, "kernel_head_dim", lambda head_dim, kernel: 2 * head_dim)
+    backbone.set_compile(True)
+    y = backbone(x)
+    y.square().mean().backward()
+    torch._dynamo.reset()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
+    for g_ref, p in zip(reference, backbone.parameters()):
+        torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-3)
+
+
 def test_compiled_unet_compiles_each_layer_width_once(compile_counter):
     """A compiled U-Net compiles one variant per layer width: encoder layers (fed by transposed stem and pool
     outputs) and decoder layers (fed by a linear layer) of the same width share it, and a second step compiles
@@ -196,3 +223,19 @@ def test_compiled_unet_compiles_each_layer_width_once(compile_counter):
     for _ in range(2):
         unet(torch.randn(2, 3, 1024)).square().mean().backward()
     assert compile_counter.frame_count == per_layer * len(TINY_UNET["dims"])
+
+
+@pytest.mark.parametrize("name,config", [("sequential", TINY_SEQUENTIAL), ("unet", TINY_UNET)])
+def test_layers_get_the_resolved_kernel(name, config, monkeypatch):
+    """The backbone resolves ``"auto"`` (environment, default, device) before calling its layers, so that a layer
+    knows the kernel's head dim without reading the environment inside compiled code."""
+    from seisbench_xlstm import bimlstm
+
+    backbone = build_backbone(name, config).eval()
+    seen = []
+    original = bimlstm.mlstm_branches
+    monkeypatch.setattr(bimlstm, "mlstm_branches", lambda *a, **k: seen.append(a[3]) or original(*a, **k))
+    monkeypatch.setenv("SEISBENCH_XLSTM_KERNEL", "parallel--native_autograd")
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 256))
+    assert seen and set(seen) == {"parallel--native_autograd"}

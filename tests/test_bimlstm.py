@@ -242,3 +242,34 @@ def test_per_head_form_falls_back_where_blocks_straddle_heads(monkeypatch):
         monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
         outputs.append(layer(x))
     torch.testing.assert_close(outputs[1], outputs[0], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["dense", "per_head", "einsum"])
+def test_head_dim_padding_in_the_layout_copies_changes_nothing(form, monkeypatch):
+    """With a kernel that runs at a larger head dim (forced here: 32 -> 48 on the native kernel), the layer lays out
+    q, k, v at that head dim itself (zero columns, rescaled queries) and crops the output: the kernel receives the
+    padded inputs, and the layer output and every weight gradient equal the unpadded layer's."""
+    from seisbench_xlstm import bimlstm
+
+    layer = _layer(d=48).train()  # inner 128: 4 heads of 32, blocks of 4
+    layer.dropout.p = 0.0
+    x = torch.randn(2, 70, 48)
+    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
+    seen = []
+
+    def spy(q, k, v, i, f, kernel):
+        seen.append((q.shape[-1], k.shape[-1], v.shape[-1]))
+        return bimlstm.kernels_mlstm_sequence(q, k, v, i, f, kernel=kernel)
+
+    monkeypatch.setattr(bimlstm, "kernels_mlstm_sequence", bimlstm.mlstm_sequence, raising=False)
+    monkeypatch.setattr(bimlstm, "mlstm_sequence", spy)
+    results = []
+    for kernel_dim in (lambda hd, kernel: hd, lambda hd, kernel: 48):
+        monkeypatch.setattr(bimlstm, "kernel_head_dim", kernel_dim)
+        layer.zero_grad()
+        y = layer(x, kernel="chunkwise--native_autograd")
+        y.square().mean().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in layer.parameters()])
+    assert seen == [(32, 32, 32), (48, 48, 48)]
+    for reference, other in zip(*results):
+        torch.testing.assert_close(other, reference, atol=2e-5, rtol=1e-4)

@@ -34,6 +34,27 @@ def test_jobs_depend_on_their_inputs_and_pretraining_is_dropped_when_nothing_nee
     assert any(x.startswith("xLSTM sequential (ours)=XLSTMSeqPicker:") for x in seq["eval_main"].argv)
 
 
+def test_sequential_label_efficiency_runs_wait_for_their_own_pretraining(tmp_path):
+    """The sequential picker's pretrained arm starts from a recipe-1 backbone (job pretrain_seq), the U-Net's from
+    recipe 2 (job pretrain); each pretraining runs only when a run waits for it, in a cache of its own."""
+    seq = ["--main", "--fraction-models", "xlstm_seq_pretrained", "xlstm_seq_scratch"]
+    jobs = {j.name: j for j in gc.build_jobs(_args(tmp_path, *seq))}
+    assert "pretrain" not in jobs and "pretrain_seq" in jobs
+    assert "experiment=xlstm_large/pure_mlstm_sequential_12m_local" in jobs["pretrain_seq"].argv
+    assert jobs["frac010_xlstm_seq_pretrained"].deps == ["warm", "pretrain_seq"]
+    assert f"model.pretrained={tmp_path / 'work'}/pretrain_seq/backbone.pt" in jobs["frac010_xlstm_seq_pretrained"].argv
+    assert "experiment=local/xlstm_seq" in jobs["frac100_xlstm_seq_scratch"].argv
+    assert jobs["frac100_xlstm_seq_scratch"].deps == ["warm"]
+    assert any(x.startswith("frac005_xlstm_seq_scratch=XLSTMSeqPicker:") for x in jobs["eval_fractions"].argv)
+    both = {j.name: j for j in gc.build_jobs(_args(tmp_path, "--fraction-models", "xlstm_unet_pretrained",
+                                                   "xlstm_seq_pretrained"))}
+    caches = [next(x for x in both[n].argv if x.startswith("data.cache_dir=")) for n in ("pretrain", "pretrain_seq")]
+    assert caches[0] != caches[1]
+    given = {j.name: j for j in gc.build_jobs(_args(tmp_path, *seq, "--pretrained-seq", "/x/seq.pt"))}
+    assert "pretrain_seq" not in given and given["frac005_xlstm_seq_pretrained"].deps == ["warm"]
+    assert "model.pretrained=/x/seq.pt" in given["frac005_xlstm_seq_pretrained"].argv
+
+
 def _job(name, code, deps=(), budget=5.0):
     return gc.Job(name, [sys.executable, "-c", code], budget, list(deps))
 

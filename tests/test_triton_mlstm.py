@@ -235,6 +235,17 @@ def test_half_precision_float16(convention, schedule):
     assert_close(got, half_precision_reference(inputs, grad, torch.float16, const), 5e-3)
 
 
+def test_compiles_with_the_llvm_optimiser_off_unless_the_user_chose(monkeypatch):
+    """As the library's TFLA path: ``DISABLE_LLVM_OPT=1`` before the first compilation; a user's value is kept."""
+    inputs, _ = make_inputs(1, 1, 16, 16, 16)
+    monkeypatch.delenv("DISABLE_LLVM_OPT", raising=False)
+    kernel()(*inputs)
+    assert os.environ["DISABLE_LLVM_OPT"] == "1"
+    monkeypatch.setenv("DISABLE_LLVM_OPT", "0")
+    kernel()(*inputs)
+    assert os.environ["DISABLE_LLVM_OPT"] == "0"
+
+
 def test_rejects_bad_shapes():
     inputs, _ = make_inputs(1, 1, 48, 16, 16)
     with pytest.raises(ValueError, match="multiple of the chunk size"):
