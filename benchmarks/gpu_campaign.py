@@ -12,8 +12,11 @@ GPU, several per GPU at once (``--per-gpu``), started as soon as their inputs ex
 * main runs (``local/<arch>``: analyst picks + teacher labels, the same epochs, selection and budget):
   ``xlstm_unet`` from the pretrained backbone, ``xlstm_unet_scratch``, ``phasenet`` and ``eqtransformer`` from
   scratch; ``xlstm_seq`` (the sequential picker, from scratch) when ``--main`` names it;
+* ``pretrain_seq``: recipe 1 (``xlstm_large/pure_mlstm_sequential_12m_local``) for ``--pretrain-steps`` steps, only
+  when a sequential run starts from it (``--fraction-models xlstm_seq_pretrained``);
 * label efficiency, for each ``--fractions`` value: analyst picks only (no teacher labels, so that the fraction
-  is the only source of labels): ``xlstm_unet`` pretrained, ``xlstm_unet`` from scratch, ``phasenet``;
+  is the only source of labels): ``xlstm_unet`` pretrained, ``xlstm_unet`` from scratch, ``phasenet``; on request
+  the sequential picker pretrained and from scratch (``xlstm_seq_pretrained``, ``xlstm_seq_scratch``);
 * ``eval_main`` (``picking_eval.py`` on both test splits and the continuous record, original teachers beside) and
   ``eval_fractions`` (both test splits).
 
@@ -55,7 +58,14 @@ MAIN_RUNS = {"xlstm_unet": ("xlstm_unet", True, "xLSTM U-Net (ours)"),
              "phasenet": ("phasenet", False, "PhaseNet same data"),
              "eqtransformer": ("eqtransformer", False, "EQTransformer same data")}
 FRACTION_RUNS = {"xlstm_unet_pretrained": ("xlstm_unet", True), "xlstm_unet_scratch": ("xlstm_unet", False),
-                 "phasenet": ("phasenet", False)}
+                 "phasenet": ("phasenet", False), "xlstm_seq_pretrained": ("xlstm_seq", True),
+                 "xlstm_seq_scratch": ("xlstm_seq", False)}
+#: The default fraction runs (the sequential picker's are asked for by name).
+DEFAULT_FRACTION_RUNS = ["xlstm_unet_pretrained", "xlstm_unet_scratch", "phasenet"]
+#: Per architecture with a pretrained arm: the pretraining job's name, its experiment (local data) and a time
+#: estimate per optimizer step on one H200 (seconds; recipe 2 at batch 64, recipe 1 at batch 128, compiled).
+PRETRAIN_JOBS = {"xlstm_unet": ("pretrain", "contrastive/xlstm_unet_local", 0.25),
+                 "xlstm_seq": ("pretrain_seq", "xlstm_large/pure_mlstm_sequential_12m_local", 0.45)}
 
 
 @dataclass
@@ -92,12 +102,16 @@ def _args(argv):
     ap.add_argument("--main", nargs="*", default=[n for n in MAIN_RUNS if n != "xlstm_seq"], choices=list(MAIN_RUNS),
                     help="main runs (xlstm_unet_scratch: the U-Net from random weights, with the same labels; "
                          "xlstm_seq: the sequential picker from random weights, not in the default list)")
-    ap.add_argument("--fraction-models", nargs="*", default=list(FRACTION_RUNS), choices=list(FRACTION_RUNS))
+    ap.add_argument("--fraction-models", nargs="*", default=DEFAULT_FRACTION_RUNS, choices=list(FRACTION_RUNS),
+                    help="label-efficiency runs (default: %(default)s; xlstm_seq_pretrained and xlstm_seq_scratch: "
+                         "the sequential picker, its pretrained arm from recipe 1)")
     ap.add_argument("--fraction-steps", type=int, default=-1, help="trainer.max_steps of the fraction runs")
     ap.add_argument("--pretrain-workers", type=int, default=None, help="loader workers of the pretraining run")
     ap.add_argument("--pretrained", default=None,
-                    help="a backbone export to start from instead of pretraining (e.g. WORK/pretrain/backbone.pt of "
-                         "an earlier command on the same machine, with --work under the repository so it stays)")
+                    help="a U-Net backbone export to start from instead of pretraining (e.g. WORK/pretrain/backbone.pt "
+                         "of an earlier command on the same machine, with --work under the repository so it stays)")
+    ap.add_argument("--pretrained-seq", default=None,
+                    help="the same for the sequential picker's runs (a recipe-1 export; default: pretrain it)")
     ap.add_argument("--eval-model", action="append", default=[],
                     help="LABEL=CLASS:SOURCE evaluated beside the main runs (e.g. weights of an earlier campaign)")
     ap.add_argument("--per-gpu", type=int, default=4, help="jobs at once on one GPU")
@@ -115,20 +129,23 @@ def build_jobs(a) -> list[Job]:
     cache = f"data.cache_dir={w}/cache"
     common = [cache, f"pseudo.teacher_cache={a.teachers}", f"trainer.max_epochs={a.epochs}",
               "trainer.progress_bar=false", f"data.num_workers={a.workers}", *a.extra.split()]
-    pre = [f"model.pretrained={a.pretrained or f'{w}/pretrain/backbone.pt'}"]
+    given = {"xlstm_unet": a.pretrained, "xlstm_seq": a.pretrained_seq}
+    pre = {arch: [f"model.pretrained={given[arch] or f'{w}/{job}/backbone.pt'}"]
+           for arch, (job, _, _) in PRETRAIN_JOBS.items()}
     tiny_pre = []
     if a.dry_run:
         common += ["trainer.max_steps=4", "data.windows_per_epoch=16", "data.batch_size=4", "selection.dev_traces=4"]
         tiny_pre = ["trainer.max_steps=3", "data.windows_per_epoch=16", "data.batch_size=4", "data.val_windows=4",
                     "trainer.checkpoint_every_n_steps=3"]
-    jobs = [
-        Job("warm", [py, str(REPO / "benchmarks" / "gpu_campaign.py"), "--warm", *common], 240),
-        Job("pretrain", [py, "-m", "pretrain", "experiment=contrastive/xlstm_unet_local",
-                         f"trainer.max_steps={a.pretrain_steps}", f"data.cache_dir={w}/cache_pretrain",
-                         f"data.num_workers={a.pretrain_workers or a.workers}", f"out_dir={w}/pretrain",
-                         "trainer.progress_bar=false",
-                         *tiny_pre], 60 + 0.25 * a.pretrain_steps),
-    ]
+    jobs = [Job("warm", [py, str(REPO / "benchmarks" / "gpu_campaign.py"), "--warm", *common], 240)]
+    for arch, (job, experiment, step_s) in PRETRAIN_JOBS.items():
+        argv = [py, "-m", "pretrain", f"experiment={experiment}", f"trainer.max_steps={a.pretrain_steps}",
+                f"data.cache_dir={w}/cache_{job}", f"data.num_workers={a.pretrain_workers or a.workers}",
+                f"out_dir={w}/{job}", "trainer.progress_bar=false", *tiny_pre]  # own caches: no ingest race
+        jobs.append(Job(job, argv, 60 + step_s * a.pretrain_steps))
+
+    def pretrain_deps(arch, pretrained):
+        return ["warm"] + ([PRETRAIN_JOBS[arch][0]] if pretrained and not given[arch] else [])
     budget, fbudget = _seconds(a.budget), _seconds(a.fraction_budget)
 
     def finetune(name, arch, extra, deps, seconds, max_time):
@@ -139,7 +156,7 @@ def build_jobs(a) -> list[Job]:
 
     for name in a.main:
         arch, pretrained, _ = MAIN_RUNS[name]
-        jobs.append(finetune(name, arch, pre if pretrained else [], ["warm"] + ["pretrain"] * pretrained, budget,
+        jobs.append(finetune(name, arch, pre[arch] if pretrained else [], pretrain_deps(arch, pretrained), budget,
                              a.budget))
     analyst_only = ["pseudo.labelled=false", "pseudo.weight=0", f"trainer.max_steps={a.fraction_steps}"]
     for f in a.fractions:
@@ -147,13 +164,10 @@ def build_jobs(a) -> list[Job]:
         lf = [f"data.label_fraction={f}", *analyst_only]
         for model in a.fraction_models:
             arch, pretrained = FRACTION_RUNS[model]
-            jobs.append(finetune(f"frac{tag}_{model}", arch, lf + (pre if pretrained else []),
-                                 ["warm"] + ["pretrain"] * pretrained, fbudget, a.fraction_budget))
-    if a.pretrained:  # an existing backbone: no pretraining job, nothing waits for one
-        for j in jobs:
-            j.deps = [d for d in j.deps if d != "pretrain"]
-    if not any("pretrain" in j.deps for j in jobs):
-        jobs = [j for j in jobs if j.name != "pretrain"]
+            jobs.append(finetune(f"frac{tag}_{model}", arch, lf + (pre[arch] if pretrained else []),
+                                 pretrain_deps(arch, pretrained), fbudget, a.fraction_budget))
+    needed = {d for j in jobs for d in j.deps}  # a pretraining job runs only when a run waits for it
+    jobs = [j for j in jobs if j.name not in {job for job, _, _ in PRETRAIN_JOBS.values()} or j.name in needed]
     evaluate = [py, str(REPO / "benchmarks" / "picking_eval.py"), "--cache-root", a.teachers, "--data-cache",
                 f"{w}/cache", "--dev-tuned"]
     models = ["PhaseNet original=PhaseNet:original", "EQTransformer original=EQTransformer:original"]
@@ -326,11 +340,12 @@ def main(argv=None) -> int:
     if a.shared:
         os.environ["SEISBENCH_XLSTM_SHARED_DATA"] = str(Path(a.shared).resolve())
     a.teachers = str(Path(a.teachers).resolve())
-    if a.pretrained:
-        if not Path(a.pretrained).is_file():
-            print(f"gpu_campaign: --pretrained {a.pretrained}: no such file", file=sys.stderr)
+    for option in ("pretrained", "pretrained_seq"):
+        path = getattr(a, option)
+        if path and not Path(path).is_file():
+            print(f"gpu_campaign: --{option.replace('_', '-')} {path}: no such file", file=sys.stderr)
             return 2
-        a.pretrained = str(Path(a.pretrained).resolve())
+        setattr(a, option, str(Path(path).resolve()) if path else None)
     a.work = a.work.resolve()
     (a.work / "logs").mkdir(parents=True, exist_ok=True)
     import torch
