@@ -530,6 +530,10 @@ def main(argv=None):
     parser.add_argument("--qkv-form", nargs="+", choices=["dense", "per_head", "fused"], default=None,
                         help="forms of the q/k/v projections (seisbench_xlstm.bimlstm.GPU_QKV_FORM), measured one "
                              "after the other in this run (DDP mode: the first); each label gets a suffix")
+    parser.add_argument("--head-pad", nargs="+", choices=["layout", "kernel"], default=None,
+                        help="where head dims TFLA cannot take are padded (seisbench_xlstm.bimlstm.HEAD_PAD_IN_LAYOUT: "
+                             "layout = in the layer's layout copies, kernel = padded copies in mlstm_sequence), "
+                             "measured one after the other for each q/k/v form; each label gets a suffix")
     parser.add_argument("--profile", type=Path, help="folder for a profiler table of each configuration (one device)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -578,10 +582,14 @@ def main(argv=None):
         write_report(ddp_report(rows, runs, args), out)
         return rows + runs
     rows, label = [], args.label
-    for form in forms if not args.regenerate else []:
+    pads = args.head_pad or [None]
+    for form, pad in [(f, p) for f in forms for p in pads] if not args.regenerate else []:
         if form:
             set_qkv_form(form)
-            args.label = f"{label} (qkv {form})"
+        if pad:
+            bimlstm.HEAD_PAD_IN_LAYOUT = pad == "layout"
+        suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}") if x)
+        args.label = f"{label} ({suffix})" if suffix else label
         for recipe in recipes:
             for batch in args.batch or [SEED_BATCH[recipe]]:
                 for ckpt in modes:

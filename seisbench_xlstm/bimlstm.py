@@ -58,6 +58,11 @@ GPU_QKV_FORM = "dense"
 #: U-Net in 17% less time than einsum.
 CPU_QKV_FORM = "per_head"
 QKV_FORMS = ("dense", "per_head", "fused", "einsum")
+#: Where head dims the kernel cannot take are zero-padded (``kernels.kernel_head_dim``: TFLA, the sequential
+#: backbone's 96 -> 128): ``True`` in the layout copies of :func:`mlstm_branches` (no extra copy; the default),
+#: ``False`` in :func:`seisbench_xlstm.kernels.mlstm_sequence` (padded copies of q, k, v and a cropped copy of the
+#: output). Same values; a switch for benchmarks that measure the two side by side. Not yet measured on a GPU.
+HEAD_PAD_IN_LAYOUT = True
 
 
 @dataclass
@@ -170,7 +175,8 @@ def mlstm_branches(
     n_dir, batch, steps, inner = x_mlstm.shape
     heads = directions[0].config.num_heads
     head_dim = inner // heads
-    kernel_dim = kernel_head_dim(head_dim, kernel)  # "auto": head_dim, and mlstm_sequence pads if it must
+    # "auto" (or HEAD_PAD_IN_LAYOUT off): head_dim here, and mlstm_sequence pads if it must
+    kernel_dim = kernel_head_dim(head_dim, kernel) if HEAD_PAD_IN_LAYOUT else head_dim
 
     def stacked(get):
         return _stacked(directions, get)

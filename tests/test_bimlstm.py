@@ -271,5 +271,8 @@ def test_head_dim_padding_in_the_layout_copies_changes_nothing(form, monkeypatch
         y.square().mean().backward()
         results.append([y.detach()] + [p.grad.clone() for p in layer.parameters()])
     assert seen == [(32, 32, 32), (48, 48, 48)]
+    monkeypatch.setattr(bimlstm, "HEAD_PAD_IN_LAYOUT", False)  # the benchmarks' switch: mlstm_sequence pads instead
+    layer(x, kernel="chunkwise--native_autograd")
+    assert seen[-1] == (32, 32, 32)
     for reference, other in zip(*results):
         torch.testing.assert_close(other, reference, atol=2e-5, rtol=1e-4)
