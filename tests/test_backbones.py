@@ -158,9 +158,9 @@ def test_tfla_matches_native_on_gpu(name):
     assert rel < 5e-3, f"TFLA (bf16) vs native (fp32) relative error {rel:.3g}"
 
 
-@pytest.mark.slow
-def test_compiled_layers_match_eager():
-    """``set_compile(True)`` runs the layers through torch.compile: same outputs and gradients as eager."""
+def _compiled_against_eager(before_compile=lambda: None):
+    """A tiny sequential backbone's output and weight gradients, eager and then with ``set_compile(True)`` (after
+    ``before_compile()``), checked equal; returns the backbone."""
     torch.manual_seed(0)
     backbone = build_backbone("sequential", {**TINY_SEQUENTIAL, "dropout": 0.0}).train()
     x = torch.randn(2, 3, 512)
@@ -168,13 +168,20 @@ def test_compiled_layers_match_eager():
     y_ref.square().mean().backward()
     reference = [p.grad.clone() for p in backbone.parameters()]
     backbone.zero_grad()
+    before_compile()
     backbone.set_compile(True)
     y = backbone(x)
     y.square().mean().backward()
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
     for g_ref, p in zip(reference, backbone.parameters()):
         torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-3)
-    assert "compiled" not in backbone.config.to_dict()
+    return backbone
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager():
+    """``set_compile(True)`` runs the layers through torch.compile: same outputs and gradients as eager."""
+    assert "compiled" not in _compiled_against_eager().config.to_dict()
 
 
 @pytest.mark.slow
@@ -183,25 +190,20 @@ def test_compiled_layers_pad_the_head_dim_like_eager(form, monkeypatch):
     """The head-dim padding in the layout copies (forced here: 16 -> 32 on the native kernel; on GPUs TFLA's 96 ->
     128) under torch.compile, in the GPU's q/k/v form and the CPU's: same outputs and gradients as the eager,
     unpadded backbone."""
+    import torch._dynamo
+
     from seisbench_xlstm import bimlstm
 
     monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
-    torch.manual_seed(0)
-    backbone = build_backbone("sequential", {**TINY_SEQUENTIAL, "dropout": 0.0}).train()
-    x = torch.randn(2, 3, 512)
-    y_ref = backbone(x)
-    y_ref.square().mean().backward()
-    reference = [p.grad.clone() for p in backbone.parameters()]
-    backbone.zero_grad()
-    torch._dynamo.reset()  # the patched head dim must be traced, not a cached graph
-    monkeypatch.setattr(bimlstm, "kernel_head_dim", lambda head_dim, kernel: 2 * head_dim)
-    backbone.set_compile(True)
-    y = backbone(x)
-    y.square().mean().backward()
-    torch._dynamo.reset()
-    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
-    for g_ref, p in zip(reference, backbone.parameters()):
-        torch.testing.assert_close(p.grad, g_ref, atol=1e-5, rtol=1e-3)
+
+    def pad_head_dims():
+        torch._dynamo.reset()  # the patched head dim must be traced, not a cached graph
+        monkeypatch.setattr(bimlstm, "kernel_head_dim", lambda head_dim, kernel: 2 * head_dim)
+
+    try:
+        _compiled_against_eager(pad_head_dims)
+    finally:
+        torch._dynamo.reset()
 
 
 def test_compiled_unet_compiles_each_layer_width_once(compile_counter):
