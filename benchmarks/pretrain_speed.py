@@ -79,7 +79,7 @@ from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
 from seisbench_xlstm import bimlstm  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
-from seisbench_xlstm.kernels import kernel_shape, native_chunk_size, resolve_kernel  # noqa: E402
+from seisbench_xlstm.kernels import kernel_chunk_size, kernel_shape, resolve_kernel  # noqa: E402
 
 EXPERIMENTS = {
     "masked": "xlstm_large/pure_mlstm_sequential_12m_foundation",
@@ -159,7 +159,7 @@ def cell_flops(calls: list, kernel: str) -> float:
     """Analytic model FLOPs (forward + backward) of the recorded mLSTM cell calls run with ``kernel``."""
     total = 0.0
     for batch, heads, steps, d in calls:
-        shape = kernel_shape(steps, 128 if "triton" in kernel else native_chunk_size(d))
+        shape = kernel_shape(steps, kernel_chunk_size(kernel, d))
         s, chunk = shape.padded_length, shape.chunk_size
         forward = 4 * s * d * d + 4 * s * chunk * d
         total += 3 * forward * batch * heads

@@ -9,7 +9,10 @@ saved model arguments, so weights trained on a GPU load on a CPU and the reverse
   padded length), float32.
 
 Users can override the choice with :func:`set_default_kernel`, with the ``SEISBENCH_XLSTM_KERNEL`` environment
-variable, or per model (``model.set_kernel(...)``).
+variable, or per model (``model.set_kernel(...)``). ``chunkwise--seisbench_triton`` (:data:`OWN_TRITON_KERNEL`) is
+this project's own chunkwise Triton kernel (:mod:`seisbench_xlstm.triton_mlstm`: exact gradient, any head dim,
+chunk 64, bf16); it is never chosen by ``"auto"`` until it is measured faster (``benchmarks/README.md``), and runs
+on CUDA, or on a CPU under Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
 
 Triton 3.6 aborts while compiling ``triton_xl_chunk`` unless ``DISABLE_LLVM_OPT=1`` is in the environment before
 the first compilation. :func:`resolve_kernel` sets it (if unset) whenever a Triton kernel is chosen, so users never
@@ -28,6 +31,10 @@ import torch.nn.functional as F
 AUTO = "auto"
 TRITON_KERNEL = "chunkwise--triton_xl_chunk"
 NATIVE_KERNEL = "chunkwise--native_autograd"
+OWN_TRITON_KERNEL = "chunkwise--seisbench_triton"
+#: Chunk size of :data:`OWN_TRITON_KERNEL` (fastest of 32 and 64 at three of the project's four call shapes on an
+#: H200, benchmarks/results/triton_mlstm_speed.md).
+OWN_TRITON_CHUNK = 64
 #: Kernels a user may select. The quadratic ``parallel--native_autograd`` is a reference for tests only:
 #: its memory grows with the square of the sequence length.
 KNOWN_KERNELS = (
@@ -38,6 +45,7 @@ KNOWN_KERNELS = (
     NATIVE_KERNEL,
     "chunkwise--native_custbw",
     "parallel--native_autograd",
+    OWN_TRITON_KERNEL,
 )
 KERNEL_ENV_VAR = "SEISBENCH_XLSTM_KERNEL"
 
@@ -87,7 +95,8 @@ def resolve_kernel(requested: str, device: torch.device) -> str:
     if kernel == AUTO:
         kernel = TRITON_KERNEL if device.type == "cuda" and triton_available() else NATIVE_KERNEL
     if "triton" in kernel:
-        if device.type != "cuda":
+        interpreted = kernel == OWN_TRITON_KERNEL and os.environ.get("TRITON_INTERPRET") == "1"
+        if device.type != "cuda" and not interpreted:
             raise RuntimeError(f"mLSTM kernel {kernel!r} needs CUDA tensors, got tensors on {device}.")
         # Triton 3.6's LLVM SLP vectoriser aborts on the xl_chunk kernels; this must be set before compiling.
         os.environ.setdefault("DISABLE_LLVM_OPT", "1")
@@ -125,8 +134,8 @@ def kernel_head_dim(head_dim: int, kernel: str) -> int:
     (``benchmarks/results/tfla_agreement.md``): at head dim 96 the output was 1% to 23% off the quadratic
     reference depending on batch and length, at 64 and 128 about 1% everywhere (bf16). Other head dims are padded
     with zeros to the next size that is either (96 -> 128, 160 -> 192); the native kernels take any head dim."""
-    if "triton" not in kernel or head_dim & (head_dim - 1) == 0 or head_dim % 64 == 0:
-        return head_dim
+    if not kernel.startswith("chunkwise--triton") or head_dim & (head_dim - 1) == 0 or head_dim % 64 == 0:
+        return head_dim  # the native kernels and this project's own Triton kernel mask the head dim
     return min(1 << (head_dim - 1).bit_length(), -(-head_dim // 64) * 64)
 
 
@@ -141,6 +150,15 @@ def native_chunk_size(head_dim: int) -> int:
     sequences: 1,024 steps of head dim 64 take 161 ms with chunk 32 and 197 ms with 64; head dim 96: 283 / 280 ms;
     head dim 128 over 256 steps: 108 / 99 ms; chunk 128 is slower everywhere (294 ms at head dim 64)."""
     return 32 if head_dim <= 64 else 64
+
+
+def kernel_chunk_size(kernel: str, head_dim: int) -> int:
+    """Chunk size a resolved kernel runs at (at most; shorter sequences get a smaller power of two,
+    :func:`kernel_shape`): TFLA 128, this project's Triton kernel :data:`OWN_TRITON_CHUNK`, native
+    :func:`native_chunk_size`."""
+    if kernel == OWN_TRITON_KERNEL:
+        return OWN_TRITON_CHUNK
+    return 128 if "triton" in kernel else native_chunk_size(head_dim)
 
 
 @lru_cache(maxsize=None)
@@ -190,7 +208,8 @@ def mlstm_sequence(
     """
     resolved = resolve_kernel(kernel, q.device)
     length = q.shape[2]
-    shape = kernel_shape(length, 128 if "triton" in resolved else native_chunk_size(q.shape[3]))
+    own = resolved == OWN_TRITON_KERNEL
+    shape = kernel_shape(length, kernel_chunk_size(resolved, q.shape[3]))
     # The quadratic reference kernels take any length: they run unpadded, which makes them the reference that
     # shows padding does not change real outputs.
     pad = 0 if resolved.startswith("parallel") else shape.padded_length - length
@@ -203,9 +222,16 @@ def mlstm_sequence(
         q = q * query_scale(head_dim, head_dim + pad_dim)
     # TFLA kernels run in bf16 (the gates' log-space arithmetic stays float32 inside the kernel); the native
     # CPU kernels in float32. Inputs are cast here so the kernel sees one dtype whether or not autocast is on.
-    kernel_dtype = torch.bfloat16 if "triton" in resolved else torch.float32
-    backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
-    h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
+    # (Triton's CPU interpreter computes bf16 products wrongly: float32 there.)
+    kernel_dtype = torch.bfloat16 if "triton" in resolved and q.is_cuda else torch.float32
+    if own:
+        from .triton_mlstm import mlstm_chunkwise_triton
+
+        q, k, v = (t.to(kernel_dtype) for t in (q, k, v))
+        h = mlstm_chunkwise_triton(q, k, v, i.float(), f.float(), chunk_size=shape.chunk_size, eps=1e-6)
+    else:
+        backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
+        h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
     return h[:, :, :length, :head_dim].to(v.dtype)
 
 

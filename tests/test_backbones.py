@@ -132,11 +132,13 @@ def test_every_kernel_call_of_a_backbone_matches_the_quadratic_mlstm(monkeypatch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (TFLA Triton kernels)")
+@pytest.mark.parametrize("kernel", ["chunkwise--triton_xl_chunk", "chunkwise--seisbench_triton"])
 @pytest.mark.parametrize("name", ["sequential", "unet"])
-def test_every_tfla_call_of_a_backbone_matches_native_on_gpu(monkeypatch, name):
-    """TFLA (bf16) inside each backbone against the native kernel (float32) on the same inputs, call by call; 3e-2 as
-    in tests/test_kernels.py (about 1e-2 measured at head dims 64 and 128)."""
-    errors = _kernel_call_errors(monkeypatch, name, "cuda", "chunkwise--triton_xl_chunk", "chunkwise--native_autograd")
+def test_every_tfla_call_of_a_backbone_matches_native_on_gpu(monkeypatch, name, kernel):
+    """TFLA (bf16), and this project's own Triton kernel, inside each backbone against the native kernel (float32)
+    on the same inputs, call by call; 3e-2 as in tests/test_kernels.py (about 1e-2 measured at head dims 64 and
+    128)."""
+    errors = _kernel_call_errors(monkeypatch, name, "cuda", kernel, "chunkwise--native_autograd")
     assert max(errors) < 3e-2, errors
 
 

@@ -28,6 +28,13 @@ def test_resolve_kernel_on_cpu(monkeypatch):
     assert resolve_kernel("auto", torch.device("cpu")) == kernels.NATIVE_KERNEL
     with pytest.raises(RuntimeError, match="needs CUDA"):
         resolve_kernel(kernels.TRITON_KERNEL, torch.device("cpu"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="needs CUDA"):  # the project's own kernel too, unless interpreted
+        resolve_kernel(kernels.OWN_TRITON_KERNEL, torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_kernel(kernels.OWN_TRITON_KERNEL, torch.device("cpu")) == kernels.OWN_TRITON_KERNEL
+    with pytest.raises(RuntimeError, match="needs CUDA"):  # TFLA does not run under the interpreter here
+        resolve_kernel(kernels.TRITON_KERNEL, torch.device("cpu"))
     with pytest.raises(ValueError, match="Known kernels"):
         resolve_kernel("chunkwise--typo", torch.device("cpu"))
 
@@ -134,7 +141,8 @@ def test_mlstm_kernels_gradient_conventions():
     "head_dim,kernel,expected",
     [(96, kernels.TRITON_KERNEL, 128), (160, kernels.TRITON_KERNEL, 192), (48, kernels.TRITON_KERNEL, 64),
      (200, kernels.TRITON_KERNEL, 256), (64, kernels.TRITON_KERNEL, 64), (128, kernels.TRITON_KERNEL, 128),
-     (192, kernels.TRITON_KERNEL, 192), (32, kernels.TRITON_KERNEL, 32), (96, kernels.NATIVE_KERNEL, 96)],
+     (192, kernels.TRITON_KERNEL, 192), (32, kernels.TRITON_KERNEL, 32), (96, kernels.NATIVE_KERNEL, 96),
+     (96, "chunkwise--triton_limit_chunk", 128), (96, kernels.OWN_TRITON_KERNEL, 96)],
 )
 def test_kernel_head_dim(head_dim, kernel, expected):
     """Triton kernels run at a power of two or a multiple of 64 (the head dims their tiling handles); the native

@@ -246,6 +246,50 @@ def test_compiles_with_the_llvm_optimiser_off_unless_the_user_chose(monkeypatch)
     assert os.environ["DISABLE_LLVM_OPT"] == "0"
 
 
+@pytest.mark.parametrize("steps,head_dim", [(100, 24), (40, 96)])
+def test_library_kernel_name_runs_this_kernel(steps, head_dim):
+    """``kernel="chunkwise--seisbench_triton"`` in :func:`seisbench_xlstm.kernels.mlstm_sequence`: lengths padded to
+    the chunk rule, any head dim (no head-dim padding), the exact gradient of the quadratic mLSTM."""
+    from seisbench_xlstm import kernels
+
+    assert kernels.kernel_head_dim(head_dim, kernels.OWN_TRITON_KERNEL) == head_dim
+    inputs, grad = make_inputs(2, 2, steps, head_dim, head_dim)
+    got = output_and_grads(lambda *x: kernels.mlstm_sequence(*x, kernel=kernels.OWN_TRITON_KERNEL), inputs, grad)
+    assert got[0].shape == (2, 2, steps, head_dim)
+    if DEVICE == "cuda":  # the library runs it in bf16 on GPUs (as TFLA)
+        want, tol = half_precision_reference(inputs, grad, torch.bfloat16, False), 3e-2
+    else:
+        want, tol = float32_reference_and_tolerance(inputs, grad, False)
+    assert_close(got, want, tol)
+
+
+def test_backbone_with_this_kernel_matches_the_native_kernel():
+    """A tiny sequential backbone set to ``chunkwise--seisbench_triton`` (float32 under the interpreter, bf16 on a
+    GPU) gives the features and weight gradients of the native kernel."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import TINY_SEQUENTIAL
+
+    from seisbench_xlstm import kernels
+    from seisbench_xlstm.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("sequential", {**TINY_SEQUENTIAL, "dropout": 0.0}).to(DEVICE).train()
+    x = torch.randn(2, 3, 256, device=DEVICE)
+    results = []
+    for name in (kernels.NATIVE_KERNEL, kernels.OWN_TRITON_KERNEL):
+        backbone.set_kernel(name)
+        backbone.zero_grad()
+        y = backbone(x)
+        y.square().mean().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in backbone.parameters()])
+    tol = 3e-2 if DEVICE == "cuda" else 1e-4
+    for reference, other in zip(*results):
+        assert float((other - reference).norm() / reference.norm().clamp_min(1e-30)) < tol
+
+
 def test_rejects_bad_shapes():
     inputs, _ = make_inputs(1, 1, 48, 16, 16)
     with pytest.raises(ValueError, match="multiple of the chunk size"):
