@@ -354,9 +354,9 @@ def _qkv_gates_per_head(
     def per_head(x):  # one layout copy of each input
         return x.reshape(n_dir, batch * steps, heads, head_dim).transpose(1, 2)
 
-    def head_matrices(w, scale=1.0):  # (directions, blocks, b, b) -> each head's block-diagonal matrix
-        blocks = w.reshape(n_dir * heads, w.shape[1] // heads, *w.shape[2:])  # (directions, heads, kernel_dim, hd)
-        matrices = _block_diagonal(blocks).view(n_dir, heads, head_dim, head_dim)
+    def head_matrices(w, scale=1.0):  # (directions, blocks, b, b) -> (directions, heads, kernel_dim, head_dim)
+        blocks = w.reshape(n_dir * heads, w.shape[1] // heads, *w.shape[2:])
+        matrices = _block_diagonal(blocks).view(n_dir, heads, head_dim, head_dim)  # each head's block-diagonal
         return F.pad(matrices * scale, (0, 0, 0, kernel_dim - head_dim)) if kernel_dim != head_dim else matrices
 
     w_q, w_k, w_v = qkv_weights

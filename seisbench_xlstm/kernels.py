@@ -32,8 +32,9 @@ AUTO = "auto"
 TRITON_KERNEL = "chunkwise--triton_xl_chunk"
 NATIVE_KERNEL = "chunkwise--native_autograd"
 OWN_TRITON_KERNEL = "chunkwise--seisbench_triton"
-#: Chunk size of :data:`OWN_TRITON_KERNEL` (fastest of 32 and 64 at three of the project's four call shapes on an
-#: H200, benchmarks/results/triton_mlstm_speed.md).
+#: Chunk size of :data:`OWN_TRITON_KERNEL`. On an H200 (benchmarks/results/triton_mlstm_speed.md, one run per chunk
+#: size, each against TFLA in the same run) 64 gave the better ratio at the sequential backbone's call and the U-Net's
+#: deepest level, 32 at the U-Net's other two; 64 needs fewer chunks on long records.
 OWN_TRITON_CHUNK = 64
 #: Kernels a user may select. The quadratic ``parallel--native_autograd`` is a reference for tests only:
 #: its memory grows with the square of the sequence length.
