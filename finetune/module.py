@@ -56,6 +56,24 @@ class FinetuneModule(L.LightningModule):
         self.thresholds: dict[str, float] = {}
         self.dev_scores: dict[str, float] = {}
 
+    # ---------------------------------------------------------------- torch.compile (xLSTM pickers)
+    def on_fit_start(self):
+        """Turns on ``torch.compile`` of the mLSTM layers per ``model.compile`` (``null``: on CUDA)."""
+        if self.arch.startswith("xlstm"):
+            enabled = self.cfg.model.compile
+            self.model.backbone.set_compile(self.device.type == "cuda" if enabled is None else bool(enabled))
+
+    def on_validation_start(self):
+        """Validation and the dev evaluation (``annotate`` of whole traces) run eagerly: their shapes and no-grad
+        mode would each compile variants of their own."""
+        if self.arch.startswith("xlstm"):
+            self._compiled_for_training = self.model.backbone.compiled
+            self.model.backbone.set_compile(False)
+
+    def on_validation_end(self):
+        if self.arch.startswith("xlstm"):
+            self.model.backbone.set_compile(getattr(self, "_compiled_for_training", self.model.backbone.compiled))
+
     # ---------------------------------------------------------------- backbone schedule
     def backbone_frozen(self, epoch: int | None = None) -> bool:
         epoch = self.current_epoch if epoch is None else epoch

@@ -217,3 +217,24 @@ def test_pretraining_exports_start_a_finetune(tmp_path, recipe, arch):
     other = "xlstm_unet" if arch == "xlstm_seq" else "xlstm_seq"
     with pytest.raises(ValueError, match=f"model.arch={arch}"):
         build_model(other, str(path))
+
+
+@pytest.mark.parametrize("setting,compiled", [("true", True), ("null", False)])
+def test_compile_for_training_only(synth, tmp_path, compile_counter, setting, compiled):
+    """``model.compile``: the mLSTM layers run through torch.compile in training steps (``null``: on CUDA only, so
+    not here) and eagerly in validation and the dev evaluation."""
+    import lightning as L
+
+    seen = {"train": set(), "val": set()}
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["train"].add(module.model.backbone.compiled)
+
+        def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+            seen["val"].add(module.model.backbone.compiled)
+
+    overrides = tiny_overrides(synth, tmp_path, extra=["trainer.max_epochs=2", f"model.compile={setting}"])
+    run(compose_config(overrides), [Watch()])
+    assert seen == {"train": {compiled}, "val": {False}}
+    assert (compile_counter.frame_count > 0) == compiled
