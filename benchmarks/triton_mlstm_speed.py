@@ -39,8 +39,9 @@ sys.path.insert(0, str(REPO))
 #: (batch x 2 directions, heads, padded steps, head dim) of the project's mLSTM calls.
 SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-FIELDS = ["device", "shape", "chunk", "ours_fwd_ms", "tfla_fwd_ms", "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms",
-          "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [f"rel_err_{n}" for n in NAMES] + [
+FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "ours_fwd_ms", "tfla_fwd_ms", "fwd_speedup",
+          "ours_fwbw_ms", "tfla_fwbw_ms", "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [
+          f"rel_err_{n}" for n in NAMES] + [
           f"{k}_vs_{ref}" for k in ("ours", "tfla") for ref in ("exact", "constant")] + ["note"]
 DEVICE = "cuda"
 #: Our kernel's gradient convention (--constant-normaliser: TFLA's, else the exact gradient).
@@ -82,7 +83,11 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) 
     from triton.testing import do_bench
 
     inputs, grad = random_mlstm_inputs(shape)
-    row = {"device": machine(), "shape": "x".join(map(str, shape)), "chunk": min(chunk_size, shape[2]), "note": ""}
+    from seisbench_xlstm import triton_mlstm
+
+    row = {"device": machine(), "shape": "x".join(map(str, shape)), "chunk": min(chunk_size, shape[2]), "note": "",
+           "block_v": block_v or "default", "warps": triton_mlstm.LAUNCH["num_warps"],
+           "stages": triton_mlstm.LAUNCH["num_stages"]}
     outputs = {}
     for name, fn in kernels(shape[2], chunk_size, block_v).items():
         try:
@@ -149,7 +154,11 @@ def main(argv=None):
                         help="our kernel with TFLA's gradient convention (stabiliser and normaliser constant)")
     parser.add_argument("--schedule", choices=["sequential", "two_phase"], default="sequential",
                         help="our kernel's schedule (seisbench_xlstm.triton_mlstm)")
-    parser.add_argument("--block-v", type=int, default=None, help="value columns per program of our kernel")
+    parser.add_argument("--block-v", type=int, nargs="+", default=[None],
+                        help="value columns per program of our kernel (several: each is measured)")
+    parser.add_argument("--warps", type=int, nargs="+", default=[None],
+                        help="num_warps of our kernels (seisbench_xlstm.triton_mlstm.LAUNCH; several: each is measured)")
+    parser.add_argument("--stages", type=int, nargs="+", default=[None], help="num_stages, the same way")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time (ms)")
@@ -163,11 +172,19 @@ def main(argv=None):
         parser.error("shapes are batch x heads x steps x head_dim, e.g. 256x4x1024x96")
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (the Triton kernels are compiled for the GPU)")
-    rows = []
+    from seisbench_xlstm import triton_mlstm
+
+    default_launch, rows = dict(triton_mlstm.LAUNCH), []
     for shape in shapes:
-        print(f"shape {shape}", flush=True)
-        rows.append(measure(shape, args.chunk_size, args.block_v, args.warmup, args.rep))
-        print(rows[-1], flush=True)
+        for block_v in args.block_v:
+            for warps in args.warps:
+                for stages in args.stages:
+                    triton_mlstm.LAUNCH = {"num_warps": warps or default_launch["num_warps"],
+                                           "num_stages": stages or default_launch["num_stages"]}
+                    print(f"shape {shape}, block_v {block_v}, launch {triton_mlstm.LAUNCH}", flush=True)
+                    rows.append(measure(shape, args.chunk_size, block_v, args.warmup, args.rep))
+                    print(rows[-1], flush=True)
+    triton_mlstm.LAUNCH = default_launch
     lines = ["# Chunkwise Triton mLSTM (ours) vs TFLA `chunkwise--triton_xl_chunk`", "",
              f"`benchmarks/triton_mlstm_speed.py` (see its docstring), {machine()}: median ms "
              "(`triton.testing.do_bench`) of a forward (no grad) and of forward+backward, bf16 inputs; shape = batch "
@@ -176,7 +193,7 @@ def main(argv=None):
              f"(output and five gradients) against the quadratic mLSTM in float32 on {REFERENCE_SEQUENCES} sequences "
              "of the shape, same rounded inputs, with the exact gradient or with stabiliser and normaliser constant "
              "(TFLA's convention; `seisbench_xlstm.kernels.quadratic_mlstm`); our chunk size "
-             f"{args.chunk_size}, schedule {args.schedule}, block_v {args.block_v or 'default'}, gradient "
+             f"{args.chunk_size}, schedule {args.schedule}, block_v and launch settings per row, gradient "
              f"{'constant normaliser (as TFLA)' if args.constant_normaliser else 'exact'}.",
              ""]
     lines += ["| " + " | ".join(FIELDS[1:]) + " |", "|" + "---|" * (len(FIELDS) - 1)]

@@ -399,10 +399,14 @@ def _default_block_v(dv: int, dqk: int) -> int:
     return cap
 
 
+#: Launch settings of every kernel of this module. 8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4
+#: at every head dim and chunk size tried (static counts, not timings). ``benchmarks/triton_mlstm_speed.py --warps
+#: --stages`` times other settings side by side.
+LAUNCH = {"num_warps": 8, "num_stages": 1}
+
+
 def _launch_config(L: int, BD: int, BV: int) -> dict:
-    """8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4 at every head dim and chunk size tried; chunk
-    32 spills far less than 64 (none at head dim 64, block_v 32). Static counts only, not yet timed."""
-    return dict(num_warps=8, num_stages=1)
+    return dict(LAUNCH)
 
 
 def _prec(dtype: torch.dtype) -> str:
