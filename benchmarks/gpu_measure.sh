@@ -7,7 +7,7 @@
 #   lane A (GPU 0): this project's Triton kernel: its bf16 head-dim-96 case with Triton's LLVM optimiser on
 #                   (DISABLE_LLVM_OPT=0: did it cause the CUDA fault of 2026-11-30?), all its tests as the library
 #                   compiles them (tests/test_triton_mlstm.py), both recipes' training step with it
-#                   (pretrain_speed.py --kernel chunkwise--seisbench_triton -> pretrain_gpu.md/.csv); then
+#                   (pretrain_speed.py --kernel chunkwise--seisbench_triton -> pretrain_gpu_own_kernel.md/.csv); then
 #                   annotate_speed.py (24 h of $STATIONS stations, all four models, eager and compiled)
 #                   -> annotate_gpu.md/.csv
 #   lane B (GPU 1): the CUDA tests of the kernels and backbones (pytest -k gpu); pretrain_speed.py, recipe 1 at batch
@@ -61,8 +61,10 @@ lane_a() {
   export CUDA_VISIBLE_DEVICES=0
   local hours=24 tests=(tests/test_triton_mlstm.py) probe=(-k "test_bfloat16_project_shapes and 64-96")
   [ "$DRY" = 1 ] && { hours=0.05; tests+=(-k rejects_bad_shapes); probe=(-k rejects_bad_shapes); }
-  local own=(--kernel chunkwise--seisbench_triton --compile yes --label "$LABEL, own Triton kernel")
-  [ "$DRY" = 1 ] && own=(--compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md --label dry)
+  # its own report: lane B updates pretrain_gpu.csv at the same time
+  local own=(--kernel chunkwise--seisbench_triton --compile yes --label "$LABEL, own Triton kernel"
+             --out $R/pretrain_gpu_own_kernel.md)
+  [ "$DRY" = 1 ] && own=(--compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu_own_kernel.md --label dry)
   step A 40 env DISABLE_LLVM_OPT=0 $PY -m pytest -q -p no:cacheprovider tests/test_triton_mlstm.py "${probe[@]}"
   step A 60 $PY -m pytest -q -p no:cacheprovider -x "${tests[@]}"
   step A 100 $PY benchmarks/pretrain_speed.py --recipe contrastive --batch 64 "${own[@]}"
