@@ -100,3 +100,34 @@ def test_triton_speed_reference_check_finds_a_wrong_kernel(monkeypatch):
     assert float(row["ours_vs_exact"].split()[0]) < 3e-2  # bf16 inputs, float32 arithmetic
     assert float(row["ours_vs_constant"].split()[0]) > 0.1  # the native autograd kernel: exact gradients
     assert float(row["tfla_vs_exact"].split()[0]) > 0.1 and float(row["tfla_vs_constant"].split()[0]) > 0.1
+
+
+def test_triton_speed_runs_tfla_at_the_library_head_dim(monkeypatch):
+    """triton_mlstm_speed.py's TFLA call at head dim 96 goes through the library's padding (96 -> 128, queries
+    rescaled, output cropped): with the native kernel standing in for TFLA (on a CPU) it equals the unpadded call,
+    and TFLA receives head dim 128."""
+    import sys
+    import types
+
+    import torch
+    from mlstm_kernels.torch import get_mlstm_kernel
+
+    import triton_mlstm_speed as speed
+
+    native = get_mlstm_kernel("chunkwise--native_autograd")
+    seen = []
+
+    def stand_in(q, k, v, i, f, eps, chunk_size, autocast_kernel_dtype):
+        seen.append(q.shape[-1])
+        return native(q, k, v, i, f, eps=eps, chunk_size=chunk_size)
+
+    monkeypatch.setitem(sys.modules, "mlstm_kernels.torch.chunkwise.triton_xl_chunk",
+                        types.SimpleNamespace(mlstm_chunkwise__xl_chunk=stand_in))
+    monkeypatch.setitem(sys.modules, "seisbench_xlstm.triton_mlstm", types.SimpleNamespace(mlstm_chunkwise_triton=None))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 256, 96) for _ in range(3))
+    i, f = torch.randn(2, 4, 256), 3 + torch.randn(2, 4, 256)
+    h = speed.kernels(256, 64, None)["tfla"](q, k, v, i, f)
+    reference = native(q, k, v, i, f, eps=1e-6, chunk_size=128)
+    assert seen == [128] and h.shape == reference.shape
+    assert float((h - reference).norm() / reference.norm()) < 1e-5
