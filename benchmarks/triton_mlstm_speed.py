@@ -8,11 +8,13 @@ Run on a CUDA machine (writes ``benchmarks/results/triton_mlstm_speed.md`` and `
 
 Shapes: batch (both directions stacked) x heads x padded steps x head dim, bf16 q/k/v/upstream gradient, gates
 ``i ~ N(0, 1)``, ``f ~ 3 + N(0, 1)`` (as ``kernel_tuning.py``). Times: ``triton.testing.do_bench`` (median, ms) of
-a forward under ``torch.no_grad`` and of forward+backward. TFLA runs as the project calls it: ``eps=1e-6``, chunk
-``min(128, steps)``, ``autocast_kernel_dtype=bfloat16``, head dims it cannot tile zero-padded (96 -> 128,
-``kernels.kernel_head_dim``; the pad copies are in its time; before 2026-11-30 it ran unpadded, and wrong, at 96). Agreement: relative L2 error ``|ours - tfla| / |tfla|`` of
-the output and of each input gradient (both kernels in bf16, so ~1e-2 is rounding; the kernels' stabilisers differ
-only where ``eps`` matters, see the module docstring of ``seisbench_xlstm/triton_mlstm.py``).
+a forward under ``torch.no_grad`` and of forward+backward. TFLA runs through the library's call
+(``kernels.mlstm_sequence``): ``eps=1e-6``, chunk ``min(128, steps)``, inputs and gates cast to bf16, head dims it
+cannot tile zero-padded (96 -> 128, ``kernels.kernel_head_dim``; the pad copies are in its time; before 2026-11-30 it
+was called directly, with float32 gates, and ran unpadded, and wrong, at 96). Agreement: relative L2 error
+``|ours - tfla| / |tfla|`` of the output and of each input gradient (both kernels in bf16, so ~1e-2 is rounding; the
+kernels' stabilisers differ only where ``eps`` matters, see the module docstring of
+``seisbench_xlstm/triton_mlstm.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # Triton 3.6 aborts compiling xl_chunk without it (GPU.md)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -52,30 +53,16 @@ SCHEDULE = "sequential"
 REFERENCE_SEQUENCES = 4
 
 
-
-
 def kernels(steps: int, chunk_size: int, block_v: int | None) -> dict:
     """``name -> fn(q, k, v, i, f) -> h`` for our kernel and TFLA at this length."""
-    from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
-
-    from seisbench_xlstm.kernels import TRITON_KERNEL, kernel_head_dim, kernel_shape, query_scale
+    from seisbench_xlstm.kernels import TRITON_KERNEL, mlstm_sequence
     from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton
-
-    tfla_chunk = kernel_shape(steps, 128).chunk_size
-
-    def tfla(q, k, v, i, f):  # at the head dim the library gives TFLA (96 -> 128: zero columns, queries rescaled)
-        head_dim = q.shape[-1]
-        pad = kernel_head_dim(head_dim, TRITON_KERNEL) - head_dim
-        if pad:
-            q, k, v = (F.pad(t, (0, pad)) for t in (q * query_scale(head_dim, head_dim + pad), k, v))
-        h = mlstm_chunkwise__xl_chunk(q, k, v, i, f, eps=1e-6, chunk_size=tfla_chunk,
-                                      autocast_kernel_dtype=torch.bfloat16)
-        return h[..., :head_dim]
 
     return {
         "ours": lambda *x: mlstm_chunkwise_triton(*x, chunk_size=min(chunk_size, steps), eps=1e-6, block_v=block_v,
                                                   constant_normaliser=CONSTANT_NORMALISER, schedule=SCHEDULE),
-        "tfla": tfla,
+        # the library's own call: its length rule, head-dim padding (96 -> 128, queries rescaled) and casts
+        "tfla": lambda *x: mlstm_sequence(*x, kernel=TRITON_KERNEL),
     }
 
 
@@ -157,7 +144,8 @@ def main(argv=None):
     parser.add_argument("--block-v", type=int, nargs="+", default=[None],
                         help="value columns per program of our kernel (several: each is measured)")
     parser.add_argument("--warps", type=int, nargs="+", default=[None],
-                        help="num_warps of our kernels (seisbench_xlstm.triton_mlstm.LAUNCH; several: each is measured)")
+                        help="num_warps of our kernels (seisbench_xlstm.triton_mlstm.LAUNCH; several: each is "
+                             "measured)")
     parser.add_argument("--stages", type=int, nargs="+", default=[None], help="num_stages, the same way")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")

@@ -113,16 +113,23 @@ def test_triton_speed_runs_tfla_at_the_library_head_dim(monkeypatch):
     from mlstm_kernels.torch import get_mlstm_kernel
 
     import triton_mlstm_speed as speed
+    from seisbench_xlstm import kernels
 
     native = get_mlstm_kernel("chunkwise--native_autograd")
     seen = []
 
-    def stand_in(q, k, v, i, f, eps, chunk_size, autocast_kernel_dtype):
-        seen.append(q.shape[-1])
-        return native(q, k, v, i, f, eps=eps, chunk_size=chunk_size)
+    def stand_in(kernel, chunk_size, dtype):  # kernels._backend for TFLA, on the CPU
+        assert kernel == kernels.TRITON_KERNEL
 
-    monkeypatch.setitem(sys.modules, "mlstm_kernels.torch.chunkwise.triton_xl_chunk",
-                        types.SimpleNamespace(mlstm_chunkwise__xl_chunk=stand_in))
+        def run(q, k, v, i, f):
+            seen.append(q.shape[-1])
+            return native(q, k, v, i, f, eps=1e-6, chunk_size=chunk_size)
+        return run
+
+    resolve = kernels.resolve_kernel
+    monkeypatch.setattr(kernels, "resolve_kernel",
+                        lambda name, device: name if name == kernels.TRITON_KERNEL else resolve(name, device))
+    monkeypatch.setattr(kernels, "_backend", stand_in)
     monkeypatch.setitem(sys.modules, "seisbench_xlstm.triton_mlstm", types.SimpleNamespace(mlstm_chunkwise_triton=None))
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 256, 96) for _ in range(3))
