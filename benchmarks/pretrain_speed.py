@@ -581,20 +581,23 @@ def main(argv=None):
             runs = update_csv(runs_csv, runs, RUN_FIELDS, lambda r: (r["label"], r["device"], r["experiment"]))
         write_report(ddp_report(rows, runs, args), out)
         return rows + runs
-    rows, label = [], args.label
+    rows, label, library_pad = [], args.label, bimlstm.HEAD_PAD_IN_LAYOUT
     pads = args.head_pad or [None]
-    for form, pad in [(f, p) for f in forms for p in pads] if not args.regenerate else []:
-        if form:
-            set_qkv_form(form)
-        if pad:
-            bimlstm.HEAD_PAD_IN_LAYOUT = pad == "layout"
-        suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}") if x)
-        args.label = f"{label} ({suffix})" if suffix else label
-        for recipe in recipes:
-            for batch in args.batch or [SEED_BATCH[recipe]]:
-                for ckpt in modes:
-                    for compiled in modes_compile:
-                        rows.append(measure(args, recipe, batch, ckpt, device, compiled))
+    try:  # the library's settings come back afterwards (tests call main in their own process)
+        for form, pad in [(f, p) for f in forms for p in pads] if not args.regenerate else []:
+            if form:
+                set_qkv_form(form)
+            bimlstm.HEAD_PAD_IN_LAYOUT = library_pad if pad is None else pad == "layout"
+            suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}") if x)
+            args.label = f"{label} ({suffix})" if suffix else label
+            for recipe in recipes:
+                for batch in args.batch or [SEED_BATCH[recipe]]:
+                    for ckpt in modes:
+                        for compiled in modes_compile:
+                            rows.append(measure(args, recipe, batch, ckpt, device, compiled))
+    finally:
+        set_qkv_form(None)
+        bimlstm.HEAD_PAD_IN_LAYOUT = library_pad
     if out is not None:
         rows = update_csv(out.with_suffix(".csv"), rows)
     write_report(report(rows, args), out)

@@ -37,6 +37,19 @@ def test_tiny_run_writes_report_and_csv(bench, tmp_path):
     assert text.count("| before |") == 2 and text.count("| after |") == 1
 
 
+def test_variants_are_labelled_and_the_library_settings_restored(bench, tmp_path):
+    """--qkv-form and --head-pad run every combination, one label suffix each, and leave the library's q/k/v forms
+    and head-dim padding place as they were (tests call main in their own process)."""
+    from seisbench_xlstm import bimlstm
+
+    before = (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM, bimlstm.HEAD_PAD_IN_LAYOUT)
+    rows = bench.main(["--tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--samples", "1024", "--recipe",
+                       "masked", "--qkv-form", "dense", "per_head", "--head-pad", "kernel", "--label", "v",
+                       "--out", str(tmp_path / "speed.md")])
+    assert [r["label"] for r in rows] == ["v (qkv dense, head pad in kernel)", "v (qkv per_head, head pad in kernel)"]
+    assert (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM, bimlstm.HEAD_PAD_IN_LAYOUT) == before
+
+
 def test_cell_flops_formula_and_standin(bench):
     # one call: batch 2, 4 heads, 1024 steps, head width 96, TFLA chunk 128
     forward = 4 * 1024 * 96**2 + 4 * 1024 * 128 * 96
