@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mlstm_calls import output_and_grads, rel_errors
 from seisbench_xlstm import kernels
 from seisbench_xlstm.kernels import kernel_shape, mlstm_sequence, quadratic_mlstm, resolve_kernel
 
@@ -97,17 +98,6 @@ def test_cpu_kernel_chunk_follows_the_head_dim(monkeypatch, head_dim, length, pa
     assert calls == [(padded, chunk)]
 
 
-def _outputs_and_gradients(fn, inputs, grad):
-    inputs = [t.detach().clone().requires_grad_() for t in inputs]
-    h = fn(*inputs)
-    h.backward(grad)
-    return [h.detach()] + [t.grad for t in inputs]
-
-
-def _relative_errors(a, b):
-    return {name: float((x - y).norm() / y.norm()) for name, x, y in zip(("h", "dq", "dk", "dv", "di", "df"), a, b)}
-
-
 def _random_call(shape, device="cpu", seed=0):
     gen = torch.Generator(device=device).manual_seed(seed)
     qkv = [torch.randn(shape, generator=gen, device=device) for _ in range(3)]
@@ -123,16 +113,16 @@ def test_mlstm_kernels_gradient_conventions():
     from mlstm_kernels.torch import get_mlstm_kernel
 
     inputs, grad = _random_call((1, 2, 128, 32))
-    exact = _outputs_and_gradients(quadratic_mlstm, inputs, grad)
-    constant = _outputs_and_gradients(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
+    exact = output_and_grads(quadratic_mlstm, inputs, grad)
+    constant = output_and_grads(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
     for name, options in (("parallel--native_autograd", {}), ("chunkwise--native_autograd", {"chunk_size": 32})):
-        errors = _relative_errors(_outputs_and_gradients(
+        errors = rel_errors(output_and_grads(
             lambda *x, fn=get_mlstm_kernel(name): fn(*x, eps=1e-6, **options), inputs, grad), exact)
         assert max(errors.values()) < 1e-4, (name, errors)
     custom = get_mlstm_kernel("chunkwise--native_custbw")
-    custom_out = _outputs_and_gradients(lambda *x: custom(*x, eps=1e-6, chunk_size=32), inputs, grad)
-    assert max(_relative_errors(custom_out, constant).values()) < 1e-4
-    differ = _relative_errors(custom_out, exact)
+    custom_out = output_and_grads(lambda *x: custom(*x, eps=1e-6, chunk_size=32), inputs, grad)
+    assert max(rel_errors(custom_out, constant).values()) < 1e-4
+    differ = rel_errors(custom_out, exact)
     assert differ["h"] < 1e-4 and differ["dv"] < 1e-4
     assert min(differ[n] for n in ("dq", "dk", "di", "df")) > 0.1
 
@@ -154,11 +144,11 @@ def test_head_dim_padding_changes_no_output_or_gradient(monkeypatch):
     """The zero padding of the head dim (with its query rescaling) that the Triton kernels need at head dim 96 is
     exact: forced onto the native kernel on a CPU, outputs and all five input gradients equal the unpadded call."""
     inputs, grad = _random_call((2, 3, 100, 96))
-    plain = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel=kernels.NATIVE_KERNEL), inputs, grad)
+    plain = output_and_grads(lambda *x: mlstm_sequence(*x, kernel=kernels.NATIVE_KERNEL), inputs, grad)
     monkeypatch.setattr(kernels, "kernel_head_dim", lambda head_dim, kernel: 128)
-    padded = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel=kernels.NATIVE_KERNEL), inputs, grad)
+    padded = output_and_grads(lambda *x: mlstm_sequence(*x, kernel=kernels.NATIVE_KERNEL), inputs, grad)
     assert padded[0].shape == plain[0].shape
-    errors = _relative_errors(padded, plain)
+    errors = rel_errors(padded, plain)
     assert max(errors.values()) < 1e-5, errors
 
 
@@ -174,8 +164,8 @@ def test_tfla_follows_the_constant_normaliser_convention_on_gpu(head_dim, steps,
     head-96 kernel was 16% off in the output and 139% in a gradient here."""
     inputs, grad = _random_call((batch, 4, steps, head_dim), device="cuda")
     inputs[:3] = [t.bfloat16().float() for t in inputs[:3]]
-    tfla = _outputs_and_gradients(lambda *x: mlstm_sequence(*x, kernel="auto"), inputs, grad)
-    reference = _outputs_and_gradients(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
-    errors = _relative_errors(tfla, reference)
+    tfla = output_and_grads(lambda *x: mlstm_sequence(*x, kernel="auto"), inputs, grad)
+    reference = output_and_grads(lambda *x: quadratic_mlstm(*x, constant_normaliser=True), inputs, grad)
+    errors = rel_errors(tfla, reference)
     bounds = {name: 6e-2 if name == "df" else 3e-2 for name in errors}
     assert all(errors[name] < bounds[name] for name in errors), errors

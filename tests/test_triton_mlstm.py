@@ -43,13 +43,13 @@ if not (torch.cuda.is_available() or INTERPRET):
 
 from mlstm_kernels.torch import get_mlstm_kernel  # noqa: E402
 
+from mlstm_calls import NAMES, output_and_grads, rel_errors  # noqa: E402
 from seisbench_xlstm import triton_mlstm  # noqa: E402
 from seisbench_xlstm.kernels import quadratic_mlstm  # noqa: E402
 from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 EPS = 1e-6
-NAMES = ("h", "dq", "dk", "dv", "di", "df")
 exact_reference = get_mlstm_kernel("parallel--native_autograd")
 CONVENTIONS = {"exact": False, "constant": True}  # test id: constant_normaliser
 SCHEDULES = list(triton_mlstm.SCHEDULES)
@@ -95,27 +95,6 @@ def make_inputs(b, nh, s, dqk, dv, gates="normal", q_scale=1.0, seed=0, device=D
     i, f = GATES[gates]((b, nh, s))
     grad = torch.randn(b, nh, s, dv)
     return [x.to(device) for x in (q, k, v, i, f)], grad.to(device)
-
-
-def output_and_grads(fn, inputs, grad, dtype=None, saved=None):
-    """``[h, dq, dk, dv, di, df]`` of ``fn``; q, k, v (and grad) cast to ``dtype`` if given. With a list ``saved``,
-    appends to it what the Triton kernel's forward saves beyond its inputs and output: ``m_t``, ``n~_t`` and
-    ``C``, ``n`` at every chunk's start."""
-    xs = [x.detach().clone() for x in inputs]
-    if dtype is not None:
-        xs[:3] = [x.to(dtype) for x in xs[:3]]
-        grad = grad.to(dtype)
-    xs = [x.requires_grad_() for x in xs]
-    h = fn(*xs)
-    if saved is not None:
-        saved.extend(t.detach().clone() for t in h.grad_fn.saved_tensors[6:])
-    h.backward(grad)
-    return [h.detach()] + [x.grad for x in xs]
-
-
-def rel_errors(got, want):
-    return {n: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
-            for n, a, b in zip(NAMES, got, want)}
 
 
 def assert_close(got, want, tol):

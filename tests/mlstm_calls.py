@@ -1,0 +1,29 @@
+"""Outputs and input gradients of one mLSTM call, and their relative errors, shared by the kernel tests
+(``test_kernels.py``, ``test_triton_mlstm.py``)."""
+
+import torch
+
+#: The output and the five input gradients of an mLSTM call, in the order :func:`output_and_grads` returns them.
+NAMES = ("h", "dq", "dk", "dv", "di", "df")
+
+
+def output_and_grads(fn, inputs, grad, dtype=None, saved=None) -> list[torch.Tensor]:
+    """``[h, dq, dk, dv, di, df]`` of ``fn`` on copies of ``inputs`` (q, k, v, i, f); q, k, v (and grad) cast to
+    ``dtype`` if given. With a list ``saved``, appends to it what the Triton kernel's forward saves beyond its
+    inputs and output: ``m_t``, ``n~_t`` and ``C``, ``n`` at every chunk's start."""
+    xs = [x.detach().clone() for x in inputs]
+    if dtype is not None:
+        xs[:3] = [x.to(dtype) for x in xs[:3]]
+        grad = grad.to(dtype)
+    xs = [x.requires_grad_() for x in xs]
+    h = fn(*xs)
+    if saved is not None:
+        saved.extend(t.detach().clone() for t in h.grad_fn.saved_tensors[6:])
+    h.backward(grad)
+    return [h.detach()] + [x.grad for x in xs]
+
+
+def rel_errors(got, want) -> dict[str, float]:
+    """Relative L2 error ``|got - want| / |want|`` of each of :data:`NAMES` (in float32)."""
+    return {n: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+            for n, a, b in zip(NAMES, got, want)}
