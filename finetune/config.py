@@ -209,7 +209,9 @@ class ExportConfig:
     :param dir: output folder (default ``<out_dir>/weights``)
     :param precision: ``fp32``, ``fp16`` or ``bf16`` (stored weights; they load into fp32 models)
     :param check_tolerance: largest allowed difference of output probabilities between the trained fp32 model
-        and the stored weights on dev windows (export fails above it)
+        and the stored weights on dev windows
+    :param fallback_fp32: half-precision weights beyond ``check_tolerance`` are stored in fp32 instead (off: the
+        export fails and removes its files)
     :param note: text added to the weights' docstring
     """
 
@@ -219,6 +221,7 @@ class ExportConfig:
     version: str = "1"
     precision: str = "fp32"
     check_tolerance: float = 0.02
+    fallback_fp32: bool = True
     note: str = ""
 
 

@@ -9,7 +9,8 @@ version_str=<version>)`` loads them from anywhere.
 ``precision`` ``fp16``/``bf16`` stores the state dict in half precision (half the size: the sequential picker's
 11.3M parameters take about 22.7 MB); loading casts it back into the fp32 model. The export reloads the files and
 compares the output probabilities with those of the trained fp32 model on dev windows: above
-``check_tolerance`` the files are removed and :class:`ExportCheckError` is raised.
+``check_tolerance`` the weights are stored in fp32 instead (``fallback_fp32``, the default; the docstring says so),
+or, with the fallback off or when even fp32 misses, the files are removed and :class:`ExportCheckError` is raised.
 """
 
 from __future__ import annotations
@@ -94,10 +95,16 @@ def weights_docstring(cfg, data_info: dict, init_info: dict, thresholds: dict, d
     lines.append(f"Training: {train_info.get('epochs')} epochs, {train_info.get('steps')} steps, "
                  f"{_fmt(train_info.get('minutes', float('nan')), 1)} min on {train_info.get('device')}; best epoch "
                  f"{train_info.get('best_epoch')} by {cfg.selection.monitor}.")
-    stored = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-    lines.append(f"Weights stored in {stored}" + (
-        f" (output probabilities within {check['max_abs_diff']:.2g} of the float32 model on {check['windows']} dev "
-        "windows)" if check else "") + ".")
+    names = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+    stored = names[check["precision"] if check else precision]
+    if check and check.get("requested_precision"):
+        stored += (f" ({names[check['requested_precision']]} was asked for, but changed the output probabilities by "
+                   f"up to {check['half_precision_diff']:.2g} on {check['windows']} dev windows, above "
+                   f"{cfg.export.check_tolerance:g})")
+    elif check and check["windows"]:
+        stored += (f" (output probabilities within {check['max_abs_diff']:.2g} of the float32 model on "
+                   f"{check['windows']} dev windows)")
+    lines.append(f"Weights stored in {stored}.")
     if cfg.export.note:
         lines.append(str(cfg.export.note))
     return "\n".join(lines)
@@ -111,12 +118,15 @@ def _set_version(path_json: Path, version: str) -> None:
 
 
 def export_weights(model, arch: str, stem: Path, version: str, precision: str, docstring_fn, check_windows,
-                   check_tolerance: float, default_args: dict) -> dict:
+                   check_tolerance: float, default_args: dict, fallback_fp32: bool = True) -> dict:
     """Writes ``stem.json.v<version>`` + ``stem.pt.v<version>`` and checks them (see the module docstring).
 
-    :param docstring_fn: ``check -> docstring`` (the check result goes into the docstring)
-    :param check_windows: normalised windows ``(n, 3, W)`` to compare outputs on
-    :return: ``{"json", "pt", "bytes", "max_abs_diff", "windows", "precision"}``
+    :param docstring_fn: ``check -> docstring`` (the check result goes into the docstring; ``None`` on a first
+        pass, before it is measured)
+    :param check_windows: normalised windows ``(n, 3, W)`` to compare outputs on (``n`` may be 0: no check)
+    :param fallback_fp32: when half-precision weights fail the check, store float32 instead (else fail)
+    :return: ``{"json", "pt", "bytes", "max_abs_diff", "windows", "precision"}``, plus ``"requested_precision"``
+        and ``"half_precision_diff"`` after a fallback
     """
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
@@ -127,28 +137,45 @@ def export_weights(model, arch: str, stem: Path, version: str, precision: str, d
     cls = type(model)
     path_json, path_pt = cls._get_weights_file_paths(stem, version)
     x = torch.as_tensor(check_windows, dtype=torch.float32)
-    with torch.no_grad():
-        reference = probabilities(model, arch, x)
+    reference = None
+    if len(x):
+        with torch.no_grad():
+            reference = probabilities(model, arch, x)
 
-    def write(docstring: str) -> None:
-        stored = copy.deepcopy(model).to(DTYPES[precision])
+    def write(docstring: str, dtype: str) -> None:
+        stored = copy.deepcopy(model).to(DTYPES[dtype])
         stored.save(stem, weights_docstring=docstring, version_str=str(version))
         _set_version(path_json, version)
 
-    write(docstring_fn(None))  # first pass: measure the stored precision
-    loaded = cls.load(stem, version_str=str(version)).float().eval()
-    with torch.no_grad():
-        diff = float((probabilities(loaded, arch, x) - reference).abs().max()) if len(x) else 0.0
-    check = {"max_abs_diff": diff, "windows": int(len(x)), "precision": precision}
-    if not diff <= check_tolerance:
+    def measure(dtype: str) -> dict:
+        write(docstring_fn(None), dtype)  # first pass: measure the stored precision
+        if reference is None:
+            return {"max_abs_diff": 0.0, "windows": 0, "precision": dtype}
+        loaded = cls.load(stem, version_str=str(version)).float().eval()
+        with torch.no_grad():
+            diff = float((probabilities(loaded, arch, x) - reference).abs().max())
+        return {"max_abs_diff": diff, "windows": int(len(x)), "precision": dtype}
+
+    def remove() -> None:
         for p in (path_json, path_pt):
             Path(p).unlink(missing_ok=True)
+
+    check = measure(precision)
+    if not check["max_abs_diff"] <= check_tolerance and precision != "fp32" and fallback_fp32:
+        print(f"[export] {precision} weights change the output probabilities by up to {check['max_abs_diff']:.3g} "
+              f"on {check['windows']} dev windows (allowed {check_tolerance}): storing fp32 instead", flush=True)
+        half = check
+        remove()
+        check = {**measure("fp32"), "requested_precision": precision, "half_precision_diff": half["max_abs_diff"]}
+    if not check["max_abs_diff"] <= check_tolerance:
+        remove()
         raise ExportCheckError(
-            f"Stored {precision} weights change the output probabilities by up to {diff:.3g} on {len(x)} dev windows "
-            f"(allowed {check_tolerance}); files removed. Export in a higher precision (export.precision=fp32) or "
-            f"raise export.check_tolerance."
+            f"Stored {check['precision']} weights change the output probabilities by up to "
+            f"{check['max_abs_diff']:.3g} on {check['windows']} dev windows (allowed {check_tolerance}); files "
+            "removed. Export in a higher precision (export.precision=fp32), raise export.check_tolerance, or leave "
+            "export.fallback_fp32 on."
         )
-    write(docstring_fn(check))
+    write(docstring_fn(check), check["precision"])
     loaded = cls.load(stem, version_str=str(version))
     for key, value in default_args.items():
         if loaded.default_args.get(key) != value:

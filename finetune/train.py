@@ -168,10 +168,10 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
             module.model, str(cfg.model.arch), stem, str(e.version), str(e.precision),
             lambda check: weights_docstring(cfg, data.info, module.init_info, result.thresholds, scores, train_info,
                                             str(e.precision), check),
-            windows, float(e.check_tolerance), default_args,
+            windows, float(e.check_tolerance), default_args, bool(e.fallback_fp32),
         )
         print(f"[finetune] weights {result.export['json']} + .pt ({result.export['bytes'] / 1e6:.1f} MB, "
-              f"{e.precision}; max output difference {result.export['max_abs_diff']:.2g})", flush=True)
+              f"{result.export['precision']}; max output difference {result.export['max_abs_diff']:.2g})", flush=True)
     summary = {"name": cfg.name, "arch": cfg.model.arch, "init": module.init_info, "data": data.info,
                "train": train_info, "dev_scores": result.dev_scores, "thresholds": result.thresholds,
                "best_checkpoint": str(best), "export": result.export}
