@@ -72,9 +72,11 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) 
     inputs, grad = random_mlstm_inputs(shape)
     from seisbench_xlstm import triton_mlstm
 
+    head_dim = shape[3]
+    bd, bv = max(16, triton_mlstm._next_pow2(head_dim)), block_v or triton_mlstm._default_block_v(head_dim, head_dim)
+    launch = triton_mlstm._launch_config(shape[2], bd, bv)  # what the kernels are launched with
     row = {"device": machine(), "shape": "x".join(map(str, shape)), "chunk": min(chunk_size, shape[2]), "note": "",
-           "block_v": block_v or "default", "warps": triton_mlstm.LAUNCH["num_warps"],
-           "stages": triton_mlstm.LAUNCH["num_stages"]}
+           "block_v": block_v or f"default ({bv})", "warps": launch["num_warps"], "stages": launch["num_stages"]}
     outputs = {}
     for name, fn in kernels(shape[2], chunk_size, block_v).items():
         try:
@@ -162,17 +164,20 @@ def main(argv=None):
         parser.error("needs a CUDA device (the Triton kernels are compiled for the GPU)")
     from seisbench_xlstm import triton_mlstm
 
-    default_launch, rows = dict(triton_mlstm.LAUNCH), []
+    default_launch, tuned, rows = dict(triton_mlstm.LAUNCH), dict(triton_mlstm.TUNED_LAUNCH), []
     for shape in shapes:
         for block_v in args.block_v:
             for warps in args.warps:
                 for stages in args.stages:
+                    given = warps is not None or stages is not None  # given settings replace the tuned ones
+                    triton_mlstm.TUNED_LAUNCH = {} if given else tuned
                     triton_mlstm.LAUNCH = {"num_warps": warps or default_launch["num_warps"],
                                            "num_stages": stages or default_launch["num_stages"]}
-                    print(f"shape {shape}, block_v {block_v}, launch {triton_mlstm.LAUNCH}", flush=True)
+                    print(f"shape {shape}, block_v {block_v}, launch {triton_mlstm.LAUNCH}"
+                          f"{'' if given else ' (or TUNED_LAUNCH)'}", flush=True)
                     rows.append(measure(shape, args.chunk_size, block_v, args.warmup, args.rep))
                     print(rows[-1], flush=True)
-    triton_mlstm.LAUNCH = default_launch
+    triton_mlstm.LAUNCH, triton_mlstm.TUNED_LAUNCH = default_launch, tuned
     lines = ["# Chunkwise Triton mLSTM (ours) vs TFLA `chunkwise--triton_xl_chunk`", "",
              f"`benchmarks/triton_mlstm_speed.py` (see its docstring), {machine()}: median ms "
              "(`triton.testing.do_bench`) of a forward (no grad) and of forward+backward, bf16 inputs; shape = batch "

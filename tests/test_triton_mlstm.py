@@ -75,6 +75,7 @@ SHAPES = [
     (1, 2, 128, 24, 48, 64, None),  # head dims not powers of two (masked)
     (1, 1, 128, 48, 24, 32, 16),  # two value blocks, the second half masked
     (2, 2, 128, 32, 48, 16, 16),  # three value blocks, eight chunks
+    (1, 1, 64, 32, 96, 32, None),  # default block_v for 96 value columns: one block of 128, the last 32 masked
 ]
 
 #: Gate pre-activations (i, f) that exercise the stabiliser m and both branches of the normaliser.
