@@ -98,6 +98,8 @@ def _device_name(cfg) -> str:
 
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
     """Runs the experiment ``cfg`` (from :func:`finetune.config.compose_config`)."""
+    t_run = time.time()
+    seconds = {}  # wall time of each phase of the run (result.json "seconds"): where a short run's time goes
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -137,8 +139,10 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
     print(f"[finetune] {cfg.name}: {cfg.model.arch} ({n_params:,} parameters, {module.init_info['init']} init), "
           f"precision {resolve_precision(cfg)}, output {out_dir}\n[finetune] data: {data.summary()}", flush=True)
     start = time.time()
+    seconds["setup"] = start - t_run
     trainer.fit(module, datamodule=dm)
-    minutes = (time.time() - start) / 60
+    seconds["fit"] = time.time() - start
+    minutes = seconds["fit"] / 60
     result = RunResult(out_dir, None, global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
     result.metrics = Path(trainer.logger.log_dir) / "metrics.csv"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -155,6 +159,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
     result.thresholds = {k.split("_", 1)[1]: v for k, v in scores.items() if k.startswith("threshold_")}
     train_info = {"epochs": result.epochs, "steps": result.global_step, "minutes": minutes,
                   "device": _device_name(cfg), "best_epoch": int(ckpt.get("epoch", -1))}
+    seconds["selection"] = time.time() - start - seconds["fit"]
     print(f"[finetune] selected {best.name} (epoch {train_info['best_epoch']}): dev F1 {result.dev_scores}, "
           f"thresholds {result.thresholds}", flush=True)
     if cfg.export.enabled:
@@ -172,9 +177,11 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
         )
         print(f"[finetune] weights {result.export['json']} + .pt ({result.export['bytes'] / 1e6:.1f} MB, "
               f"{result.export['precision']}; max output difference {result.export['max_abs_diff']:.2g})", flush=True)
+        seconds["export"] = time.time() - start - seconds["fit"] - seconds["selection"]
+    print("[finetune] seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()), flush=True)
     summary = {"name": cfg.name, "arch": cfg.model.arch, "init": module.init_info, "data": data.info,
                "train": train_info, "dev_scores": result.dev_scores, "thresholds": result.thresholds,
-               "best_checkpoint": str(best), "export": result.export}
+               "best_checkpoint": str(best), "export": result.export, "seconds": seconds}
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     plot_curves(out_dir, str(cfg.name))
     return result

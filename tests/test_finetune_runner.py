@@ -106,6 +106,9 @@ def test_tiny_run_loss_falls(tiny_run):
     assert len(losses) == 16
     assert losses[-4:].mean() < 0.6 * losses[:4].mean()
     assert (result.out_dir / "curves.png").is_file() and (result.out_dir / "checkpoints" / "best.ckpt").is_file()
+    seconds = json.loads((result.out_dir / "result.json").read_text())["seconds"]
+    assert list(seconds) == ["setup", "fit", "selection", "export"] and min(seconds.values()) >= 0
+    assert seconds["fit"] > 0
 
 
 def test_backbone_frozen_first_then_trained_at_a_lower_rate(tiny_run):

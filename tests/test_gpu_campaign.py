@@ -93,3 +93,22 @@ def test_fraction_table_reads_the_evaluation_rows(tmp_path):
 @pytest.mark.parametrize("budget,seconds", [("00:00:03:30", 210), ("00:01:00:00", 3600)])
 def test_budget_strings(budget, seconds):
     assert gc._seconds(budget) == seconds
+
+
+def test_run_table_shows_each_runs_phases(tmp_path):
+    """Where a run's wall time went (setup, fit, selection, export), and nan for runs recorded before it was."""
+    import json
+
+    for name, seconds in (("frac005_x", {"setup": 31.2, "fit": 90.4, "selection": 12.0, "export": 40.6}),
+                          ("old_run", None)):
+        (tmp_path / name).mkdir()
+        r = {"init": {"init": "random"}, "data": {"label_fraction": 0.05}, "dev_scores": {"f1_P": 0.5, "f1_S": 0.4},
+             "train": {"epochs": 3, "steps": 300, "minutes": 1.5, "best_epoch": 2}, "thresholds": {"P": 0.5, "S": 0.4},
+             "export": {"bytes": 2.29e7, "precision": "fp32"}}
+        if seconds:
+            r["seconds"] = seconds
+        (tmp_path / name / "result.json").write_text(json.dumps(r))
+    rows = gc.run_table(tmp_path).splitlines()
+    assert rows[0].endswith("| s setup/fit/selection/export |") and rows[1].count("|") == rows[0].count("|")
+    assert rows[2].startswith("| frac005_x |") and rows[2].endswith("| 22.9 MB fp32 | 31/90/12/41 |")
+    assert rows[3].startswith("| old_run |") and rows[3].endswith("| nan/nan/nan/nan |")
