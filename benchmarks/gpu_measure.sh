@@ -20,6 +20,8 @@
 # a step that would start too late is skipped and says so in the log. What the steps wrote under
 # benchmarks/results/ goes to $OUT/results.tar.gz after every step; their output (the tests' too) to $OUT/gpu_measure.log.
 # Environment: OUT (/tmp/gpu_measure_out), DEADLINE (540), STATIONS (3), LABEL (a prefix for the report rows),
+# LANES (AB: both, side by side on two GPUs, else A then B; BA: B first; A or B: that lane only; with one GPU the
+# two lanes do not fit one 10-minute command),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed).
 # Measured on nvidia-h200-x2 (2026-11-30, DEADLINE=545, the lanes before this version): annotate_speed 235 s,
 # pytest -k gpu 87 s, pretrain_speed with two configurations 146 s (about 70 s each), tfla_agreement.py 75 s; the
@@ -31,7 +33,8 @@ export PYTHONUNBUFFERED=1 SEISBENCH_CACHE_ROOT=${SEISBENCH_CACHE_ROOT:-/tmp/sbca
 if [ -z "${SEISBENCH_XLSTM_SHARED_DATA:-}" ] && [ -d .carry/data ]; then export SEISBENCH_XLSTM_SHARED_DATA=$PWD/.carry/data; fi
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_measure_out}; mkdir -p "$OUT"
-LOG=$OUT/gpu_measure.log; DEADLINE=${DEADLINE:-540}; STATIONS=${STATIONS:-3}; LABEL=${LABEL:-h200}
+LOG=$OUT/gpu_measure.log; DEADLINE=${DEADLINE:-540}; STATIONS=${STATIONS:-3}; LABEL=${LABEL:-h200}; LANES=${LANES:-AB}
+case "$LANES" in AB|BA|A|B) ;; *) echo "gpu_measure.sh: LANES must be A, B, AB or BA, got '$LANES'" >&2; exit 2 ;; esac
 T0=$(date +%s); R=benchmarks/results
 DRY=${DRY_RUN:-0}; TINY=()
 if [ "$DRY" = 1 ]; then  # this machine's CPU, tiny backbones, short records: checks the wiring, not the figures
@@ -85,10 +88,11 @@ lane_b() {
 }
 trap 'echo "gpu_measure.sh: stopped by a signal" | tee -a "$LOG"; collect; exit 143' TERM INT
 echo "gpu_measure.sh: $NGPU GPU(s), deadline ${DEADLINE}s, $(date -u +%FT%TZ)" | tee -a "$LOG"
-if [ "$NGPU" -gt 1 ]; then
-  lane_a & lane_b & wait
-else
-  lane_a; lane_b
-fi
+case "$LANES" in
+  AB) if [ "$NGPU" -gt 1 ]; then lane_a & lane_b & wait; else lane_a; lane_b; fi ;;
+  BA) lane_b; lane_a ;;
+  A) lane_a ;;
+  B) lane_b ;;
+esac
 collect
 echo "gpu_measure.sh: done after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
