@@ -12,7 +12,8 @@ on CUDA, native chunkwise fp32 on CPU). Every model annotates the whole stream i
 best of the listed batch sizes is reported, each the best of ``--repeats`` runs (``--baseline-repeats`` for
 PhaseNet and EQTransformer; the first run at a new batch shape also compiles Triton kernels), the xLSTM pickers at
 each of ``--overlaps`` (512 is the default, the least overlap that covers every sample with the default blinding
-of 256).
+of 256) and ``--kernels`` (default: the run-time choice; ``chunkwise--seisbench_triton`` is this project's own Triton
+kernel, opt-in).
 
 Reported: seconds, throughput in hours of 3-component 100 Hz data per second of wall time (stations x hours /
 seconds) and the time as a multiple of PhaseNet's in the same run. On a CPU the load average is reported
@@ -101,6 +102,9 @@ def parse_args(argv=None):
                         help="xLSTM pickers: forms of the q/k/v projections to compare in this run "
                              "(seisbench_xlstm.bimlstm: GPU_QKV_FORM on GPUs, CPU_QKV_FORM on CPUs; default: the "
                              "library's)")
+    parser.add_argument("--kernels", nargs="+", default=[None],
+                        help="mLSTM kernels of the xLSTM pickers, each measured (default: the library's run-time "
+                             "choice; e.g. chunkwise--seisbench_triton, this project's Triton kernel)")
     parser.add_argument("--baseline-repeats", type=int, default=5, help="runs of PhaseNet and EQTransformer (fast)")
     parser.add_argument("--tiny", action="store_true", help="tiny xLSTM backbones (smoke run, not a measurement)")
     parser.add_argument("--profile", action="store_true")
@@ -129,24 +133,26 @@ def main(argv=None) -> int:
         xlstm = name.startswith("XLSTM")
         batches = batch_sizes if xlstm else [baseline_batch]
         compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile] if xlstm else [False]
-        settings = [(c, o, b, f) for f in args.qkv_form for c in compiles for o in args.overlaps for b in batches] \
-            if xlstm else [(False, None, baseline_batch, None)]
+        settings = [(c, o, b, f, k) for k in args.kernels for f in args.qkv_form for c in compiles
+                    for o in args.overlaps for b in batches] if xlstm else [(False, None, baseline_batch, None, None)]
         best: dict = {}
-        for compiled, overlap, batch, form in settings:
+        for compiled, overlap, batch, form, kern in settings:
             if xlstm:
+                model.backbone.set_kernel(kern or "auto")
                 model.set_compile(compiled)
                 set_qkv_form(form)
-            if (compiled, overlap, form) not in best:  # warm-up (compiles Triton kernels, and the layers if compiled)
+            if (compiled, overlap, form, kern) not in best:  # warm-up (compiles Triton kernels, and layers if compiled)
                 annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
             seconds = annotate_seconds(model, stream, repeats=args.repeats if xlstm else args.baseline_repeats,
                                        **kwargs)
-            print((name, compiled, overlap, batch, form, round(seconds, 3)), flush=True)
-            if (compiled, overlap, form) not in best or seconds < best[(compiled, overlap, form)][1]:
-                best[(compiled, overlap, form)] = (batch, seconds)
+            print((name, compiled, overlap, batch, form, kern, round(seconds, 3)), flush=True)
+            if (compiled, overlap, form, kern) not in best or seconds < best[(compiled, overlap, form, kern)][1]:
+                best[(compiled, overlap, form, kern)] = (batch, seconds)
         set_qkv_form(None)
-        for (compiled, overlap, form), (batch, seconds) in best.items():
-            kernel = f", kernel {'TFLA+bf16' if cuda else 'native fp32'}" if xlstm else ""
+        for (compiled, overlap, form, kern), (batch, seconds) in best.items():
+            kernel = f", kernel {kern if kern not in (None, 'auto') else ('TFLA+bf16' if cuda else 'native fp32')}" \
+                if xlstm else ""
             kernel += f", q/k/v {form}" if form else ""
             kernel += ", compiled layers" if compiled else ""
             results.append({"model": name + (" (tiny)" if xlstm and args.tiny else ""), "batch": batch,

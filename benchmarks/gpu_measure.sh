@@ -21,7 +21,7 @@
 # benchmarks/results/ goes to $OUT/results.tar.gz after every step; their output (the tests' too) to $OUT/gpu_measure.log.
 # Environment: OUT (/tmp/gpu_measure_out), DEADLINE (540), STATIONS (3), LABEL (a prefix for the report rows),
 # LANES (AB: both, side by side on two GPUs, else A then B; BA: B first; A or B: that lane only; with one GPU the
-# two lanes do not fit one 10-minute command),
+# two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed).
 # Measured on nvidia-h200-x2 (2026-11-30, DEADLINE=545, the lanes before this version): annotate_speed 235 s,
 # pytest -k gpu 87 s, pretrain_speed with two configurations 146 s (about 70 s each), tfla_agreement.py 75 s; the
@@ -34,6 +34,7 @@ if [ -z "${SEISBENCH_XLSTM_SHARED_DATA:-}" ] && [ -d .carry/data ]; then export 
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_measure_out}; mkdir -p "$OUT"
 LOG=$OUT/gpu_measure.log; DEADLINE=${DEADLINE:-540}; STATIONS=${STATIONS:-3}; LABEL=${LABEL:-h200}; LANES=${LANES:-AB}
+KERNELS=${KERNELS:-auto}  # annotate_speed.py --kernels (e.g. "auto chunkwise--seisbench_triton")
 case "$LANES" in AB|BA|A|B) ;; *) echo "gpu_measure.sh: LANES must be A, B, AB or BA, got '$LANES'" >&2; exit 2 ;; esac
 T0=$(date +%s); R=benchmarks/results
 DRY=${DRY_RUN:-0}; TINY=()
@@ -73,7 +74,7 @@ lane_a() {
   step A 100 $PY benchmarks/pretrain_speed.py --recipe contrastive --batch 64 "${own[@]}"
   step A 100 $PY benchmarks/pretrain_speed.py --recipe masked --batch 128 "${own[@]}"
   step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 --overlaps 512 \
-    --repeats 2 --compile both "${TINY[@]}" --out $R/annotate_gpu.md
+    --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" --out $R/annotate_gpu.md
 }
 lane_b() {
   export CUDA_VISIBLE_DEVICES=$(( NGPU > 1 ? 1 : 0 ))

@@ -48,6 +48,28 @@ def test_annotate_speed_compile_both_gives_an_eager_and_a_compiled_row(shared_da
     assert compiled == [False, True]
 
 
+def test_annotate_speed_measures_each_kernel_given(shared_data, tmp_path, monkeypatch):
+    """``--kernels``: one row per kernel, the backbone set to it before its runs (``None``: the run-time choice)."""
+    monkeypatch.setenv("SEISBENCH_XLSTM_SHARED_DATA", str(shared_data))
+    seen = []
+    real = annotate_speed.annotate_seconds
+
+    def annotate_seconds(model, stream, repeats=2, **kwargs):
+        if hasattr(model, "backbone"):
+            seen.append(model.backbone.kernel)
+        return real(model, stream, repeats, **kwargs)
+
+    monkeypatch.setattr(annotate_speed, "annotate_seconds", annotate_seconds)
+    out = tmp_path / "annotate.md"
+    assert annotate_speed.main(["--hours", "0.01", "--stations", "1", "--tiny", "--repeats", "1",
+                                "--baseline-repeats", "1", "--kernels", "chunkwise--native_custbw",
+                                "chunkwise--native_autograd", "--models", "XLSTMSeqPicker", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["settings"].split("kernel ")[-1] for r in rows[1:]] == ["chunkwise--native_custbw",
+                                                                     "chunkwise--native_autograd"]
+    assert seen == ["chunkwise--native_custbw"] * 2 + ["chunkwise--native_autograd"] * 2  # warm-up, then timed
+
+
 def test_window_cost_stops_a_kernel_after_out_of_memory(tmp_path, monkeypatch):
     real = window_cost.measure
 
