@@ -226,8 +226,11 @@ class _Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         :param x: waveforms ``(batch, in_channels, samples)``, samples a multiple of :attr:`sample_multiple`
-        :return: features ``(batch, out_channels, samples)``
+        :return: features ``(batch, out_channels, samples)`` (an empty batch gives an empty batch, as PhaseNet's does)
         """
+        if x.shape[0] == 0:
+            self.check_input(x)
+            return x.new_zeros(0, self.out_channels, x.shape[-1])
         tokens, skips = self.embed(x)
         return self.decode(self.encode(tokens), skips)
 

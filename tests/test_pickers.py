@@ -46,6 +46,14 @@ def test_forward_shapes_and_softmax(model):
     torch.testing.assert_close(torch.softmax(logits, 1), y)
 
 
+def test_empty_batch_gives_an_empty_output(model):
+    """Batch 0, as PhaseNet answers it (the export check of a run without dev windows met this)."""
+    with torch.no_grad():
+        assert model(torch.zeros(0, 3, 4096)).shape == (0, 3, 4096)
+    with pytest.raises(ValueError, match="Expected input"):
+        model(torch.zeros(0, 2, 4096))
+
+
 def test_annotate_short_example_stream(model):
     """obspy.read() holds 3000 samples, less than one 4096-sample window: it is padded, output cut back."""
     st = obspy.read()
