@@ -328,3 +328,54 @@ def test_float32_project_head_dims_wide_gates(head_dim, convention, schedule):
     got = output_and_grads(kernel(constant_normaliser=const, schedule=schedule), inputs, grad)
     want, tol = float32_reference_and_tolerance(inputs, grad, const)
     assert_close(got, want, tol)
+
+
+#: The grid of issue 12: head dims, lengths (some not a multiple of the chunk size), sequences per direction.
+GRID_LENGTHS = [16, 64, 100, 1024, 4097, 65536]
+#: The quadratic reference keeps (sequences x heads x steps x steps) float32 tensors for autograd: above this many
+#: elements only the chunkwise comparison runs.
+QUADRATIC_MAX_ELEMENTS = 2 ** 28
+
+
+@pytest.mark.parametrize("batch", [1, 128])
+@pytest.mark.parametrize("steps", GRID_LENGTHS)
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+def test_grid_both_directions_against_the_chunkwise_kernel_and_the_quadratic_reference(head_dim, steps, batch):
+    """The library's call of this kernel (``kernels.mlstm_sequence``: length padding, bf16 on GPUs) on ``batch``
+    sequences and their time-reversed copies in one call, as the bidirectional layers stack them, against:
+
+    - ``mlstm_kernels``' chunkwise kernel through the same library call (TFLA on CUDA, ``native_autograd`` on the
+      CPU): output and dv, where both gradient conventions agree; bf16 3e-2 (as the project-shape tests), float32
+      1e-4 (both kernels chunkwise in float32; they differ in the stabiliser's start, which changes outputs by at
+      most ``eps`` relative, and in summation order);
+    - the quadratic reference with the exact gradient where its memory allows: output and all five gradients, with
+      the bounds of the other tests (bf16 3e-2; df 6e-2 beyond 1,024 steps, where the bf16 rounding of many
+      steps adds up in the forget-gate gradient, as it does for TFLA).
+
+    On CUDA every case with at most 128 x 4,097 steps per direction (65,536 steps at batch 1 only); under the CPU
+    interpreter the short cases at batch 1.
+    """
+    from seisbench_xlstm import kernels
+
+    if DEVICE != "cuda" and (steps > 100 or batch > 1):
+        pytest.skip("long or large cases run on CUDA only (the interpreter is too slow)")
+    if batch * steps > 128 * 4097:
+        pytest.skip("65,536 steps run at batch 1 (memory)")
+    heads = 2
+    one_way, grad = make_inputs(batch, heads, steps, head_dim, head_dim, "normal")
+    inputs = [torch.cat([x, x.flip(2)]) for x in one_way]  # both directions, stacked along the batch
+    grad = torch.cat([grad, grad.flip(2)])
+    ours = output_and_grads(lambda *x: kernels.mlstm_sequence(*x, kernel=kernels.OWN_TRITON_KERNEL), inputs, grad)
+    chunkwise_name = kernels.TRITON_KERNEL if DEVICE == "cuda" else kernels.NATIVE_KERNEL
+    chunkwise = output_and_grads(lambda *x: kernels.mlstm_sequence(*x, kernel=chunkwise_name), inputs, grad)
+    tol = 3e-2 if DEVICE == "cuda" else 1e-4
+    errors = rel_errors(ours, chunkwise)
+    assert errors["h"] < tol and errors["dv"] < tol, f"against {chunkwise_name}: {errors}"
+    if 2 * batch * heads * steps * steps > QUADRATIC_MAX_ELEMENTS:
+        return
+    if DEVICE == "cuda":
+        want = half_precision_reference(inputs, grad, torch.bfloat16, False)
+        tols = {**dict.fromkeys(NAMES, 3e-2), "df": 6e-2 if steps > 1024 else 3e-2}
+    else:
+        want, tols = float32_reference_and_tolerance(inputs, grad, False)
+    assert_close(ours, want, tols)
