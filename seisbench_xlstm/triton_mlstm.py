@@ -44,7 +44,8 @@ gates and q, k only through the numerator: the kernel gets no normaliser column 
 is ``dnum_t . num_t = dh_t . h_t``, so ``dF_t = dh_t . h_t - di_t``.
 
 Backward: one program per (batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn``
-(gradients of the stabilised states). It writes dq, dk (partial sums per value block, summed afterwards) and dv.
+(gradients of the stabilised states). It writes dq, dk and the input-gate term ``k_j . dk_j`` (with one value block
+in their final dtype; with several, float32 parts per value block, summed afterwards) and dv.
 The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient
 (the constant convention: see above):
 
@@ -299,11 +300,15 @@ if triton is not None:
         return dq, dk, dv
 
     @triton.jit
-    def _bwd_store_grads(DQ, DK, DVout, dq, dk, dv, pid_v, BHS, qk_off, v_off, mask_d, mask_v, D: tl.constexpr):
-        part = pid_v.to(tl.int64) * BHS * D
-        tl.store(DQ + part + qk_off, dq, mask=mask_d[None, :])
-        tl.store(DK + part + qk_off, dk, mask=mask_d[None, :])
+    def _bwd_store_grads(DQ, DK, DVout, DI, dq, dk, dv, k, pid_v, BHS, row, qk_off, v_off, mask_d, mask_v,
+                         D: tl.constexpr):
+        """dq, dk (this value block's part: in the input dtype when there is one value block, else float32 parts
+        summed afterwards), dv, and this block's part of the input-gate gradient ``di_j = k_j . dk_j``."""
+        part = pid_v.to(tl.int64) * BHS
+        tl.store(DQ + part * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+        tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
         tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+        tl.store(DI + part + row, tl.sum(k.to(tl.float32) * dk, axis=1))
 
     @triton.jit
     def _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC: tl.constexpr):
@@ -316,7 +321,7 @@ if triton is not None:
 
     @triton.jit
     def _mlstm_bwd_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout,
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         PREC: tl.constexpr,
@@ -335,7 +340,8 @@ if triton is not None:
             c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
             dq, dk, dv = _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start,
                                           dC, dn, ncol, offs_l, scale, PREC)
-            _bwd_store_grads(DQ, DK, DVout, dq, dk, dv, pid_v, BHS, qk_off, v_off, mask_d, mask_v, D)
+            _bwd_store_grads(DQ, DK, DVout, DI, dq, dk, dv, k, pid_v, BHS, pid_bh * S + t, qk_off, v_off, mask_d,
+                             mask_v, D)
             dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
             c -= 1
 
@@ -363,7 +369,7 @@ if triton is not None:
 
     @triton.jit
     def _mlstm_bwd_chunks_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, dC_states, dN_states, DQ, DK, DVout,
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, dC_states, dN_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         PREC: tl.constexpr,
@@ -381,7 +387,8 @@ if triton is not None:
         dC, dn = _load_state(dC_states, dN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
         dq, dk, dv = _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start,
                                       dC, dn, ncol, offs_l, scale, PREC)
-        _bwd_store_grads(DQ, DK, DVout, dq, dk, dv, pid_v, BHS, qk_off, v_off, mask_d, mask_v, D)
+        _bwd_store_grads(DQ, DK, DVout, DI, dq, dk, dv, k, pid_v, BHS, pid_bh * S + t, qk_off, v_off, mask_d,
+                         mask_v, D)
 
 
 def _next_pow2(x: int) -> int:
@@ -485,8 +492,12 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             dm_direct = -d_norm * (1.0 - take_n) * exp_neg_m
 
         nvb = triton.cdiv(DV, BV)
-        dq_part = torch.empty(nvb, B, NH, S, D, dtype=torch.float32, device=q.device)
+        # One value block (head dims up to 64, and 96): the kernel writes dq, dk in the input dtype and di whole,
+        # with no float32 parts to sum and cast afterwards; several: float32 parts per value block.
+        part_dtype = q.dtype if nvb == 1 else torch.float32
+        dq_part = torch.empty(nvb, B, NH, S, D, dtype=part_dtype, device=q.device)
         dk_part = torch.empty_like(dq_part)
+        di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
         if schedule == "two_phase":  # state gradients at every chunk's end, then every chunk's dq, dk, dv
@@ -495,15 +506,18 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
                 q, i, f, dh, m, den, dntil, dc_states, dn_states, D**-0.5, S, NC, **meta)
             _mlstm_bwd_chunks_kernel[(BH, NC, nvb)](
                 q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv,
-                D**-0.5, S, NC, BH * S, **meta)
+                di_part, D**-0.5, S, NC, BH * S, **meta)
         else:
             _mlstm_bwd_kernel[(BH, nvb)](
-                q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, D**-0.5, S, NC, BH * S,
-                **meta)
-        dq, dk = dq_part.sum(0), dk_part.sum(0)
+                q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, di_part, D**-0.5, S, NC,
+                BH * S, **meta)
+        if nvb == 1:
+            dq, dk, di = dq_part[0], dk_part[0], di_part[0]
+        else:
+            dq, dk, di = dq_part.sum(0), dk_part.sum(0), di_part.sum(0)
 
-        # input gates: k . dk (both conventions), plus (exact) the gradient of m_t through the max, sent to j*(t)
-        di = (k.float() * dk).sum(-1)
+        # input gates: k . dk (both conventions, from the kernel), plus (exact) the gradient of m_t through the
+        # max, sent to j*(t)
         if constant:
             row_sum = delta  # row sum of d a_t. through the numerator only: dnum_t . num_t = dh_t . h_t
         else:
