@@ -320,6 +320,16 @@ if triton is not None:
         return dC, g * dn + tl.sum(qb * dnt[:, None], axis=0)
 
     @triton.jit
+    def _row_dot_kernel(A, B, OUT, N, DV: tl.constexpr, BDV: tl.constexpr, ROWS: tl.constexpr):
+        """``OUT[r] = A[r, :] . B[r, :]`` in float32 for ``N`` rows of ``DV`` values (``dh_t . h_t``)."""
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BDV)
+        off, mask = rows[:, None] * DV + cols[None, :], (rows[:, None] < N) & (cols[None, :] < DV)
+        a = tl.load(A + off, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(B + off, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + rows, tl.sum(a * b, axis=1), mask=rows < N)
+
+    @triton.jit
     def _mlstm_bwd_kernel(
         Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
@@ -423,6 +433,14 @@ def _launch_config(L: int, BD: int, BV: int) -> dict:
     return dict(TUNED_LAUNCH.get((BD, BV), LAUNCH))
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a.float() * b.float()).sum(-1)`` in one pass over contiguous ``a``, ``b`` (no float32 copies)."""
+    n, dv, rows = a.numel() // a.shape[-1], a.shape[-1], 32
+    out = torch.empty(a.shape[:-1], dtype=torch.float32, device=a.device)
+    _row_dot_kernel[(triton.cdiv(n, rows),)](a, b, out, n, DV=dv, BDV=max(16, _next_pow2(dv)), ROWS=rows)
+    return out
+
+
 def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -480,7 +498,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         DV = v.shape[-1]
         BH, NC = B * NH, S // L
         dh = dh.contiguous()
-        delta = (dh.float() * h.float()).sum(-1)  # dh . h
+        delta = _row_dot(dh, h)  # dh . h
         exp_neg_m = torch.exp(-m)
         den = torch.maximum(ntil.abs(), exp_neg_m) + eps
         if constant:  # m and den are constants: no gradient into the normaliser column or through the max

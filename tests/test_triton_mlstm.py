@@ -270,6 +270,17 @@ def test_backbone_with_this_kernel_matches_the_native_kernel():
         assert float((other - reference).norm() / reference.norm().clamp_min(1e-30)) < tol
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7, 24), (1, 2, 100, 96), (2, 1, 33, 256)])
+def test_row_dot_of_the_backward(shape):
+    """``dh_t . h_t`` of the backward pass in one kernel: rows not a multiple of its row block, head dims not a
+    power of two, half-precision inputs summed in float32."""
+    torch.manual_seed(0)
+    a, b = (torch.randn(shape, device=DEVICE).to(torch.float16) for _ in range(2))
+    got = triton_mlstm._row_dot(a, b)
+    assert got.dtype == torch.float32 and got.shape == shape[:-1]
+    torch.testing.assert_close(got, (a.float() * b.float()).sum(-1), rtol=1e-5, atol=1e-5)
+
+
 def test_rejects_bad_shapes():
     inputs, _ = make_inputs(1, 1, 48, 16, 16)
     with pytest.raises(ValueError, match="multiple of the chunk size"):
