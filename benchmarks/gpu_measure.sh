@@ -6,7 +6,8 @@
 #
 #   lane A (GPU 0): this project's Triton kernel: its bf16 head-dim-96 case with Triton's LLVM optimiser on
 #                   (DISABLE_LLVM_OPT=0: did it cause the CUDA fault of 2026-11-30?), all its tests as the library
-#                   compiles them (tests/test_triton_mlstm.py), both recipes' training step with it
+#                   compiles them (tests/test_triton_mlstm.py), its speed against TFLA at the backbones' call
+#                   shapes (triton_mlstm_speed.py -> triton_mlstm_speed.md), both recipes' training step with it
 #                   (pretrain_speed.py --kernel chunkwise--seisbench_triton -> pretrain_gpu_own_kernel.md/.csv); then
 #                   annotate_speed.py (24 h of $STATIONS stations, all four models, eager and compiled)
 #                   -> annotate_gpu.md/.csv
@@ -71,6 +72,7 @@ lane_a() {
   [ "$DRY" = 1 ] && own=(--compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu_own_kernel.md --label dry)
   step A 40 env DISABLE_LLVM_OPT=0 $PY -m pytest -q -p no:cacheprovider tests/test_triton_mlstm.py "${probe[@]}"
   step A 60 $PY -m pytest -q -p no:cacheprovider -x "${tests[@]}"
+  [ "$DRY" = 1 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py --out $R/triton_mlstm_speed.md  # GPU only
   step A 100 $PY benchmarks/pretrain_speed.py --recipe contrastive --batch 64 "${own[@]}"
   step A 100 $PY benchmarks/pretrain_speed.py --recipe masked --batch 128 "${own[@]}"
   step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 --overlaps 512 \
