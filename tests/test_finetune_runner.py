@@ -148,6 +148,24 @@ def test_export_round_trip_through_from_pretrained(tiny_run, cache_root):
     assert loaded.default_args == model.default_args
 
 
+def test_weights_docstring_says_when_half_precision_fell_back_to_fp32(tiny_run, synth, tmp_path):
+    from finetune.export import weights_docstring
+
+    result, _ = tiny_run
+    r = json.loads((result.out_dir / "result.json").read_text())
+    cfg = compose_config(tiny_overrides(synth, tmp_path))
+    check = {"max_abs_diff": 0.0, "windows": 16, "precision": "fp32", "requested_precision": "fp16",
+             "half_precision_diff": 0.027}
+    doc = weights_docstring(cfg, r["data"], r["init"], r["thresholds"], r["dev_scores"], r["train"], "fp16", check)
+    assert doc.endswith("Weights stored in float32 (float16 was asked for, but changed the output probabilities by "
+                        "up to 0.027 on 16 dev windows, above 0.02).")
+    kept = {**check, "precision": "fp16", "max_abs_diff": 0.004}
+    del kept["requested_precision"], kept["half_precision_diff"]
+    doc = weights_docstring(cfg, r["data"], r["init"], r["thresholds"], r["dev_scores"], r["train"], "fp16", kept)
+    assert doc.endswith("Weights stored in float16 (output probabilities within 0.004 of the float32 model on 16 "
+                        "dev windows).")
+
+
 # ------------------------------------------------------------------------------------------ models and targets
 def test_models_of_every_arch_and_their_groups(tmp_path):
     from seisbench_xlstm import build_backbone
