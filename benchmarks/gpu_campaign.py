@@ -279,14 +279,16 @@ def fraction_table(csv: Path) -> str:
 
 def run_table(work: Path) -> str:
     rows = ["| run | init | label fraction | epochs | steps | minutes | best epoch | dev F1 P | dev F1 S | "
-            "thresholds P/S | weights | s setup/fit/selection/export |",
+            "thresholds P/S | weights | s setup/fit (to 1st step)/selection/export |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(work.glob("*/result.json")):
         r = json.loads(f.read_text())
         t, d, e = r["train"], r["dev_scores"], r.get("export") or {}
         size = f"{e['bytes'] / 1e6:.1f} MB {e['precision']}" if e else "-"
         frac = r.get("data", {}).get("label_fraction", "")
-        phases = "/".join(f"{r.get('seconds', {}).get(k, float('nan')):.0f}"
+        sec = r.get("seconds", {})
+        phases = "/".join(f"{sec.get(k, float('nan')):.0f}" + (f" ({sec.get('fit_start', float('nan')):.0f})"
+                                                               if k == "fit" else "")
                           for k in ("setup", "fit", "selection", "export"))
         rows.append(f"| {f.parent.name} | {r['init']['init']} | {frac} | {t['epochs']} | {t['steps']} | "
                     f"{t['minutes']:.1f} | {t['best_epoch']} | {d.get('f1_P') or float('nan'):.3f} | "

@@ -96,6 +96,15 @@ def _device_name(cfg) -> str:
     return torch.cuda.get_device_name(0) if _uses_gpu(cfg) else "CPU"
 
 
+class _TrainStart(L.Callback):
+    """Records when training starts (after the data set-up inside ``fit``)."""
+
+    started = None
+
+    def on_train_start(self, trainer, module):
+        self.started = time.time()
+
+
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
     """Runs the experiment ``cfg`` (from :func:`finetune.config.compose_config`)."""
     t_run = time.time()
@@ -112,7 +121,9 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
     mode = "max" if use_f1 else "min"
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=str(sel.monitor), mode=mode,
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    train_start = _TrainStart()
     callbacks = [checkpoint, EarlyStopping(monitor=str(sel.monitor), mode=mode, patience=int(sel.patience)),
+                 train_start,
                  LearningRateMonitor(logging_interval="step")]
     t = cfg.trainer
     if t.progress_bar:
@@ -142,6 +153,9 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> RunResult:
     seconds["setup"] = start - t_run
     trainer.fit(module, datamodule=dm)
     seconds["fit"] = time.time() - start
+    # of which before the first step (data set-up, loader workers, sanity checks) and training (what
+    # trainer.max_time limits)
+    seconds["fit_start"] = (train_start.started or time.time()) - start
     minutes = seconds["fit"] / 60
     result = RunResult(out_dir, None, global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
     result.metrics = Path(trainer.logger.log_dir) / "metrics.csv"

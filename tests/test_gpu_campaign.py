@@ -99,7 +99,8 @@ def test_run_table_shows_each_runs_phases(tmp_path):
     """Where a run's wall time went (setup, fit, selection, export), and nan for runs recorded before it was."""
     import json
 
-    for name, seconds in (("frac005_x", {"setup": 31.2, "fit": 90.4, "selection": 12.0, "export": 40.6}),
+    for name, seconds in (("frac005_x", {"setup": 31.2, "fit": 90.4, "fit_start": 20.2, "selection": 12.0,
+                                         "export": 40.6}),
                           ("old_run", None)):
         (tmp_path / name).mkdir()
         r = {"init": {"init": "random"}, "data": {"label_fraction": 0.05}, "dev_scores": {"f1_P": 0.5, "f1_S": 0.4},
@@ -109,6 +110,7 @@ def test_run_table_shows_each_runs_phases(tmp_path):
             r["seconds"] = seconds
         (tmp_path / name / "result.json").write_text(json.dumps(r))
     rows = gc.run_table(tmp_path).splitlines()
-    assert rows[0].endswith("| s setup/fit/selection/export |") and rows[1].count("|") == rows[0].count("|")
-    assert rows[2].startswith("| frac005_x |") and rows[2].endswith("| 22.9 MB fp32 | 31/90/12/41 |")
-    assert rows[3].startswith("| old_run |") and rows[3].endswith("| nan/nan/nan/nan |")
+    assert rows[0].endswith("| s setup/fit (to 1st step)/selection/export |")
+    assert rows[1].count("|") == rows[0].count("|")
+    assert rows[2].startswith("| frac005_x |") and rows[2].endswith("| 22.9 MB fp32 | 31/90 (20)/12/41 |")
+    assert rows[3].startswith("| old_run |") and rows[3].endswith("| nan/nan (nan)/nan/nan |")
