@@ -286,10 +286,10 @@ def run_table(work: Path) -> str:
         t, d, e = r["train"], r["dev_scores"], r.get("export") or {}
         size = f"{e['bytes'] / 1e6:.1f} MB {e['precision']}" if e else "-"
         frac = r.get("data", {}).get("label_fraction", "")
-        sec = r.get("seconds", {})
-        phases = "/".join(f"{sec.get(k, float('nan')):.0f}" + (f" ({sec.get('fit_start', float('nan')):.0f})"
-                                                               if k == "fit" else "")
-                          for k in ("setup", "fit", "selection", "export"))
+        sec = {k: r.get("seconds", {}).get(k, float("nan")) for k in ("setup", "fit", "fit_start", "selection",
+                                                                       "export")}
+        phases = (f"{sec['setup']:.0f}/{sec['fit']:.0f} ({sec['fit_start']:.0f})/{sec['selection']:.0f}/"
+                  f"{sec['export']:.0f}")
         rows.append(f"| {f.parent.name} | {r['init']['init']} | {frac} | {t['epochs']} | {t['steps']} | "
                     f"{t['minutes']:.1f} | {t['best_epoch']} | {d.get('f1_P') or float('nan'):.3f} | "
                     f"{d.get('f1_S') or float('nan'):.3f} | {r['thresholds'].get('P')}/{r['thresholds'].get('S')} |"

@@ -164,9 +164,7 @@ def export_weights(model, arch: str, stem: Path, version: str, precision: str, d
     if not check["max_abs_diff"] <= check_tolerance and precision != "fp32" and fallback_fp32:
         print(f"[export] {precision} weights change the output probabilities by up to {check['max_abs_diff']:.3g} "
               f"on {check['windows']} dev windows (allowed {check_tolerance}): storing fp32 instead", flush=True)
-        half = check
-        remove()
-        check = {**measure("fp32"), "requested_precision": precision, "half_precision_diff": half["max_abs_diff"]}
+        check = {**measure("fp32"), "requested_precision": precision, "half_precision_diff": check["max_abs_diff"]}
     if not check["max_abs_diff"] <= check_tolerance:
         remove()
         raise ExportCheckError(

@@ -429,6 +429,11 @@ LAUNCH = {"num_warps": 8, "num_stages": 1}
 TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}}
 
 
+def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
+    """``(BD, BV)``: the padded q/k head dim and the value columns per program the kernels run with."""
+    return max(16, _next_pow2(dqk)), block_v or _default_block_v(dv, dqk)
+
+
 def _launch_config(L: int, BD: int, BV: int) -> dict:
     return dict(TUNED_LAUNCH.get((BD, BV), LAUNCH))
 
@@ -462,7 +467,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         if i.shape != q.shape[:3] or f.shape != q.shape[:3]:
             raise ValueError("gates i, f must have shape (batch, heads, steps)")
         q, k, v, i, f = (x.contiguous() for x in (q, k, v, i, f))
-        BD, BV = max(16, _next_pow2(D)), block_v or _default_block_v(DV, D)
+        BD, BV = _tiles(D, DV, block_v)
         if BV < 16 or BV & (BV - 1):
             raise ValueError(f"block_v ({BV}) must be a power of two >= 16")
         NC, BH = S // L, B * NH
