@@ -185,11 +185,18 @@ def flops_per_window(recipe: str, tiny: bool, samples: int, kernel: str) -> floa
     return counter.get_total_flops() + cell_flops(calls, kernel)
 
 
+def kernel_of(module, kernel: str, device: torch.device, batch: int) -> str:
+    """The mLSTM kernel the backbone's layers run for ``kernel`` (``"auto"``: by device and sequences per call,
+    ``kernels.resolve_kernel``), counted at its first layer (all layers of both backbones have the same heads)."""
+    heads = next(m.config.num_heads for m in module.backbone.modules() if hasattr(m, "forward_direction"))
+    return resolve_kernel(kernel, device, sequences=2 * batch * heads)
+
+
 def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.device, compiled: bool = False) -> dict:
-    kernel = resolve_kernel(args.kernel, device)
-    flops = batch * flops_per_window(recipe, args.tiny, args.samples, kernel)
     torch.manual_seed(0)
     module = build(recipe, args.tiny, checkpointing, args.kernel).to(device).train()
+    kernel = kernel_of(module, args.kernel, device, batch)
+    flops = batch * flops_per_window(recipe, args.tiny, args.samples, kernel)
     module.backbone.set_compile(compiled)
     x = torch.randn(batch, 3, args.samples, device=device)
     step = make_step(module, x)
@@ -340,7 +347,7 @@ def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.d
         torch.distributed.all_reduce(buffer)
         result["allreduce_s"] = _timed_steps(lambda: torch.distributed.all_reduce(buffer), opts["steps"])
     result.update(params=count_parameters(module), backbone=module.backbone_name,
-                  kernel=resolve_kernel(opts["kernel"], device))
+                  kernel=kernel_of(module, opts["kernel"], device, config["batch"]))
     del module, ddp, step, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

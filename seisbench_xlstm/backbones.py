@@ -192,7 +192,8 @@ class _Backbone(nn.Module):
     def _run_layer(self, layer: BiMLSTMLayer, x: torch.Tensor) -> torch.Tensor:
         # The kernel is resolved here, outside the compiled function, so that the layer knows which kernel runs
         # (and lays out q, k, v at its head dim, see bimlstm.mlstm_branches) without reading the environment.
-        kernel = resolve_kernel(self.kernel, x.device)
+        # Both directions of every window and head are sequences of one kernel call (see kernels.resolve_kernel).
+        kernel = resolve_kernel(self.kernel, x.device, sequences=2 * x.shape[0] * layer.config.num_heads)
         if self.compiled:  # the compiled function bypasses the layer's module hooks
             # contiguous: inputs that differ only in strides (a transposed stem or pool output vs. a linear output)
             # would each compile a variant of their own

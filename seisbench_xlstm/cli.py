@@ -300,7 +300,7 @@ def cmd_info(args) -> int:
     import torch
 
     from .backbones import build_backbone, count_parameters
-    from .kernels import resolve_kernel
+    from .kernels import OWN_KERNEL_MIN_SEQUENCES, resolve_kernel
     from .pickers import PICKERS
 
     for name, cls in PICKERS.items():
@@ -310,7 +310,10 @@ def cmd_info(args) -> int:
         print(f"  offline weights: {cls.list_pretrained() or 'none'} (looked in {folders})")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        print(f"mLSTM kernel on {dev}: {resolve_kernel('auto', torch.device(dev))}")
+        small, large = (resolve_kernel("auto", torch.device(dev), sequences=n) for n in (1, OWN_KERNEL_MIN_SEQUENCES))
+        print(f"mLSTM kernel on {dev}: {large}" if small == large else
+              f"mLSTM kernel on {dev}: {large} for calls of {OWN_KERNEL_MIN_SEQUENCES} sequences or more "
+              f"(batch x 2 directions x heads), else {small}")
     return 0
 
 

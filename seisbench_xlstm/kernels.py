@@ -4,15 +4,16 @@ The mLSTM recurrence of every layer is computed by :class:`mlstm_kernels.torch.b
 Which kernel runs is decided at run time from the device of the inputs, never stored in model weights or
 saved model arguments, so weights trained on a GPU load on a CPU and the reverse:
 
-- CUDA with Triton installed: ``chunkwise--triton_xl_chunk`` (TFLA), chunk size 128, bf16 kernel autocast.
+- CUDA with Triton installed: this project's own chunkwise Triton kernel ``chunkwise--seisbench_triton``
+  (:data:`OWN_TRITON_KERNEL`, :mod:`seisbench_xlstm.triton_mlstm`: exact gradient, any head dim, chunk 64, bf16) for
+  calls of at least :data:`OWN_KERNEL_MIN_SEQUENCES` sequences (batch x directions x heads), else
+  ``chunkwise--triton_xl_chunk`` (TFLA), chunk size 128, bf16.
 - otherwise (CPU): ``chunkwise--native_autograd``, chunk size :func:`native_chunk_size` (32 or 64, at most the
   padded length), float32.
 
 Users can override the choice with :func:`set_default_kernel`, with the ``SEISBENCH_XLSTM_KERNEL`` environment
-variable, or per model (``model.set_kernel(...)``). ``chunkwise--seisbench_triton`` (:data:`OWN_TRITON_KERNEL`) is
-this project's own chunkwise Triton kernel (:mod:`seisbench_xlstm.triton_mlstm`: exact gradient, any head dim,
-chunk 64, bf16); it is never chosen by ``"auto"`` until it is measured faster (``benchmarks/README.md``), and runs
-on CUDA, or on a CPU under Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
+variable, or per model (``model.set_kernel(...)``). The own kernel also runs on a CPU under Triton's interpreter
+(``TRITON_INTERPRET=1``, for tests).
 
 Triton 3.6 aborts while compiling ``triton_xl_chunk`` unless ``DISABLE_LLVM_OPT=1`` is in the environment before
 the first compilation. :func:`resolve_kernel` sets it (if unset) whenever a Triton kernel is chosen, so users never
@@ -36,6 +37,14 @@ OWN_TRITON_KERNEL = "chunkwise--seisbench_triton"
 #: size, each against TFLA in the same run) 64 gave the better ratio at the sequential backbone's call and the U-Net's
 #: deepest level, 32 at the U-Net's other two; 64 needs fewer chunks on long records.
 OWN_TRITON_CHUNK = 64
+#: Fewest sequences (batch x heads of one kernel call, the two directions counted in the batch) for which ``"auto"``
+#: takes :data:`OWN_TRITON_KERNEL` on CUDA. The own kernel runs one program per sequence (and block of value
+#: columns) over all its chunks, so it needs many sequences to fill a GPU; TFLA also spreads the chunks. Measured on an
+#: H200 (benchmarks/results/triton_mlstm_speed.md, triton_mlstm_speed_long.md), forward+backward, own / TFLA time:
+#: at the backbones' calls (512 and 1,024 sequences) 0.46 to 0.73 (forward alone 0.28 to 0.89); with 8 sequences of
+#: 16,384 or 65,536 steps 2.0 to 4.6 (of 4,096 and 1,024 steps 1.0 and 0.83), with 32 sequences of 8,192 steps 2.4.
+#: Between 32 and 512 sequences nothing was timed, so TFLA is kept there.
+OWN_KERNEL_MIN_SEQUENCES = 512
 #: Kernels a user may select. The quadratic ``parallel--native_autograd`` is a reference for tests only:
 #: its memory grows with the square of the sequence length.
 KNOWN_KERNELS = (
@@ -83,18 +92,25 @@ def triton_available() -> bool:
     return "triton_xl_chunk" in registry
 
 
-def resolve_kernel(requested: str, device: torch.device) -> str:
+def resolve_kernel(requested: str, device: torch.device, sequences: int | None = None) -> str:
     """Turns a requested kernel name (possibly ``"auto"``) into the kernel that runs on ``device``.
 
     Precedence for ``"auto"``: the ``SEISBENCH_XLSTM_KERNEL`` environment variable, then
-    :func:`set_default_kernel`, then the device rule (Triton TFLA on CUDA, native chunkwise elsewhere).
-    A Triton kernel requested for a CPU tensor raises ``RuntimeError``.
+    :func:`set_default_kernel`, then the device rule: on CUDA (with Triton) :data:`OWN_TRITON_KERNEL` for calls of at
+    least :data:`OWN_KERNEL_MIN_SEQUENCES` ``sequences`` and TFLA for fewer or when ``sequences`` is not given;
+    native chunkwise elsewhere. A Triton kernel requested for a CPU tensor raises ``RuntimeError``.
+
+    :param sequences: sequences of the kernel call (batch x directions x heads), for the CUDA rule
     """
     kernel = validate_kernel_name(requested)
     if kernel == AUTO:
         kernel = validate_kernel_name(os.environ.get(KERNEL_ENV_VAR, _default_kernel))
     if kernel == AUTO:
-        kernel = TRITON_KERNEL if device.type == "cuda" and triton_available() else NATIVE_KERNEL
+        if device.type == "cuda" and triton_available():
+            own = sequences is not None and sequences >= OWN_KERNEL_MIN_SEQUENCES
+            kernel = OWN_TRITON_KERNEL if own else TRITON_KERNEL
+        else:
+            kernel = NATIVE_KERNEL
     if "triton" in kernel:
         interpreted = kernel == OWN_TRITON_KERNEL and os.environ.get("TRITON_INTERPRET") == "1"
         if device.type != "cuda" and not interpreted:
@@ -207,7 +223,7 @@ def mlstm_sequence(
     ``torch.compile`` never traces into this function (the kernels are their own Triton or native ops); it
     compiles the code around it (see :meth:`seisbench_xlstm.backbones.SequentialBackbone.set_compile`).
     """
-    resolved = resolve_kernel(kernel, q.device)
+    resolved = resolve_kernel(kernel, q.device, sequences=q.shape[0] * q.shape[1])
     length = q.shape[2]
     own = resolved == OWN_TRITON_KERNEL
     shape = kernel_shape(length, kernel_chunk_size(resolved, q.shape[3]))

@@ -23,16 +23,11 @@ stabilised L x L intra-chunk product and the inter-chunk part ``q C``. Gate prep
 sums inside the chunk, stabiliser) happens in the kernel. When gradients are needed it stores ``C``/``n`` at the
 start of every chunk ((S/L) x DHQK x DHHV float32 per sequence), ``m_t`` and ``n~_t``.
 
-Schedules (``schedule``). ``"sequential"`` (default) is the above: the parallelism is only (batch*head) x value
-blocks. ``"two_phase"`` splits each pass in two kernels: (1) a recurrent kernel per (batch*head, value block) that
-only carries the state over the chunks (one K^T V product per chunk) and stores it at every chunk's start, with the
-stabiliser of that state; (2) a kernel with one program per (batch*head, chunk, value block) that computes the
-chunk's outputs from its q, k, v and the stored start state. The backward likewise: a reverse recurrent kernel
-stores ``dC``, ``dn`` at the end of every chunk, then one program per (batch*head, chunk, value block) computes dq,
-dk, dv. Both schedules run the same per-chunk jit functions, so they agree to float32 rounding, and the saved
-stabiliser ``m_t`` is bitwise the same (only additions and maxima of the same gate values). The two-phase schedule
-always stores the chunk-start states (also without gradients) and its backward a second tensor of that size for
-``dC``.
+One schedule: the parallelism is (batch*head) x value blocks, which fills the GPU at the
+backbones' training and annotate batches and not for a few long sequences (there :mod:`seisbench_xlstm.kernels` keeps
+TFLA). A two-phase schedule (chunk-start states first, then all chunks in parallel) was tried and removed on
+2026-11-30: slower than this one at every shape timed on an H200, and it faulted (illegal memory access) at head
+dim 256 in bf16 (``benchmarks/results/triton_mlstm_speed.md``).
 
 Two gradient conventions (``constant_normaliser``; reference: ``seisbench_xlstm.kernels.quadratic_mlstm``).
 ``False`` (default): the exact gradient of the formula, as autograd of ``mlstm_kernels``' parallel/autograd kernels.
@@ -88,11 +83,10 @@ if triton is not None:
         return tl.minimum(x, 0.0) - log1p
 
     @triton.jit
-    def _program_block(D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                       AXIS_V: tl.constexpr):
-        """This program's (batch*head, value block) and the offsets and masks of its chunk, head dim and values. The
-        value block is grid axis ``AXIS_V``: 1 in the kernels that loop over chunks, 2 in those with a chunk axis."""
-        pid_v = tl.program_id(AXIS_V)
+    def _program_block(D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
+        """This program's (batch*head, value block: grid axes 0, 1) and the offsets and masks of its chunk, head dim
+        and values."""
+        pid_v = tl.program_id(1)
         offs_d = tl.arange(0, BD)
         offs_v = pid_v * BV + tl.arange(0, BV)
         return tl.program_id(0).to(tl.int64), pid_v, tl.arange(0, L), offs_d, offs_v, offs_d < D, offs_v < DV
@@ -155,7 +149,7 @@ if triton is not None:
         m_state = tl.sum(tl.zeros((1,), dtype=tl.float32), axis=0) + _NEG
         return tl.zeros((BD, BV), dtype=tl.float32), tl.zeros((BD,), dtype=tl.float32), m_state
 
-    # ---- forward: per-chunk math shared by the sequential and the two-phase schedules ----
+    # ---- forward: per-chunk math ----
 
     @triton.jit
     def _fwd_chunk_output(q, k, v, ig, fc, offs_l, C, n, m_state, scale, eps, PREC: tl.constexpr):
@@ -199,7 +193,7 @@ if triton is not None:
         SAVE: tl.constexpr, PREC: tl.constexpr,
     ):
         """Sequential schedule: one program per (batch*head, value block) over all chunks in order."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         first = pid_v == 0
         C, n, m_state = _zero_state(BD, BV)
         # while, not range(): Triton 3.6's interpreter cannot take range() of a run-time bound under numpy 2.4.
@@ -216,48 +210,7 @@ if triton is not None:
             C, n, m_state = _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC)
             c += 1
 
-    @triton.jit
-    def _mlstm_fwd_states_kernel(
-        K, V, I, Fg, C_states, N_states, M_states, S, NC,
-        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr,
-    ):
-        """Two-phase schedule, phase 1: per (batch*head, value block) the state (C, n, stabiliser) at the start of
-        every chunk, without outputs."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
-        first = pid_v == 0
-        C, n, m_state = _zero_state(BD, BV)
-        c = pid_v * 0  # a Triton value (see _mlstm_fwd_kernel)
-        while c < NC:
-            t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
-            k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
-            v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
-            ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
-            _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
-            tl.store(M_states + pid_bh * NC + c, m_state, mask=first)
-            C, n, m_state = _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC)
-            c += 1
-
-    @triton.jit
-    def _mlstm_fwd_chunks_kernel(
-        Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states, M_states,
-        scale, eps, S, NC,
-        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        SAVE: tl.constexpr, PREC: tl.constexpr,
-    ):
-        """Two-phase schedule, phase 2: one program per (batch*head, chunk, value block), outputs of one chunk from
-        the state phase 1 stored for its start."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 2)
-        c = tl.program_id(1)
-        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                D, DV, L)
-        ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
-        C, n = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        m_state = tl.load(M_states + pid_bh * NC + c)
-        h, m, ntil = _fwd_chunk_output(q, k, v, ig, fc, offs_l, C, n, m_state, scale, eps, PREC)
-        _fwd_store_output(H, M_out, N_out, h, m, ntil, pid_bh * S + t, v_off, mask_v, pid_v == 0, SAVE)
-
-    # ---- backward: per-chunk math shared by the sequential and the two-phase schedules ----
+    # ---- backward: per-chunk math ----
 
     @triton.jit
     def _bwd_chunk_scalars(I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q,
@@ -337,7 +290,7 @@ if triton is not None:
         PREC: tl.constexpr,
     ):
         """Sequential schedule: one program per (batch*head, value block) over all chunks in reverse."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
         dC, dn, _unused = _zero_state(BD, BV)
@@ -355,50 +308,6 @@ if triton is not None:
             dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
             c -= 1
 
-    @triton.jit
-    def _mlstm_bwd_states_kernel(
-        Q, I, Fg, DH, M_in, DEN, DNT, dC_states, dN_states,
-        scale, S, NC,
-        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr,
-    ):
-        """Two-phase schedule, phase 1: per (batch*head, value block), in reverse, the state gradient (dC, dn) at
-        the end of every chunk."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 1)
-        first = pid_v == 0
-        dC, dn, _unused = _zero_state(BD, BV)
-        c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
-        while c >= 0:
-            t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
-            q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
-            dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
-                I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, first.to(tl.float32), q, L)
-            _store_state(dC_states, dN_states, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
-            dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
-            c -= 1
-
-    @triton.jit
-    def _mlstm_bwd_chunks_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, dC_states, dN_states, DQ, DK, DVout, DI,
-        scale, S, NC, BHS,
-        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr,
-    ):
-        """Two-phase schedule, phase 2: one program per (batch*head, chunk, value block), dq, dk, dv of one chunk
-        from the state at its start (forward) and the state gradient at its end (phase 1)."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV, 2)
-        c = tl.program_id(1)
-        ncol = (pid_v == 0).to(tl.float32)
-        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                D, DV, L)
-        dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
-            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
-        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        dC, dn = _load_state(dC_states, dN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        dq, dk, dv = _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start,
-                                      dC, dn, ncol, offs_l, scale, PREC)
-        _bwd_store_grads(DQ, DK, DVout, DI, dq, dk, dv, k, pid_v, BHS, pid_bh * S + t, qk_off, v_off, mask_d,
-                         mask_v, D)
 
 
 def _next_pow2(x: int) -> int:
@@ -408,25 +317,28 @@ def _next_pow2(x: int) -> int:
 def _default_block_v(dv: int, dqk: int) -> int:
     """Value columns per program: all of a small head (up to 64, or a head of up to 128 that is not a power of two,
     such as 96: one masked block of 128 instead of three of 32, which recompute q.k^T each; 1.4x faster forward and
-    backward at 256x4x1024x96 on an H200), else 64 (32 with DHQK 256, to keep the state in registers)."""
+    backward at 256x4x1024x96 on an H200), else 64. At 128x4x64x256 (the U-Net's deepest level) 64 columns with 4
+    warps took 1.29 ms forward and backward against 1.56 ms with 32 columns and 8 warps, the former default
+    (``benchmarks/results/triton_mlstm_unet_sweep.md``)."""
     if dv <= 64 or (dv <= 128 and dqk <= 128 and dv != _next_pow2(dv)):
         return max(16, _next_pow2(dv))
-    cap = 32 if dqk > 128 else 64
-    for bv in (cap, 32, 16):
+    for bv in (64, 32, 16):
         if dv % bv == 0:
             return bv
-    return cap
+    return 64
 
 
 #: Launch settings of every kernel of this module. 8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4
 #: at every head dim and chunk size tried (static counts, not timings). ``benchmarks/triton_mlstm_speed.py --warps
 #: --stages`` times other settings side by side.
 LAUNCH = {"num_warps": 8, "num_stages": 1}
-#: Launch settings timed faster than ``LAUNCH`` for a (padded head dim, block_v) pair: at 256x4x1024x96 (head dim 96
-#: padded to 128, one value block of 128) 4 warps took 8.99 ms forward and backward against 9.83 ms with 8, and 4 warps
-#: were faster at block_v 32 and 64 too (H200, benchmarks/results/triton_mlstm_launch_sweep.md). Other pairs are
-#: untimed with 4 warps and keep ``LAUNCH``.
-TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}}
+#: Launch settings timed faster than ``LAUNCH`` for a (padded head dim, block_v) pair on an H200, forward+backward,
+#: each against 8 warps in the same run: (128, 128), head dim 96 padded at 256x4x1024x96: 8.99 against 9.83 ms
+#: (``benchmarks/results/triton_mlstm_launch_sweep.md``); (64, 64) at 128x4x1024x64: 1.62 against 1.85 ms, and
+#: (256, 64) at 128x4x64x256: 1.29 against 1.49 ms (``triton_mlstm_unet_sweep.md``; there (128, 64) was faster
+#: with 8 warps, 1.51 against 1.82 ms, and keeps ``LAUNCH``). Other pairs keep ``LAUNCH``.
+TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_warps": 4, "num_stages": 1},
+                (256, 64): {"num_warps": 4, "num_stages": 1}}
 
 
 def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
@@ -450,13 +362,9 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-#: ``schedule`` values of :func:`mlstm_chunkwise_triton`.
-SCHEDULES = ("sequential", "two_phase")
-
-
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser, schedule):
+    def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser):
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         L = min(chunk_size, S)
@@ -474,31 +382,23 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:5])
         h = torch.empty_like(v)
         f32 = dict(dtype=torch.float32, device=q.device)
-        two_phase = schedule == "two_phase"
         m = ntil = c_states = n_states = h  # never written unless needed
         if save:
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
-        if save or two_phase:
             c_states, n_states = torch.empty(BH, NC, D, DV, **f32), torch.empty(BH, NC, D, **f32)
         nvb = triton.cdiv(DV, BV)
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
-        if two_phase:  # states at every chunk's start, then every chunk's outputs in parallel
-            m_states = torch.empty(BH, NC, **f32)
-            _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC, **meta)
-            _mlstm_fwd_chunks_kernel[(BH, NC, nvb)](
-                q, k, v, i, f, h, m, ntil, c_states, n_states, m_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
-        else:
-            _mlstm_fwd_kernel[(BH, nvb)](
-                q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
+        _mlstm_fwd_kernel[(BH, nvb)](
+            q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
         if save:
             ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
-            ctx.config = (L, eps, BD, BV, constant_normaliser, schedule)
+            ctx.config = (L, eps, BD, BV, constant_normaliser)
         return h
 
     @staticmethod
     def backward(ctx, dh):
         q, k, v, i, f, h, m, ntil, c_states, n_states = ctx.saved_tensors
-        L, eps, BD, BV, constant, schedule = ctx.config
+        L, eps, BD, BV, constant = ctx.config
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         BH, NC = B * NH, S // L
@@ -523,17 +423,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
-        if schedule == "two_phase":  # state gradients at every chunk's end, then every chunk's dq, dk, dv
-            dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            _mlstm_bwd_states_kernel[(BH, nvb)](
-                q, i, f, dh, m, den, dntil, dc_states, dn_states, D**-0.5, S, NC, **meta)
-            _mlstm_bwd_chunks_kernel[(BH, NC, nvb)](
-                q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv,
-                di_part, D**-0.5, S, NC, BH * S, **meta)
-        else:
-            _mlstm_bwd_kernel[(BH, nvb)](
-                q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, di_part, D**-0.5, S, NC,
-                BH * S, **meta)
+        _mlstm_bwd_kernel[(BH, nvb)](
+            q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, di_part, D**-0.5, S, NC,
+            BH * S, **meta)
         if nvb == 1:
             dq, dk, di = dq_part[0], dk_part[0], di_part[0]
         else:
@@ -554,7 +446,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         # forget gates: dF_t = (row sum of d a_t.) - (column sum di_t); F = cumsum(logsigmoid(f))
         d_lsf = (row_sum - di).flip(-1).cumsum(-1).flip(-1)
         df = d_lsf * torch.sigmoid(-f.float())
-        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None
 
 
 def mlstm_chunkwise_triton(
@@ -567,7 +459,6 @@ def mlstm_chunkwise_triton(
     eps: float = 1e-6,
     block_v: int | None = None,
     constant_normaliser: bool = False,
-    schedule: str = "sequential",
 ) -> torch.Tensor:
     """Causal mLSTM over a whole sequence, chunkwise in Triton, differentiable in q, k, v, i and f.
 
@@ -581,19 +472,14 @@ def mlstm_chunkwise_triton(
     :param block_v: value columns per program (default: see :func:`_default_block_v`)
     :param constant_normaliser: gradient convention: ``False`` the exact gradient of the formula, ``True`` the
         stabiliser and the denominator held constant (as ``mlstm_kernels``' TFLA kernels); the output is the same
-    :param schedule: ``"sequential"`` (one program per sequence and value block over all chunks) or
-        ``"two_phase"`` (chunk-boundary states first, then all chunks in parallel; see the module docstring); the
-        same results to float32 rounding
     :return: hidden states ``(batch, heads, steps, head_dim_v)`` in the dtype of v
 
     Sets ``DISABLE_LLVM_OPT=1`` in the environment if it is unset (Triton reads it when it compiles a kernel).
     """
     if triton is None:
         raise ImportError("mlstm_chunkwise_triton needs the 'triton' package, which is not installed")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
     # Compile as the library's TFLA path and every speed figure of this kernel do: with Triton 3.6's LLVM optimiser
     # off (seisbench_xlstm.kernels.resolve_kernel). The one CUDA fault seen so far (bf16, head dim 96) came from a
     # process that had it on; see benchmarks/results/triton_mlstm_speed.md. A value the user set is kept.
     os.environ.setdefault("DISABLE_LLVM_OPT", "1")
-    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser), schedule)
+    return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))

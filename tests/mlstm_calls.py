@@ -7,18 +7,15 @@ import torch
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 
 
-def output_and_grads(fn, inputs, grad, dtype=None, saved=None) -> list[torch.Tensor]:
+def output_and_grads(fn, inputs, grad, dtype=None) -> list[torch.Tensor]:
     """``[h, dq, dk, dv, di, df]`` of ``fn`` on copies of ``inputs`` (q, k, v, i, f); q, k, v (and grad) cast to
-    ``dtype`` if given. With a list ``saved``, appends to it what the Triton kernel's forward saves beyond its
-    inputs and output: ``m_t``, ``n~_t`` and ``C``, ``n`` at every chunk's start."""
+    ``dtype`` if given."""
     xs = [x.detach().clone() for x in inputs]
     if dtype is not None:
         xs[:3] = [x.to(dtype) for x in xs[:3]]
         grad = grad.to(dtype)
     xs = [x.requires_grad_() for x in xs]
     h = fn(*xs)
-    if saved is not None:
-        saved.extend(t.detach().clone() for t in h.grad_fn.saved_tensors[6:])
     h.backward(grad)
     return [h.detach()] + [x.grad for x in xs]
 

@@ -243,3 +243,20 @@ def test_layers_get_the_resolved_kernel(name, config, monkeypatch):
     with torch.no_grad():
         backbone(torch.randn(1, 3, 256))
     assert seen and set(seen) == {"parallel--native_autograd"}
+
+
+@pytest.mark.parametrize("name,config", [("sequential", TINY_SEQUENTIAL), ("unet", TINY_UNET)])
+def test_layers_resolve_the_kernel_for_both_directions_of_every_window_and_head(name, config, monkeypatch):
+    """The CUDA rule of ``"auto"`` depends on the sequences of a kernel call: the backbone counts batch x 2
+    directions x heads."""
+    from seisbench_xlstm import backbones
+
+    backbone = build_backbone(name, config).eval()
+    asked = []
+    original = backbones.resolve_kernel
+    monkeypatch.setattr(backbones, "resolve_kernel",
+                        lambda *a, **k: asked.append(k.get("sequences")) or original(*a, **k))
+    with torch.no_grad():
+        backbone(torch.randn(3, 3, 256))
+    heads = {layer.config.num_heads for layer in backbone.modules() if hasattr(layer, "forward_direction")}
+    assert asked and set(asked) == {2 * 3 * h for h in heads}

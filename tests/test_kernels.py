@@ -40,6 +40,20 @@ def test_resolve_kernel_on_cpu(monkeypatch):
         resolve_kernel("chunkwise--typo", torch.device("cpu"))
 
 
+def test_auto_on_cuda_takes_the_own_kernel_for_many_sequences(monkeypatch):
+    """CUDA rule of ``"auto"``: the own Triton kernel from OWN_KERNEL_MIN_SEQUENCES sequences, TFLA below and
+    when the caller does not say (no CUDA is used: resolving only names the kernel)."""
+    monkeypatch.delenv(kernels.KERNEL_ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    cuda, n = torch.device("cuda"), kernels.OWN_KERNEL_MIN_SEQUENCES
+    assert resolve_kernel("auto", cuda, sequences=n) == kernels.OWN_TRITON_KERNEL
+    assert resolve_kernel("auto", cuda, sequences=n - 1) == kernels.TRITON_KERNEL
+    assert resolve_kernel("auto", cuda) == kernels.TRITON_KERNEL
+    assert resolve_kernel(kernels.TRITON_KERNEL, cuda, sequences=n) == kernels.TRITON_KERNEL  # a choice is kept
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    assert resolve_kernel("auto", cuda, sequences=n) == kernels.NATIVE_KERNEL
+
+
 def test_kernel_env_override_and_default(monkeypatch):
     monkeypatch.setenv(kernels.KERNEL_ENV_VAR, "parallel--native_autograd")
     assert resolve_kernel("auto", torch.device("cpu")) == "parallel--native_autograd"
