@@ -150,7 +150,8 @@ def test_triton_speed_runs_tfla_at_the_library_head_dim(monkeypatch):
 
     resolve = kernels.resolve_kernel
     monkeypatch.setattr(kernels, "resolve_kernel",
-                        lambda name, device: name if name == kernels.TRITON_KERNEL else resolve(name, device))
+                        lambda name, device, sequences=None: name if name == kernels.TRITON_KERNEL
+                        else resolve(name, device, sequences))
     monkeypatch.setattr(kernels, "_backend", stand_in)
     monkeypatch.setitem(sys.modules, "seisbench_xlstm.triton_mlstm", types.SimpleNamespace(mlstm_chunkwise_triton=None))
     torch.manual_seed(0)

@@ -264,6 +264,16 @@ cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels on CUD
                                "computes bfloat16 tl.dot wrongly)")
 
 
+def bfloat16_tolerances(steps: int) -> dict:
+    """bf16 bounds per tensor: 3e-2, and 6e-2 for df from 1,024 steps on, where the rounding of many steps adds up
+    in the forget-gate gradient (a reverse cumulative sum over the sequence). TFLA needs the same there
+    (``test_kernels.py``: 3.6% at head dim 96 and 1,024 steps); this kernel was 3.4e-2 from the float32 reference
+    in df at 2x4x4096x128 (``benchmarks/results/triton_mlstm_speed_long.md``). With 3e-2 for every tensor its
+    project-shape test failed on an H200 (2026-11-30) at 4,096 steps for every head dim and at 1,024 steps for head
+    dim 128 with the constant convention; that run stopped before pytest printed which tensor failed."""
+    return {**dict.fromkeys(NAMES, 3e-2), "df": 6e-2 if steps >= 1024 else 3e-2}
+
+
 @cuda_only
 @pytest.mark.gpu
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
@@ -276,7 +286,7 @@ def test_bfloat16_project_shapes(head_dim, steps, convention):
     inputs, grad = make_inputs(2, 2, steps, head_dim, head_dim, "normal")
     got = output_and_grads(kernel(constant_normaliser=const), inputs, grad, torch.bfloat16)
     assert [x.dtype for x in got[:4]] == [torch.bfloat16] * 4
-    assert_close(got, half_precision_reference(inputs, grad, torch.bfloat16, const), 3e-2)
+    assert_close(got, half_precision_reference(inputs, grad, torch.bfloat16, const), bfloat16_tolerances(steps))
 
 
 @cuda_only
@@ -310,8 +320,7 @@ def test_grid_both_directions_against_the_chunkwise_kernel_and_the_quadratic_ref
       1e-4 (both kernels chunkwise in float32; they differ in the stabiliser's start, which changes outputs by at
       most ``eps`` relative, and in summation order);
     - the quadratic reference with the exact gradient where its memory allows: output and all five gradients, with
-      the bounds of the other tests (bf16 3e-2; df 6e-2 beyond 1,024 steps, where the bf16 rounding of many
-      steps adds up in the forget-gate gradient, as it does for TFLA).
+      the bounds of the other tests (bf16: :func:`bfloat16_tolerances`).
 
     On CUDA every case with at most 128 x 4,097 steps per direction (65,536 steps at batch 1 only); under the CPU
     interpreter the short cases at batch 1.
@@ -336,7 +345,7 @@ def test_grid_both_directions_against_the_chunkwise_kernel_and_the_quadratic_ref
         return
     if DEVICE == "cuda":
         want = half_precision_reference(inputs, grad, torch.bfloat16, False)
-        tols = {**dict.fromkeys(NAMES, 3e-2), "df": 6e-2 if steps > 1024 else 3e-2}
+        tols = bfloat16_tolerances(steps)
     else:
         want, tols = float32_reference_and_tolerance(inputs, grad, False)
     assert_close(ours, want, tols)
