@@ -131,7 +131,7 @@ class ModelConfig:
         from scratch
     :param backbone: backbone config values for a picker from scratch (default: the library's seed config)
     :param gradient_checkpointing: recompute each mLSTM layer in the backward pass (xLSTM only)
-    :param kernel: mLSTM kernel (``auto``: TFLA on CUDA, native chunkwise on CPU)
+    :param kernel: mLSTM kernel (``auto``: Triton kernels on CUDA, native chunkwise on CPU)
     :param compile: run the mLSTM layers through ``torch.compile`` while training (xLSTM only; validation and the
         dev evaluation stay eager); ``null``: on CUDA only, as in pretraining. Default ``false`` until fine-tuning
         with it is measured on a GPU (the GPU figures so far ran eagerly)."""

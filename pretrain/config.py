@@ -161,7 +161,7 @@ class TrainerConfig:
 class ModelConfig:
     """Run-time settings of the backbone. :param gradient_checkpointing: recompute each mLSTM layer in the
     backward pass (activation checkpointing: far less memory, ~35% more time); :param kernel: mLSTM kernel
-    (``auto``: TFLA on CUDA, native chunkwise on CPU); :param compile: run the mLSTM layers through
+    (``auto``: Triton kernels on CUDA, native chunkwise on CPU); :param compile: run the mLSTM layers through
     ``torch.compile`` (``null``: on CUDA only, where it nearly doubles the training speed; compiling costs tens of
     seconds at the start and is slow on CPUs)."""
 

@@ -165,7 +165,8 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
 
     # ------------------------------------------------------------------ run-time settings (never saved)
     def set_kernel(self, kernel: str) -> "_XLSTMPicker":
-        """Selects the mLSTM kernel (``"auto"``: TFLA Triton on CUDA, native chunkwise on CPU)."""
+        """Selects the mLSTM kernel (``"auto"``: Triton kernels on CUDA, chosen per call by
+        :func:`seisbench_xlstm.kernels.resolve_kernel`; native chunkwise on CPU)."""
         self.backbone.set_kernel(kernel)
         return self
 
