@@ -4,17 +4,15 @@
 #
 #   bash benchmarks/gpu_measure.sh            # on the device machine, after the wheels are installed
 #
-#   lane A (GPU 0): this project's Triton kernel: its bf16 head-dim-96 case with Triton's LLVM optimiser on
-#                   (DISABLE_LLVM_OPT=0: did it cause the CUDA fault of 2026-11-30?), all its tests as the library
-#                   compiles them (tests/test_triton_mlstm.py; the grid test only with GRID=1, ~260 s), its speed against TFLA at the backbones' call
-#                   shapes (triton_mlstm_speed.py -> triton_mlstm_speed.md), both recipes' training step with it
-#                   (pretrain_speed.py --kernel chunkwise--seisbench_triton -> pretrain_gpu_own_kernel.md/.csv); then
-#                   annotate_speed.py (24 h of $STATIONS stations, all four models, eager and compiled)
-#                   -> annotate_gpu.md/.csv
-#   lane B (GPU 1): the CUDA tests of the kernels and backbones (pytest -k gpu); pretrain_speed.py, recipe 1 at batch
-#                   128 with the q/k/v forms dense and per_head, each with the head-dim padding in the layer's layout
-#                   copies and in mlstm_sequence (--head-pad layout kernel), and recipe 2 at batch 64 with both forms
-#                   -> pretrain_gpu.md/.csv
+#   lane A (GPU 0): this project's Triton kernel: its tests as the library compiles them (tests/test_triton_mlstm.py
+#                   without the grid), the grid of issue 12 (about 260 s), its speed against TFLA at the backbones'
+#                   call shapes (triton_mlstm_speed.py -> triton_mlstm_speed.md); with ANNOTATE=1 then
+#                   annotate_speed.py (24 h of $STATIONS stations, all four models, eager and compiled, the kernels
+#                   $KERNELS) -> annotate_gpu.md/.csv
+#   lane B (GPU 1): the CUDA tests of the kernels and backbones (pytest -k gpu); pretrain_speed.py with the library's
+#                   kernel choice ("auto"), compiled: recipe 1 at batch 128 with the q/k/v forms dense and per_head,
+#                   recipe 2 at batch 64 and 256 (dense), with a profile of recipe 2 at 64 -> pretrain_gpu.md/.csv
+#                   and $OUT/profile/
 # (window_cost.py and tfla_agreement.py: see benchmarks/README.md; they ran in this script on 2026-11-29/30.)
 #
 # Every step has a time limit (DEADLINE seconds from the start, default 540, less what the step needs to finish);
@@ -24,9 +22,9 @@
 # LANES (AB: both, side by side on two GPUs, else A then B; BA: B first; A or B: that lane only; with one GPU the
 # two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed).
-# Measured on nvidia-h200-x2 (2026-11-30, DEADLINE=545, the lanes before this version): annotate_speed 235 s,
-# pytest -k gpu 87 s, pretrain_speed with two configurations 146 s (about 70 s each), tfla_agreement.py 75 s; the
-# Triton tests take 85 s for their first 137 cases.
+# Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
+# pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
+# 125 s, the grid 262 s.
 # DRY_RUN=1: the same steps on this machine's CPU with tiny backbones (checks the wiring, not the figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,34 +62,26 @@ step() {  # step LANE NEEDED_SECONDS COMMAND...: runs COMMAND with what is left 
 }
 lane_a() {
   export CUDA_VISIBLE_DEVICES=0
-  local hours=24 tests=(tests/test_triton_mlstm.py -k "not test_grid") probe=(-k "test_bfloat16_project_shapes and 64-96")
-  [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); probe=(-k rejects_bad_shapes); }
-  # its own report: lane B updates pretrain_gpu.csv at the same time
-  local own=(--kernel chunkwise--seisbench_triton --compile yes --label "$LABEL, own Triton kernel"
-             --out $R/pretrain_gpu_own_kernel.md)
-  [ "$DRY" = 1 ] && own=(--compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu_own_kernel.md --label dry)
-  step A 40 env DISABLE_LLVM_OPT=0 $PY -m pytest -q -p no:cacheprovider tests/test_triton_mlstm.py "${probe[@]}"
-  # the grid of issue 12 alone takes about 260 s on an H200; it runs last (GRID=1) or not at all
+  local hours=24 tests=(tests/test_triton_mlstm.py -k "not test_grid") grid=(tests/test_triton_mlstm.py -k test_grid)
+  [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
+  step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
   [ "$DRY" = 1 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py --out $R/triton_mlstm_speed.md  # GPU only
-  step A 100 $PY benchmarks/pretrain_speed.py --recipe contrastive --batch 64 "${own[@]}"
-  step A 100 $PY benchmarks/pretrain_speed.py --recipe masked --batch 128 "${own[@]}"
-  step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 --overlaps 512 \
-    --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" --out $R/annotate_gpu.md
-  if [ "${GRID:-0}" = 1 ]; then
-    step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_mlstm.py -k test_grid
+  if [ "${ANNOTATE:-0}" = 1 ]; then
+    step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 \
+      --overlaps 512 --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" --out $R/annotate_gpu.md
   fi
 }
 lane_b() {
   export CUDA_VISIBLE_DEVICES=$(( NGPU > 1 ? 1 : 0 ))
-  local speed=(--batch 128 --compile yes) speed2=(--batch 64 --compile yes)
-  [ "$DRY" = 1 ] && { speed=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
-                      speed2=("${speed[@]}"); }
-  step B 60 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_backbones.py -k gpu
-  step B 290 $PY benchmarks/pretrain_speed.py --recipe masked "${speed[@]}" --qkv-form dense per_head \
-    --head-pad layout kernel --label "$LABEL"
-  step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${speed2[@]}" --qkv-form dense per_head \
-    --label "$LABEL"
+  local r1=(--batch 128 --compile yes) r2=(--batch 64 256 --compile yes) prof=(--batch 64 --compile yes)
+  [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
+                      r2=("${r1[@]}"); prof=("${r1[@]}"); }
+  step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py tests/test_backbones.py -k gpu
+  step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --qkv-form dense per_head --label "$LABEL"
+  step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
+  step B 80 $PY benchmarks/pretrain_speed.py --recipe contrastive "${prof[@]}" --label "$LABEL, profiled" \
+    --profile "$OUT/profile"
 }
 trap 'echo "gpu_measure.sh: stopped by a signal" | tee -a "$LOG"; collect; exit 143' TERM INT
 echo "gpu_measure.sh: $NGPU GPU(s), deadline ${DEADLINE}s, $(date -u +%FT%TZ)" | tee -a "$LOG"

@@ -44,15 +44,19 @@ from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
 
 #: How q/k/v and the gates are computed on GPUs; all forms give the same values (tests compare them):
 #:
+#: - ``"per_head"`` (the default): one GEMM per mLSTM head whose output is already in the kernel's layout
+#:   (:func:`_qkv_gates_per_head`): 1/heads of the dense FLOPs and no layout copies of q, k, v, at more peak
+#:   memory. Faster than dense in every pair measured side by side on an H200 with TFLA
+#:   (benchmarks/results/pretrain_gpu.md, compiled): recipe 1 at batch 128, 312.4 against 334.9 ms a step (60.1
+#:   against 46.8 GiB; 2026-11-29), 349.8 against 423.4 ms and 382.6 against 400.1 ms (head dim 96 padded in the
+#:   layout or in the kernel call; 2026-11-30); recipe 2 at batch 64, 133.2 against 145.3 ms (9.5 against 7.7 GiB).
+#:   Not yet timed against dense with the library's own Triton kernel, which ``"auto"`` runs at those batches since
+#:   2026-11-30 (``benchmarks/gpu_measure.sh`` lane B times both).
 #: - ``"dense"``: block-diagonal GEMMs over the whole inner width (:func:`_qkv_gates_dense`), then a layout copy per
-#:   tensor for the kernel. Measured on an H200 (recipe 1, batch 128, compiled): 360 ms a step.
-#: - ``"per_head"``: one GEMM per mLSTM head whose output is already in the kernel's layout
-#:   (:func:`_qkv_gates_per_head`): 1/heads of the dense FLOPs and no layout copies of q, k, v. Measured side by
-#:   side with dense (benchmarks/results/pretrain_gpu.md, recipe 1, batch 128, compiled): 312.4 ms against 334.9 ms a
-#:   step, 60.1 GiB against 46.8 GiB peak; not yet measured for the U-Net (recipe 2), so dense stays the default.
+#:   tensor for the kernel.
 #: - ``"fused"``: multiply-sums the compiler fuses (:func:`_qkv_gates_fused`; only inside ``torch.compile``, else
-#:   dense). Measured 1222 ms a step in the same setting.
-GPU_QKV_FORM = "dense"
+#:   dense). Measured 1222 ms a step in the setting of dense's 360 ms (recipe 1, batch 128, compiled, 2026-11-29).
+GPU_QKV_FORM = "per_head"
 #: The same choice on CPUs: ``"per_head"``, or ``"einsum"`` (per-block products), or another GPU form. Measured on
 #: 2 CPU cores (benchmarks/results/annotate_cpu_1h.md, one run): per_head annotates an hour of one station with the
 #: U-Net in 17% less time than einsum.
@@ -61,7 +65,9 @@ QKV_FORMS = ("dense", "per_head", "fused", "einsum")
 #: Where head dims the kernel cannot take are zero-padded (``kernels.kernel_head_dim``: TFLA, the sequential
 #: backbone's 96 -> 128): ``True`` in the layout copies of :func:`mlstm_branches` (no extra copy; the default),
 #: ``False`` in :func:`seisbench_xlstm.kernels.mlstm_sequence` (padded copies of q, k, v and a cropped copy of the
-#: output). Same values; a switch for benchmarks that measure the two side by side. Not yet measured on a GPU.
+#: output). Same values; a switch for benchmarks that measure the two side by side. Measured on an H200 (recipe 1,
+#: TFLA, 2026-11-30): with q/k/v form dense the kernel-call padding was faster (400.1 against 423.4 ms a step), with
+#: per_head the layout padding (349.8 against 382.6 ms). This project's own kernel needs no padding.
 HEAD_PAD_IN_LAYOUT = True
 
 
