@@ -73,8 +73,11 @@ def call_shapes() -> dict[tuple, str]:
     for recipe, batch in SEED_BATCH.items():
         module = build(recipe, False, False, "auto")
         calls: list = []
-        with cell_standin(calls), torch.no_grad(), mock.patch.object(bimlstm, "CPU_QKV_FORM", bimlstm.GPU_QKV_FORM):
-            module.recipe(torch.randn(1, 3, 4096))  # the calls as the GPU form lays them out
+        # The calls in the dense form's layout, (directions x batch, heads, ...), the convention of every results
+        # table; the per_head form (the GPU default) makes the same calls as (directions x heads, batch, ...), which
+        # the kernels flatten to the same sequences.
+        with cell_standin(calls), torch.no_grad(), mock.patch.object(bimlstm, "CPU_QKV_FORM", "dense"):
+            module.recipe(torch.randn(1, 3, 4096))
         for b, heads, steps, dim in calls:
             shape = (b * batch, heads, kernel_shape(steps, 128).padded_length, dim)
             shapes.setdefault(shape, module.backbone_name)
