@@ -12,8 +12,8 @@ on CUDA, native chunkwise fp32 on CPU). Every model annotates the whole stream i
 best of the listed batch sizes is reported, each the best of ``--repeats`` runs (``--baseline-repeats`` for
 PhaseNet and EQTransformer; the first run at a new batch shape also compiles Triton kernels), the xLSTM pickers at
 each of ``--overlaps`` (512 is the default, the least overlap that covers every sample with the default blinding
-of 256) and ``--kernels`` (default: the run-time choice; ``chunkwise--seisbench_triton`` is this project's own Triton
-kernel, opt-in).
+of 256) and ``--kernels`` (default: the run-time choice, ``seisbench_xlstm.kernels.resolve_kernel``; the report names the
+kernel it took at the batch size).
 
 Reported: seconds, throughput in hours of 3-component 100 Hz data per second of wall time (stations x hours /
 seconds) and the time as a multiple of PhaseNet's in the same run. On a CPU the load average is reported
@@ -86,6 +86,21 @@ def build(name: str, tiny: bool):
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+def kernel_label(model, kernel: str | None, batch: int, device: str) -> str:
+    """The mLSTM kernel an xLSTM picker's layers ran for ``kernel`` at ``batch`` windows: a kernel asked for by name,
+    or what ``"auto"`` (``None``) took there."""
+    from seisbench_xlstm.bimlstm import BiMLSTMLayer
+    from seisbench_xlstm.kernels import NATIVE_KERNEL, TRITON_KERNEL
+
+    if kernel not in (None, "auto"):
+        return kernel
+    backbone = model.backbone
+    backbone.set_kernel("auto")
+    layer = next(m for m in backbone.modules() if isinstance(m, BiMLSTMLayer))
+    resolved = backbone.kernel_for(layer, batch, torch.device(device))
+    return {TRITON_KERNEL: "TFLA+bf16", NATIVE_KERNEL: "native fp32"}.get(resolved, resolved)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=1.0, help="hours per station")
@@ -151,8 +166,7 @@ def main(argv=None) -> int:
                 best[(compiled, overlap, form, kern)] = (batch, seconds)
         set_qkv_form(None)
         for (compiled, overlap, form, kern), (batch, seconds) in best.items():
-            kernel = f", kernel {kern if kern not in (None, 'auto') else ('TFLA+bf16' if cuda else 'native fp32')}" \
-                if xlstm else ""
+            kernel = f", kernel {kernel_label(model, kern, batch, device)}" if xlstm else ""
             kernel += f", q/k/v {form}" if form else ""
             kernel += ", compiled layers" if compiled else ""
             results.append({"model": name + (" (tiny)" if xlstm and args.tiny else ""), "batch": batch,

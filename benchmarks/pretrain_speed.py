@@ -80,7 +80,8 @@ from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
 from seisbench_xlstm import bimlstm  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
-from seisbench_xlstm.kernels import kernel_chunk_size, kernel_shape, resolve_kernel  # noqa: E402
+from seisbench_xlstm.bimlstm import BiMLSTMLayer  # noqa: E402
+from seisbench_xlstm.kernels import kernel_chunk_size, kernel_shape  # noqa: E402
 
 EXPERIMENTS = {
     "masked": "xlstm_large/pure_mlstm_sequential_12m_foundation",
@@ -185,17 +186,17 @@ def flops_per_window(recipe: str, tiny: bool, samples: int, kernel: str) -> floa
     return counter.get_total_flops() + cell_flops(calls, kernel)
 
 
-def kernel_of(module, kernel: str, device: torch.device, batch: int) -> str:
-    """The mLSTM kernel the backbone's layers run for ``kernel`` (``"auto"``: by device and sequences per call,
-    ``kernels.resolve_kernel``), counted at its first layer (all layers of both backbones have the same heads)."""
-    heads = next(m.config.num_heads for m in module.backbone.modules() if hasattr(m, "forward_direction"))
-    return resolve_kernel(kernel, device, sequences=2 * batch * heads)
+def kernel_of(module, device: torch.device, batch: int) -> str:
+    """The mLSTM kernel the backbone's first layer runs at ``batch`` (all layers of both backbones have the same
+    heads, so the same kernel)."""
+    backbone = module.backbone
+    return backbone.kernel_for(next(m for m in backbone.modules() if isinstance(m, BiMLSTMLayer)), batch, device)
 
 
 def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.device, compiled: bool = False) -> dict:
     torch.manual_seed(0)
     module = build(recipe, args.tiny, checkpointing, args.kernel).to(device).train()
-    kernel = kernel_of(module, args.kernel, device, batch)
+    kernel = kernel_of(module, device, batch)
     flops = batch * flops_per_window(recipe, args.tiny, args.samples, kernel)
     module.backbone.set_compile(compiled)
     x = torch.randn(batch, 3, args.samples, device=device)
@@ -347,7 +348,7 @@ def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.d
         torch.distributed.all_reduce(buffer)
         result["allreduce_s"] = _timed_steps(lambda: torch.distributed.all_reduce(buffer), opts["steps"])
     result.update(params=count_parameters(module), backbone=module.backbone_name,
-                  kernel=kernel_of(module, opts["kernel"], device, config["batch"]))
+                  kernel=kernel_of(module, device, config["batch"]))
     del module, ddp, step, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -74,7 +74,7 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int) 
     from seisbench_xlstm import triton_mlstm
 
     bd, bv = triton_mlstm._tiles(shape[3], shape[3], block_v)
-    launch = triton_mlstm._launch_config(shape[2], bd, bv)  # what the kernels are launched with
+    launch = triton_mlstm._launch_config(bd, bv)  # what the kernels are launched with
     row = {"device": machine(), "shape": "x".join(map(str, shape)), "chunk": min(chunk_size, shape[2]), "note": "",
            "block_v": block_v or f"default ({bv})", "warps": launch["num_warps"], "stages": launch["num_stages"]}
     outputs = {}

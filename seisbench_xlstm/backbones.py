@@ -189,11 +189,16 @@ class _Backbone(nn.Module):
         """
         self.compiled = bool(enabled)
 
+    def kernel_for(self, layer: BiMLSTMLayer, batch: int, device: torch.device) -> str:
+        """The mLSTM kernel ``layer`` runs for ``batch`` windows on ``device``: this backbone's choice resolved by
+        :func:`seisbench_xlstm.kernels.resolve_kernel`, for a call that holds both directions of every window and
+        head."""
+        return resolve_kernel(self.kernel, device, sequences=2 * batch * layer.config.num_heads)
+
     def _run_layer(self, layer: BiMLSTMLayer, x: torch.Tensor) -> torch.Tensor:
         # The kernel is resolved here, outside the compiled function, so that the layer knows which kernel runs
         # (and lays out q, k, v at its head dim, see bimlstm.mlstm_branches) without reading the environment.
-        # Both directions of every window and head are sequences of one kernel call (see kernels.resolve_kernel).
-        kernel = resolve_kernel(self.kernel, x.device, sequences=2 * x.shape[0] * layer.config.num_heads)
+        kernel = self.kernel_for(layer, x.shape[0], x.device)
         if self.compiled:  # the compiled function bypasses the layer's module hooks
             # contiguous: inputs that differ only in strides (a transposed stem or pool output vs. a linear output)
             # would each compile a variant of their own

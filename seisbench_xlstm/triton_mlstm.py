@@ -346,7 +346,7 @@ def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
     return max(16, _next_pow2(dqk)), block_v or _default_block_v(dv, dqk)
 
 
-def _launch_config(L: int, BD: int, BV: int) -> dict:
+def _launch_config(BD: int, BV: int) -> dict:
     return dict(TUNED_LAUNCH.get((BD, BV), LAUNCH))
 
 
@@ -387,21 +387,21 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
             c_states, n_states = torch.empty(BH, NC, D, DV, **f32), torch.empty(BH, NC, D, **f32)
         nvb = triton.cdiv(DV, BV)
-        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
+        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(BD, BV))
         _mlstm_fwd_kernel[(BH, nvb)](
             q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
         if save:
             ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
-            ctx.config = (L, eps, BD, BV, constant_normaliser)
+            ctx.config = (eps, constant_normaliser, meta)
         return h
 
     @staticmethod
     def backward(ctx, dh):
         q, k, v, i, f, h, m, ntil, c_states, n_states = ctx.saved_tensors
-        L, eps, BD, BV, constant = ctx.config
+        eps, constant, meta = ctx.config
         B, NH, S, D = q.shape
         DV = v.shape[-1]
-        BH, NC = B * NH, S // L
+        BH, NC, BV = B * NH, S // meta["L"], meta["BV"]
         dh = dh.contiguous()
         delta = _row_dot(dh, h)  # dh . h
         exp_neg_m = torch.exp(-m)
@@ -422,7 +422,6 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dk_part = torch.empty_like(dq_part)
         di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
-        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(L, BD, BV))
         _mlstm_bwd_kernel[(BH, nvb)](
             q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, di_part, D**-0.5, S, NC,
             BH * S, **meta)
@@ -479,7 +478,8 @@ def mlstm_chunkwise_triton(
     if triton is None:
         raise ImportError("mlstm_chunkwise_triton needs the 'triton' package, which is not installed")
     # Compile as the library's TFLA path and every speed figure of this kernel do: with Triton 3.6's LLVM optimiser
-    # off (seisbench_xlstm.kernels.resolve_kernel). The one CUDA fault seen so far (bf16, head dim 96) came from a
-    # process that had it on; see benchmarks/results/triton_mlstm_speed.md. A value the user set is kept.
+    # off (seisbench_xlstm.kernels.resolve_kernel). A CUDA fault at head dim 96 (bf16) once came from a process that
+    # had it on; with it on the same test passed on 2026-11-30 (benchmarks/results/triton_mlstm_speed.md). A value the
+    # user set is kept.
     os.environ.setdefault("DISABLE_LLVM_OPT", "1")
     return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))
