@@ -50,8 +50,8 @@ from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
 #:   (benchmarks/results/pretrain_gpu.md, compiled): recipe 1 at batch 128, 312.4 against 334.9 ms a step (60.1
 #:   against 46.8 GiB; 2026-11-29), 349.8 against 423.4 ms and 382.6 against 400.1 ms (head dim 96 padded in the
 #:   layout or in the kernel call; 2026-11-30); recipe 2 at batch 64, 133.2 against 145.3 ms (9.5 against 7.7 GiB).
-#:   Not yet timed against dense with the library's own Triton kernel, which ``"auto"`` runs at those batches since
-#:   2026-11-30 (``benchmarks/gpu_measure.sh`` lane B times both).
+#:   With the library's own Triton kernel (which ``"auto"`` runs at those batches): recipe 1 322.1 against 344.5 ms
+#:   (73.5 against 60.2 GiB; 2026-11-30, ``benchmarks/gpu_measure.sh`` lane B).
 #: - ``"dense"``: block-diagonal GEMMs over the whole inner width (:func:`_qkv_gates_dense`), then a layout copy per
 #:   tensor for the kernel.
 #: - ``"fused"``: multiply-sums the compiler fuses (:func:`_qkv_gates_fused`; only inside ``torch.compile``, else

@@ -20,8 +20,9 @@ Tolerances (relative L2 error ``|a - b| / |b|`` per tensor):
   chunk 16, and 3.2e-5 on the CPU interpreter), and 5.1e-4 where the reference was 9.7e-4 at another shape. The
   bound was ``4 * e_ref`` against the float32 reference until that run. With ordinary gates the errors are ~1e-6.
 - float16 (interpreter) / bfloat16 (CUDA): 5e-3 / 3e-2 against the float32 reference run on the same rounded
-  inputs; in bf16 df 6e-2 from 1,024 steps (:func:`bfloat16_tolerances`). The kernel's products take half-precision operands (8 or 11 significant bits) with float32
-  accumulation, as the TFLA kernels do. (Triton 3.6's interpreter computes ``tl.dot`` of bfloat16 wrongly, so
+  inputs; in bf16 df ``3e-2 * sqrt(steps / 256)`` from 256 steps (:func:`bfloat16_tolerances`). The kernel's
+  products take half-precision operands (8 or 11 significant bits) with float32 accumulation, as the TFLA kernels
+  do. (Triton 3.6's interpreter computes ``tl.dot`` of bfloat16 wrongly, so
   bfloat16 is tested on CUDA only.)
 """
 
@@ -265,13 +266,16 @@ cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels on CUD
 
 
 def bfloat16_tolerances(steps: int) -> dict:
-    """bf16 bounds per tensor: 3e-2, and 6e-2 for df from 1,024 steps on, where the rounding of many steps adds up
-    in the forget-gate gradient (a reverse cumulative sum over the sequence). TFLA needs the same there
-    (``test_kernels.py``: 3.6% at head dim 96 and 1,024 steps); this kernel was 3.4e-2 from the float32 reference
-    in df at 2x4x4096x128 (``benchmarks/results/triton_mlstm_speed_long.md``). With 3e-2 for every tensor its
-    project-shape test failed on an H200 (2026-11-30) at 4,096 steps for every head dim and at 1,024 steps for head
-    dim 128 with the constant convention; that run stopped before pytest printed which tensor failed."""
-    return {**dict.fromkeys(NAMES, 3e-2), "df": 6e-2 if steps >= 1024 else 3e-2}
+    """bf16 bounds per tensor: 3e-2, and for df ``3e-2 * sqrt(steps / 256)`` from 256 steps on (6e-2 at 1,024
+    steps, 1.2e-1 at 4,096). The forget-gate gradient is a reverse cumulative sum over all later steps of terms that
+    largely cancel, so the independent bf16 roundings of its terms add up as a random walk (like ``sqrt(steps)``)
+    while the sum itself does not grow. Measured on an H200: TFLA 5.6e-2 from the float32 reference in df at
+    128x4x1024x64 with the constant convention, this kernel 2.1e-2 at 256x4x1024x96 and 3.4e-2 at 2x4x4096x128
+    (``benchmarks/results/triton_mlstm_speed.md``, ``triton_mlstm_speed_long.md``), and 9.1e-2 in this test at 4,096
+    steps, head dim 64, constant convention (2026-11-30, the only tensor over 3e-2 in that test: every other was
+    below 3e-3). ``test_kernels.py`` allows TFLA 6e-2 in df at 1,024 steps."""
+    df = 3e-2 * max(1.0, (steps / 256) ** 0.5)
+    return {**dict.fromkeys(NAMES, 3e-2), "df": df}
 
 
 @cuda_only
