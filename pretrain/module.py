@@ -150,11 +150,16 @@ class PretrainModule(L.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 and "codevectors" not in name else no_decay).append(p)
+        # On GPUs the fused implementation: one multi-tensor kernel a step instead of torch's default chain of
+        # foreach kernels (9.4 ms of GPU time a step for the U-Net in a profile of recipe 2 on an H200, 2026-11-30).
+        # CPUs keep the default, which the CPU tests' figures (resume, loss curves) were taken with.
+        fused = all(p.is_cuda for p in decay + no_decay) or None
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
             lr=float(o.lr),
             betas=tuple(float(b) for b in o.betas),
             eps=float(o.eps),
+            fused=fused,
         )
         total = self.total_steps()
         warm = warmup_steps(total, float(o.warmup_fraction))

@@ -21,7 +21,11 @@ steps in order, carrying the state ``C`` (DHQK x block_v), ``n`` (DHQK) in float
 registers; ``C`` and ``n`` are stabilised by ``m`` of the chunk's last step. Per chunk it computes the gated,
 stabilised L x L intra-chunk product and the inter-chunk part ``q C``. Gate preprocessing (log-sigmoid, cumulative
 sums inside the chunk, stabiliser) happens in the kernel. When gradients are needed it stores ``C``/``n`` at the
-start of every chunk ((S/L) x DHQK x DHHV float32 per sequence), ``m_t`` and ``n~_t``.
+start of every chunk ((S/L) x DHQK x DHHV per sequence), ``m_t`` and ``n~_t``. ``C`` is stored in the input dtype:
+both passes use the state only as an operand of a product in that dtype (``q C`` forward, ``dnum C^T`` backward), so
+storing it rounded gives the same values as rounding it after a float32 load, at half the memory and traffic in
+bf16 (and registers in the backward program, which holds the state gradient ``dC`` in float32 too); ``n`` stays
+float32.
 
 One schedule: the parallelism is (batch*head) x value blocks, which fills the GPU at the
 backbones' training and annotate batches and not for a few long sequences (there :mod:`seisbench_xlstm.kernels` keeps
@@ -134,7 +138,7 @@ if triton is not None:
                      D: tl.constexpr, DV: tl.constexpr):
         """Store one chunk's matrix state block and (value block 0 only) its vector state."""
         c_off, c_mask, n_off = _state_offsets(pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        tl.store(C_states + c_off, C, mask=c_mask)
+        tl.store(C_states + c_off, C.to(C_states.dtype.element_ty), mask=c_mask)
         tl.store(N_states + n_off, n, mask=mask_d & first)
 
     @triton.jit
@@ -385,7 +389,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         m = ntil = c_states = n_states = h  # never written unless needed
         if save:
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
-            c_states, n_states = torch.empty(BH, NC, D, DV, **f32), torch.empty(BH, NC, D, **f32)
+            # C in the input dtype: both passes use it only rounded to that dtype, as an operand of a product
+            c_states = torch.empty(BH, NC, D, DV, dtype=q.dtype, device=q.device)
+            n_states = torch.empty(BH, NC, D, **f32)
         nvb = triton.cdiv(DV, BV)
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(BD, BV))
         _mlstm_fwd_kernel[(BH, nvb)](

@@ -255,3 +255,14 @@ def test_compiled_run_validates_eagerly(records, tmp_path, compile_counter):
     after = [c for p, c in seen[first_val:] if p == "train"]
     assert after and all(after)
     assert compile_counter.frame_count > 0
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+)
+def test_adamw_is_fused_on_gpu_only(records, tmp_path, device):
+    """On GPUs AdamW runs its fused kernel; CPUs keep torch's default implementation."""
+    module = PretrainModule(tiny(records, tmp_path)).to(device)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults["fused"]) == (device == "cuda")
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.parameters()))
