@@ -42,9 +42,13 @@ gates and q, k only through the numerator: the kernel gets no normaliser column 
 ``dm`` term and no arg-max routing; ``di_j = k_j . dk_j`` still holds, and the row sum of the gradient of ``a_t.``
 is ``dnum_t . num_t = dh_t . h_t``, so ``dF_t = dh_t . h_t - di_t``.
 
-Backward: one program per (batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn``
-(gradients of the stabilised states). It writes dq, dk and the input-gate term ``k_j . dk_j`` (with one value block
-in their final dtype; with several, float32 parts per value block, summed afterwards) and dv.
+Backward, two kernels. dq needs the state at a chunk's start, which the forward stored, and no state gradient, so
+one program per (batch*head, value block, chunk) computes it with all chunks in parallel. Then one program per
+(batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn`` (gradients of the stabilised
+states), and writes dk, dv and the input-gate term ``k_j . dk_j``. Both recompute the chunk's scores. With one value
+block dq, dk and that term are written in their final dtype; with several, as float32 parts per value block, summed
+afterwards. Split this way the sequential program holds no stored state next to ``dC`` (in one kernel both were
+128 x 128 tiles per program at head dim 96: 255 registers and hundreds of spilled ones on an H200).
 The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient
 (the constant convention: see above):
 
@@ -233,39 +237,36 @@ if triton is not None:
         return dnum, dnt, ig, fc, f_last, m, m_prev, m_last
 
     @triton.jit
-    def _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start, dC, dn, ncol,
-                         offs_l, scale, PREC: tl.constexpr):
-        """dq, dk (float32, this value block's part) and dv of one chunk, from the state at its start and the state
-        gradient (dC, dn) at its end."""
-        DT = q.dtype
-        # intra-chunk
+    def _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC: tl.constexpr):
+        """The gated, stabilised intra-chunk scores ``ctil`` (float32) and the gradient of their ungated products
+        ``ds`` (in the dtype of q) of one chunk."""
         p = tl.exp(_log_decay(ig, fc, offs_l) - m[:, None])
         ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p
         dctil = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dnt[:, None]
-        ds = (dctil * p * scale).to(DT)
-        dq = tl.dot(ds, k, input_precision=PREC)
+        return ctil, (dctil * p * scale).to(q.dtype)
+
+    @triton.jit
+    def _bwd_chunk_dq(q, k, v, dnum, dnt, ig, fc, m, m_prev, c_start, n_start, offs_l, scale, PREC: tl.constexpr):
+        """dq (float32, this value block's part) of one chunk: its intra-chunk part and the queries' read of the
+        state at the chunk's start."""
+        _ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+        b = tl.exp(fc + m_prev - m) * scale
+        return tl.dot(ds, k, input_precision=PREC) + b[:, None] * (
+            tl.dot(dnum, tl.trans(c_start.to(q.dtype)), input_precision=PREC) + dnt[:, None] * n_start[None, :])
+
+    @triton.jit
+    def _bwd_chunk_dk_dv(q, k, v, dnum, dnt, ig, fc, f_last, m, m_last, dC, dn, ncol, offs_l, scale,
+                         PREC: tl.constexpr):
+        """dk (float32, this value block's part) and dv of one chunk, given the state gradient (dC, dn) at its end."""
+        DT = q.dtype
+        ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
         dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
         dv = tl.dot(tl.trans(ctil.to(DT)), dnum, input_precision=PREC)
-        # queries of this chunk read the state at its start
-        b = tl.exp(fc + m_prev - m) * scale
-        dq += b[:, None] * (tl.dot(dnum, tl.trans(c_start.to(DT)), input_precision=PREC)
-                            + dnt[:, None] * n_start[None, :])
         # keys and values of this chunk feed all later steps through dC (stabilised by m_last)
         w = tl.exp(f_last - fc + ig - m_last)
         dk += w[:, None] * (tl.dot(v, tl.trans(dC.to(DT)), input_precision=PREC) + ncol * dn[None, :])
         dv += w[:, None] * tl.dot(k, dC.to(DT), input_precision=PREC)
-        return dq, dk, dv
-
-    @triton.jit
-    def _bwd_store_grads(DQ, DK, DVout, DI, dq, dk, dv, k, pid_v, BHS, row, qk_off, v_off, mask_d, mask_v,
-                         D: tl.constexpr):
-        """dq, dk (this value block's part: in the input dtype when there is one value block, else float32 parts
-        summed afterwards), dv, and this block's part of the input-gate gradient ``di_j = k_j . dk_j``."""
-        part = pid_v.to(tl.int64) * BHS
-        tl.store(DQ + part * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
-        tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
-        tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
-        tl.store(DI + part + row, tl.sum(k.to(tl.float32) * dk, axis=1))
+        return dk, dv
 
     @triton.jit
     def _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC: tl.constexpr):
@@ -287,16 +288,40 @@ if triton is not None:
         tl.store(OUT + rows, tl.sum(a * b, axis=1), mask=rows < N)
 
     @triton.jit
-    def _mlstm_bwd_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout, DI,
+    def _mlstm_bwd_dq_kernel(
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         PREC: tl.constexpr,
     ):
-        """Sequential schedule: one program per (batch*head, value block) over all chunks in reverse."""
+        """dq: one program per (batch*head, value block, chunk); the chunks are independent given the stored states
+        at their start. Writes this value block's part (see :func:`_mlstm_bwd_kernel`)."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        c = tl.program_id(2)
+        ncol = (pid_v == 0).to(tl.float32)
+        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                D, DV, L)
+        dnum, dnt, ig, fc, _f_last, m, m_prev, _m_last = _bwd_chunk_scalars(
+            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
+        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        dq = _bwd_chunk_dq(q, k, v, dnum, dnt, ig, fc, m, m_prev, c_start, n_start, offs_l, scale, PREC)
+        part = pid_v.to(tl.int64) * BHS
+        tl.store(DQ + part * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+
+    @triton.jit
+    def _mlstm_bwd_kernel(
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, DK, DVout, DI,
+        scale, S, NC, BHS,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        """dk, dv and the input-gate term ``di_j = k_j . dk_j``: one program per (batch*head, value block) over all
+        chunks in reverse, carrying the state gradient. dk and di are this value block's part: in their final dtype
+        with one value block, else float32 parts per value block, summed afterwards."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
+        part = pid_v.to(tl.int64) * BHS
         dC, dn, _unused = _zero_state(BD, BV)
         c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
         while c >= 0:
@@ -304,14 +329,13 @@ if triton is not None:
                                                     D, DV, L)
             dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
                 I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
-            c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-            dq, dk, dv = _bwd_chunk_grads(q, k, v, dnum, dnt, ig, fc, f_last, m, m_prev, m_last, c_start, n_start,
-                                          dC, dn, ncol, offs_l, scale, PREC)
-            _bwd_store_grads(DQ, DK, DVout, DI, dq, dk, dv, k, pid_v, BHS, pid_bh * S + t, qk_off, v_off, mask_d,
-                             mask_v, D)
+            dk, dv = _bwd_chunk_dk_dv(q, k, v, dnum, dnt, ig, fc, f_last, m, m_last, dC, dn, ncol, offs_l, scale,
+                                      PREC)
+            tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
+            tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+            tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))
             dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
             c -= 1
-
 
 
 def _next_pow2(x: int) -> int:
@@ -428,9 +452,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dk_part = torch.empty_like(dq_part)
         di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
-        _mlstm_bwd_kernel[(BH, nvb)](
-            q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part, dk_part, dv, di_part, D**-0.5, S, NC,
-            BH * S, **meta)
+        scalars = (q, k, v, i, f, dh, m, den, dntil)
+        _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*scalars, c_states, n_states, dq_part, D**-0.5, S, NC, BH * S, **meta)
+        _mlstm_bwd_kernel[(BH, nvb)](*scalars, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, **meta)
         if nvb == 1:
             dq, dk, di = dq_part[0], dk_part[0], di_part[0]
         else:
