@@ -42,13 +42,14 @@ gates and q, k only through the numerator: the kernel gets no normaliser column 
 ``dm`` term and no arg-max routing; ``di_j = k_j . dk_j`` still holds, and the row sum of the gradient of ``a_t.``
 is ``dnum_t . num_t = dh_t . h_t``, so ``dF_t = dh_t . h_t - di_t``.
 
-Backward, two kernels. dq needs the state at a chunk's start, which the forward stored, and no state gradient, so
-one program per (batch*head, value block, chunk) computes it with all chunks in parallel. Then one program per
-(batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn`` (gradients of the stabilised
-states), and writes dk, dv and the input-gate term ``k_j . dk_j``. Both recompute the chunk's scores. With one value
-block dq, dk and that term are written in their final dtype; with several, as float32 parts per value block, summed
-afterwards. Split this way the sequential program holds no stored state next to ``dC`` (in one kernel both were
-128 x 128 tiles per program at head dim 96: 255 registers and hundreds of spilled ones on an H200).
+Backward: one program per (batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn``
+(gradients of the stabilised states), and writes dk, dv and the input-gate term ``k_j . dk_j``. dq needs the state
+at a chunk's start, which the forward stored, and no state gradient: from 2 chunks on
+(:data:`SPLIT_BACKWARD_MIN_CHUNKS`) a kernel of its own computes it first, one program per (batch*head, value
+block, chunk), all chunks in parallel, recomputing the chunk's scores; with one chunk the loop does. Split, the
+sequential program holds no stored state next to ``dC`` (in one kernel both are 128 x 128 tiles per program at head
+dim 96: 255 registers and 386 spilled on an H200, against 282 split). With one value block dq, dk and that term
+are written in their final dtype; with several, as float32 parts per value block, summed afterwards.
 The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient
 (the constant convention: see above):
 
@@ -246,20 +247,21 @@ if triton is not None:
         return ctil, (dctil * p * scale).to(q.dtype)
 
     @triton.jit
-    def _bwd_chunk_dq(q, k, v, dnum, dnt, ig, fc, m, m_prev, c_start, n_start, offs_l, scale, PREC: tl.constexpr):
+    def _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC: tl.constexpr):
         """dq (float32, this value block's part) of one chunk: its intra-chunk part and the queries' read of the
         state at the chunk's start."""
-        _ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
         b = tl.exp(fc + m_prev - m) * scale
         return tl.dot(ds, k, input_precision=PREC) + b[:, None] * (
-            tl.dot(dnum, tl.trans(c_start.to(q.dtype)), input_precision=PREC) + dnt[:, None] * n_start[None, :])
+            tl.dot(dnum, tl.trans(c_start.to(k.dtype)), input_precision=PREC) + dnt[:, None] * n_start[None, :])
 
     @triton.jit
-    def _bwd_chunk_dk_dv(q, k, v, dnum, dnt, ig, fc, f_last, m, m_last, dC, dn, ncol, offs_l, scale,
-                         PREC: tl.constexpr):
+    def _bwd_store_dq(DQ, dq, pid_v, BHS, qk_off, mask_d, D: tl.constexpr):
+        tl.store(DQ + pid_v.to(tl.int64) * BHS * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+
+    @triton.jit
+    def _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC: tl.constexpr):
         """dk (float32, this value block's part) and dv of one chunk, given the state gradient (dC, dn) at its end."""
         DT = q.dtype
-        ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
         dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
         dv = tl.dot(tl.trans(ctil.to(DT)), dnum, input_precision=PREC)
         # keys and values of this chunk feed all later steps through dC (stabilised by m_last)
@@ -304,20 +306,21 @@ if triton is not None:
         dnum, dnt, ig, fc, _f_last, m, m_prev, _m_last = _bwd_chunk_scalars(
             I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
         c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        dq = _bwd_chunk_dq(q, k, v, dnum, dnt, ig, fc, m, m_prev, c_start, n_start, offs_l, scale, PREC)
-        part = pid_v.to(tl.int64) * BHS
-        tl.store(DQ + part * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+        _ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+        dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
+        _bwd_store_dq(DQ, dq, pid_v, BHS, qk_off, mask_d, D)
 
     @triton.jit
     def _mlstm_bwd_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, DK, DVout, DI,
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr,
+        PREC: tl.constexpr, WITH_DQ: tl.constexpr,
     ):
-        """dk, dv and the input-gate term ``di_j = k_j . dk_j``: one program per (batch*head, value block) over all
-        chunks in reverse, carrying the state gradient. dk and di are this value block's part: in their final dtype
-        with one value block, else float32 parts per value block, summed afterwards."""
+        """dk, dv and the input-gate term ``di_j = k_j . dk_j`` (and with ``WITH_DQ`` dq, else
+        :func:`_mlstm_bwd_dq_kernel` does): one program per (batch*head, value block) over all chunks in reverse,
+        carrying the state gradient. dq, dk and di are this value block's part: in their final dtype with one value
+        block, else float32 parts per value block, summed afterwards."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
@@ -329,13 +332,26 @@ if triton is not None:
                                                     D, DV, L)
             dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
                 I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
-            dk, dv = _bwd_chunk_dk_dv(q, k, v, dnum, dnt, ig, fc, f_last, m, m_last, dC, dn, ncol, offs_l, scale,
-                                      PREC)
+            ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+            if WITH_DQ:
+                c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v,
+                                               D, DV)
+                dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
+                _bwd_store_dq(DQ, dq, pid_v, BHS, qk_off, mask_d, D)
+            dk, dv = _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC)
             tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
             tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
             tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))
             dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
             c -= 1
+
+
+#: Chunks from which the backward pass runs dq in a kernel of its own, all chunks in parallel
+#: (:func:`_mlstm_bwd_dq_kernel`), instead of in the reverse loop. On an H200 (2026-11-30, forward+backward, bf16):
+#: 4.62 against 5.19 ms at 256x4x1024x96 (16 chunks) and 1.43 against 1.74 ms at 128x4x1024x64 (16), 1.52 against
+#: 1.54 ms at 128x4x256x128 (4), but 2.15 against 1.34 ms at 128x4x64x256 (one chunk: the separate kernel only
+#: recomputes the chunk's scores).
+SPLIT_BACKWARD_MIN_CHUNKS = 2
 
 
 def _next_pow2(x: int) -> int:
@@ -452,9 +468,11 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dk_part = torch.empty_like(dq_part)
         di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
-        scalars = (q, k, v, i, f, dh, m, den, dntil)
-        _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*scalars, c_states, n_states, dq_part, D**-0.5, S, NC, BH * S, **meta)
-        _mlstm_bwd_kernel[(BH, nvb)](*scalars, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, **meta)
+        args = (q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part)
+        split = NC >= SPLIT_BACKWARD_MIN_CHUNKS
+        if split:
+            _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*args, D**-0.5, S, NC, BH * S, **meta)
+        _mlstm_bwd_kernel[(BH, nvb)](*args, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, WITH_DQ=not split, **meta)
         if nvb == 1:
             dq, dk, di = dq_part[0], dk_part[0], di_part[0]
         else:

@@ -170,6 +170,19 @@ def half_precision_reference(inputs, grad, dtype, constant_normaliser):
     return output_and_grads(ref, rounded, grad.to(dtype).float())
 
 
+@pytest.mark.parametrize("block_v", [None, 16])
+def test_backward_with_dq_in_its_own_kernel_or_in_the_loop_agree(monkeypatch, block_v):
+    """dq from its own kernel over all chunks (from 2 chunks on) or from the reverse loop (one chunk): the same
+    products in the same order, so the same gradients, here on 4 chunks with one and with three value blocks."""
+    inputs, grad = make_inputs(1, 2, 64, 32, 48, "wide")
+    got = {}
+    for name, min_chunks in (("own kernel", 2), ("in the loop", 10**9)):
+        monkeypatch.setattr(triton_mlstm, "SPLIT_BACKWARD_MIN_CHUNKS", min_chunks)
+        got[name] = output_and_grads(kernel(16, block_v=block_v), inputs, grad)
+    for n, a, b in zip(NAMES, got["own kernel"], got["in the loop"]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=n)
+
+
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
 def test_half_precision_float16(convention):
     """float16 runs the kernels' half-precision path (bfloat16 is the same code; the interpreter cannot do it)."""
