@@ -347,10 +347,11 @@ if triton is not None:
 
 
 #: Chunks from which the backward pass runs dq in a kernel of its own, all chunks in parallel
-#: (:func:`_mlstm_bwd_dq_kernel`), instead of in the reverse loop. On an H200 (2026-11-30, forward+backward, bf16):
-#: 4.62 against 5.19 ms at 256x4x1024x96 (16 chunks) and 1.43 against 1.74 ms at 128x4x1024x64 (16), 1.52 against
-#: 1.54 ms at 128x4x256x128 (4), but 2.15 against 1.34 ms at 128x4x64x256 (one chunk: the separate kernel only
-#: recomputes the chunk's scores).
+#: (:func:`_mlstm_bwd_dq_kernel`), instead of in the reverse loop. On an H200 (2026-11-30, forward+backward, bf16,
+#: ``benchmarks/results/triton_mlstm_variants.md``): 4.62 and 4.56 against 5.19 and 5.12 ms at 256x4x1024x96
+#: (16 chunks) in two runs; at the U-Net's shapes the differences were within those shapes' run-to-run spread. With
+#: one chunk a separate kernel can only add work (it recomputes the chunk's scores; 2.15 against 1.34 ms at
+#: 128x4x64x256 in one run, though that shape took 1.34 to 1.92 ms with the same code across runs).
 SPLIT_BACKWARD_MIN_CHUNKS = 2
 
 
