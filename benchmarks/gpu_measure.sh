@@ -9,7 +9,7 @@
 #                   call shapes (triton_mlstm_speed.py -> triton_mlstm_speed.md); with ANNOTATE=1 then
 #                   annotate_speed.py (24 h of $STATIONS stations, all four models, eager and compiled, the kernels
 #                   $KERNELS) -> annotate_gpu.md/.csv
-#   lane B (GPU 1): the CUDA tests of the kernels and backbones (pytest -k gpu); pretrain_speed.py with the library's
+#   lane B (GPU 1): the CUDA tests of the kernels, backbones and pretraining runner (pytest -k gpu); pretrain_speed.py with the library's
 #                   kernel choice ("auto"), compiled: recipe 1 at batch 128 with the q/k/v forms dense and per_head,
 #                   recipe 2 at batch 64 and 256 (dense), with a profile of recipe 2 at 64 -> pretrain_gpu.md/.csv
 #                   and $OUT/profile/
@@ -77,7 +77,8 @@ lane_b() {
   local r1=(--batch 128 --compile yes) r2=(--batch 64 256 --compile yes) prof=(--batch 64 --compile yes)
   [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
-  step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py tests/test_backbones.py -k gpu
+  step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py tests/test_backbones.py \
+    tests/test_pretrain_runner.py -k gpu
   step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --qkv-form dense per_head --label "$LABEL"
   step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
   step B 80 $PY benchmarks/pretrain_speed.py --recipe contrastive "${prof[@]}" --label "$LABEL, profiled" \

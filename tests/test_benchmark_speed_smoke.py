@@ -161,3 +161,29 @@ def test_triton_speed_runs_tfla_at_the_library_head_dim(monkeypatch):
     reference = native(q, k, v, i, f, eps=1e-6, chunk_size=128)
     assert seen == [128] and h.shape == reference.shape
     assert float((h - reference).norm() / reference.norm()) < 1e-5
+
+
+def test_triton_variants_report_reads_both_record_forms(tmp_path):
+    """The report of saved JSON lines: this script's records and the first runs' (``llvm_opt_off``,
+    ``regs_spills``), one row per shape and variant, kernels absent in a version left empty, the agreement line."""
+    import json
+
+    import triton_mlstm_variants
+
+    first = [{"llvm_opt_off": "1", "shape": "8x1x64x16", "variant": "old", "fwd_ms": 1.0, "fwbw_ms": 2.0,
+              "peak_gib": 9.9, "regs_spills": {"_mlstm_fwd_kernel": [255, 3], "_mlstm_bwd_kernel": [255, 7]}},
+             {"llvm_opt_off": "1", "shape": "8x1x64x16", "max_abs_diff_fp32_vs_input_states": {"h": 0.0, "dq": 0.5}}]
+    second = [{"llvm_opt": "on", "shape": "8x1x64x16", "variant": "new", "fwd_ms": 0.5, "fwbw_ms": 1.5,
+               "mlstm_fwd_kernel_regs_spills": [128, 0], "mlstm_bwd_kernel_regs_spills": [200, 1],
+               "mlstm_bwd_dq_kernel_regs_spills": [96, 0]}]
+    files = []
+    for n, records in enumerate((first, second)):
+        files.append(tmp_path / f"run{n}.jsonl")
+        files[-1].write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    out = tmp_path / "variants.md"
+    triton_mlstm_variants.main(["--report", *map(str, files), "--out", str(out)])
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [(r["run"], r["llvm_opt"], r["variant"]) for r in rows] == [("1", "off", "old"), ("2", "on", "new")]
+    assert rows[0]["mlstm_bwd_kernel_regs_spills"] == "255/7" and rows[0]["mlstm_bwd_dq_kernel_regs_spills"] == ""
+    assert rows[1]["mlstm_bwd_dq_kernel_regs_spills"] == "96/0"
+    assert "last variant of each shape and run: 0.5." in out.read_text()
