@@ -5,14 +5,15 @@
 #   bash benchmarks/gpu_measure.sh            # on the device machine, after the wheels are installed
 #
 #   lane A (GPU 0): this project's Triton kernel: its tests as the library compiles them (tests/test_triton_mlstm.py
-#                   without the grid), the grid of issue 12 (about 260 s), its speed against TFLA at the backbones'
-#                   call shapes (triton_mlstm_speed.py -> triton_mlstm_speed.md); with ANNOTATE=1 then
-#                   annotate_speed.py (24 h of $STATIONS stations, all four models, eager and compiled, the kernels
-#                   $KERNELS) -> annotate_gpu.md/.csv
-#   lane B (GPU 1): the CUDA tests of the kernels, backbones and pretraining runner (pytest -k gpu); pretrain_speed.py with the library's
-#                   kernel choice ("auto"), compiled: recipe 1 at batch 128 with the q/k/v forms dense and per_head,
-#                   recipe 2 at batch 64 and 256 (dense), with a profile of recipe 2 at 64 -> pretrain_gpu.md/.csv
-#                   and $OUT/profile/
+#                   without the grid, tests/test_triton_mlstm_scalars.py), the grid of issue 12 (about 260 to 310 s),
+#                   its speed against TFLA at the backbones' call shapes (triton_mlstm_speed.py ->
+#                   triton_mlstm_speed.md); with ANNOTATE=1 then annotate_speed.py (24 h of $STATIONS stations, all
+#                   four models, eager and compiled, the kernels $KERNELS) -> annotate_gpu.md/.csv
+#   lane B (GPU 1): the CUDA tests of the kernels, backbones and pretraining runner (pytest -k gpu); pretrain_speed.py
+#                   with the library's kernel choice ("auto"), compiled: recipe 1 at batch 128 and recipe 2 at batch
+#                   256, each with the kernel's per-step scalar work in PyTorch and in Triton
+#                   (triton_mlstm_scalars.IMPLEMENTATION), and a profile of recipe 1 -> pretrain_gpu.md/.csv and
+#                   $OUT/profile/
 # (window_cost.py and tfla_agreement.py: see benchmarks/README.md; they ran in this script on 2026-11-29/30.)
 #
 # Every step has a time limit (DEADLINE seconds from the start, default 540, less what the step needs to finish);
@@ -62,7 +63,8 @@ step() {  # step LANE NEEDED_SECONDS COMMAND...: runs COMMAND with what is left 
 }
 lane_a() {
   export CUDA_VISIBLE_DEVICES=0
-  local hours=24 tests=(tests/test_triton_mlstm.py -k "not test_grid") grid=(tests/test_triton_mlstm.py -k test_grid)
+  local hours=24 tests=(tests/test_triton_mlstm.py tests/test_triton_mlstm_scalars.py -k "not test_grid")
+  local grid=(tests/test_triton_mlstm.py -k test_grid)
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
   step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
@@ -74,14 +76,15 @@ lane_a() {
 }
 lane_b() {
   export CUDA_VISIBLE_DEVICES=$(( NGPU > 1 ? 1 : 0 ))
-  local r1=(--batch 128 --compile yes) r2=(--batch 64 256 --compile yes) prof=(--batch 64 --compile yes)
+  local r1=(--batch 128 --compile yes --scalar-work torch triton) r2=(--batch 256 --compile yes --scalar-work torch triton)
+  local prof=(--batch 128 --compile yes)
   [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
   step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py tests/test_backbones.py \
     tests/test_pretrain_runner.py -k gpu
-  step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --qkv-form dense per_head --label "$LABEL"
+  step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
   step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
-  step B 80 $PY benchmarks/pretrain_speed.py --recipe contrastive "${prof[@]}" --label "$LABEL, profiled" \
+  step B 80 $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" --label "$LABEL, profiled" \
     --profile "$OUT/profile"
 }
 trap 'echo "gpu_measure.sh: stopped by a signal" | tee -a "$LOG"; collect; exit 143' TERM INT

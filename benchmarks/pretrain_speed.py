@@ -78,7 +78,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from pretrain.config import DDPConfig, compose_config  # noqa: E402
 from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
-from seisbench_xlstm import bimlstm  # noqa: E402
+from seisbench_xlstm import bimlstm, triton_mlstm_scalars  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
 from seisbench_xlstm.bimlstm import BiMLSTMLayer  # noqa: E402
 from seisbench_xlstm.kernels import kernel_chunk_size, kernel_shape  # noqa: E402
@@ -452,6 +452,10 @@ def main(argv=None):
                         help="where head dims TFLA cannot take are padded (seisbench_xlstm.bimlstm.HEAD_PAD_IN_LAYOUT: "
                              "layout = in the layer's layout copies, kernel = padded copies in mlstm_sequence), "
                              "measured one after the other for each q/k/v form; each label gets a suffix")
+    parser.add_argument("--scalar-work", nargs="+", choices=["torch", "triton"], default=None,
+                        help="implementations of the own Triton kernel's per-step scalar work in its backward pass "
+                             "(seisbench_xlstm.triton_mlstm_scalars.IMPLEMENTATION), measured one after the other "
+                             "for each q/k/v form and padding; each label gets a suffix")
     parser.add_argument("--profile", type=Path, help="folder for a profiler table of each configuration (one device)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -500,13 +504,17 @@ def main(argv=None):
         write_report(ddp_report(rows, runs, args), out)
         return rows + runs
     rows, label, library_pad = [], args.label, bimlstm.HEAD_PAD_IN_LAYOUT
-    pads = args.head_pad or [None]
+    library_scalars = triton_mlstm_scalars.IMPLEMENTATION
+    pads, scalar_work = args.head_pad or [None], args.scalar_work or [None]
     try:  # the library's settings come back afterwards (tests call main in their own process)
-        for form, pad in [(f, p) for f in forms for p in pads] if not args.regenerate else []:
+        settings = [(f, p, w) for f in forms for p in pads for w in scalar_work] if not args.regenerate else []
+        for form, pad, work in settings:
             if form:
                 set_qkv_form(form)
             bimlstm.HEAD_PAD_IN_LAYOUT = library_pad if pad is None else pad == "layout"
-            suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}") if x)
+            triton_mlstm_scalars.IMPLEMENTATION = work or library_scalars
+            suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}",
+                                           work and f"scalar work {work}") if x)
             args.label = f"{label} ({suffix})" if suffix else label
             for recipe in recipes:
                 for batch in args.batch or [SEED_BATCH[recipe]]:
@@ -516,6 +524,7 @@ def main(argv=None):
     finally:
         set_qkv_form(None)
         bimlstm.HEAD_PAD_IN_LAYOUT = library_pad
+        triton_mlstm_scalars.IMPLEMENTATION = library_scalars
     if out is not None:
         rows = update_csv(out.with_suffix(".csv"), rows)
     write_report(report(rows, args), out)

@@ -50,8 +50,8 @@ block, chunk), all chunks in parallel, recomputing the chunk's scores; with one 
 sequential program holds no stored state next to ``dC`` (in one kernel both are 128 x 128 tiles per program at head
 dim 96: 255 registers and 386 spilled on an H200, against 282 split). With one value block dq, dk and that term
 are written in their final dtype; with several, as float32 parts per value block, summed afterwards.
-The per-step scalars are done in PyTorch (O(S) work), from these properties of the exact (autograd) gradient
-(the constant convention: see above):
+The per-step scalars (O(S) work; :mod:`seisbench_xlstm.triton_mlstm_scalars`, in PyTorch or in two Triton kernels)
+follow from these properties of the exact (autograd) gradient (the constant convention: see above):
 
 - the gradient of the input gate except through the max is ``di_j = k_j . dk_j``;
 - the total gradient of ``a_tj`` summed over ``j`` equals ``dm_t`` through ``exp(-m_t)`` only, so
@@ -72,6 +72,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from .triton_mlstm_scalars import gate_gradients, normaliser_terms
 
 try:
     import triton
@@ -451,15 +453,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         BH, NC, BV = B * NH, S // meta["L"], meta["BV"]
         dh = dh.contiguous()
         delta = _row_dot(dh, h)  # dh . h
-        exp_neg_m = torch.exp(-m)
-        den = torch.maximum(ntil.abs(), exp_neg_m) + eps
-        if constant:  # m and den are constants: no gradient into the normaliser column or through the max
-            dntil = torch.zeros_like(ntil)
-        else:  # per-step scalars of the normaliser (exact autograd of max(|n~|, exp(-m)) + eps)
-            d_norm = -delta / den  # gradient of max(|n~|, exp(-m))
-            take_n = (ntil.abs() > exp_neg_m).float() + 0.5 * (ntil.abs() == exp_neg_m).float()
-            dntil = d_norm * take_n * torch.sign(ntil)
-            dm_direct = -d_norm * (1.0 - take_n) * exp_neg_m
+        terms = normaliser_terms(delta, m, ntil, eps, constant)  # den, dn~ (0 with constant), ...
+        den, dntil = terms[:2]
 
         nvb = triton.cdiv(DV, BV)
         # One value block (head dims up to 64, and 96): the kernel writes dq, dk in the input dtype and di whole,
@@ -474,26 +469,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         if split:
             _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*args, D**-0.5, S, NC, BH * S, **meta)
         _mlstm_bwd_kernel[(BH, nvb)](*args, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, WITH_DQ=not split, **meta)
-        if nvb == 1:
-            dq, dk, di = dq_part[0], dk_part[0], di_part[0]
-        else:
-            dq, dk, di = dq_part.sum(0), dk_part.sum(0), di_part.sum(0)
-
-        # input gates: k . dk (both conventions, from the kernel), plus (exact) the gradient of m_t through the
-        # max, sent to j*(t)
-        if constant:
-            row_sum = delta  # row sum of d a_t. through the numerator only: dnum_t . num_t = dh_t . h_t
-        else:
-            dm_total = dm_direct - delta - dntil * ntil  # = -delta * eps / den up to rounding
-            reset = m == i.float()  # m_u == i_u: step u is its own arg-max, and j*(t) for the steps up to the next
-            seg = (reset.long().cumsum(-1) - 1).clamp_min(0)
-            seg = (seg + torch.arange(BH, device=q.device).view(B, NH, 1) * S).view(-1)
-            seg_sum = torch.zeros(BH * S, dtype=torch.float32, device=q.device).index_add_(0, seg, dm_total.view(-1))
-            di = di + reset.float() * seg_sum[seg].view(B, NH, S)
-            row_sum = dm_direct  # the numerator's and the normaliser column's parts cancel
-        # forget gates: dF_t = (row sum of d a_t.) - (column sum di_t); F = cumsum(logsigmoid(f))
-        d_lsf = (row_sum - di).flip(-1).cumsum(-1).flip(-1)
-        df = d_lsf * torch.sigmoid(-f.float())
+        dq, dk = (dq_part[0], dk_part[0]) if nvb == 1 else (dq_part.sum(0), dk_part.sum(0))
+        di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
         return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None
 
 
