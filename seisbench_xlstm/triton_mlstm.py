@@ -388,6 +388,13 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
                 (256, 64): {"num_warps": 4, "num_stages": 1}}
 
 
+#: ``num_warps`` of the backward's reverse loop (:func:`_mlstm_bwd_kernel`) alone, or ``None`` for the launch
+#: settings of the other kernels. At head dim 96 with 4 warps that loop still spills 282 registers on an H200
+#: (``benchmarks/results/triton_mlstm_variants.md``); ``benchmarks/triton_mlstm_speed.py --bwd-loop-warps`` times
+#: other values.
+BACKWARD_LOOP_WARPS: int | None = None
+
+
 def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
     """``(BD, BV)``: the padded q/k head dim and the value columns per program the kernels run with."""
     return max(16, _next_pow2(dqk)), block_v or _default_block_v(dv, dqk)
@@ -468,7 +475,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         split = NC >= SPLIT_BACKWARD_MIN_CHUNKS
         if split:
             _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*args, D**-0.5, S, NC, BH * S, **meta)
-        _mlstm_bwd_kernel[(BH, nvb)](*args, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, WITH_DQ=not split, **meta)
+        loop_meta = meta if BACKWARD_LOOP_WARPS is None else {**meta, "num_warps": BACKWARD_LOOP_WARPS}
+        _mlstm_bwd_kernel[(BH, nvb)](*args, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, WITH_DQ=not split,
+                                     **loop_meta)
         dq, dk = (dq_part[0], dk_part[0]) if nvb == 1 else (dq_part.sum(0), dk_part.sum(0))
         di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
         return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None

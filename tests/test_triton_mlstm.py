@@ -183,6 +183,18 @@ def test_backward_with_dq_in_its_own_kernel_or_in_the_loop_agree(monkeypatch, bl
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=n)
 
 
+def test_backward_loop_warps_leave_the_gradients_unchanged(monkeypatch):
+    """``BACKWARD_LOOP_WARPS`` changes how the reverse loop is launched, not what it computes (float32; on a GPU
+    the reductions' order may change)."""
+    inputs, grad = make_inputs(1, 2, 64, 32, 48, "normal")
+    got = {}
+    for warps in (None, 2):
+        monkeypatch.setattr(triton_mlstm, "BACKWARD_LOOP_WARPS", warps)
+        got[warps] = output_and_grads(kernel(16), inputs, grad)
+    errors = rel_errors(got[2], got[None])
+    assert max(errors.values()) < 1e-5, errors
+
+
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
 def test_half_precision_float16(convention):
     """float16 runs the kernels' half-precision path (bfloat16 is the same code; the interpreter cannot do it)."""
