@@ -22,7 +22,9 @@
 # Environment: OUT (/tmp/gpu_measure_out), DEADLINE (540), STATIONS (3), LABEL (a prefix for the report rows),
 # LANES (AB: both, side by side on two GPUs, else A then B; BA: B first; A or B: that lane only; with one GPU the
 # two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
-# SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed).
+# SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed),
+# GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
+# "--bwd-loop-warps 4 8").
 # Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
 # pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
 # 125 s, the grid 262 s.
@@ -67,8 +69,9 @@ lane_a() {
   local grid=(tests/test_triton_mlstm.py -k test_grid)
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
-  step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
-  [ "$DRY" = 1 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py --out $R/triton_mlstm_speed.md  # GPU only
+  [ "${GRID:-1}" = 1 ] && step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
+  # shellcheck disable=SC2086  # SPEED_ARGS: several words
+  [ "$DRY" = 1 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py ${SPEED_ARGS:-} --out $R/triton_mlstm_speed.md
   if [ "${ANNOTATE:-0}" = 1 ]; then
     step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 \
       --overlaps 512 --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" --out $R/annotate_gpu.md
