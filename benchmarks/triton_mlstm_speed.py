@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 #: (batch x 2 directions, heads, padded steps, head dim) of the project's mLSTM calls.
 SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "bwd_loop_warps", "ours_fwd_ms", "tfla_fwd_ms",
+FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "kernel_warps", "ours_fwd_ms", "tfla_fwd_ms",
           "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms", "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [
           f"rel_err_{n}" for n in NAMES] + [
           f"{k}_vs_{ref}" for k in ("ours", "tfla") for ref in ("exact", "constant")] + ["note"]
@@ -138,6 +138,13 @@ def against_reference(shape, chunk_size: int, block_v: int | None) -> dict:
     return row
 
 
+def parse_kernel_warps(text: str | None, library: dict) -> dict:
+    """``"backward_loop=8,forward=8"`` -> ``{"backward_loop": 8, "forward": 8}``; None or ``"none"``: ``library``."""
+    if text is None or text == "none":
+        return dict(library)
+    return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-size", type=int, default=64, help="chunk size of our kernel (capped at the length)")
@@ -149,9 +156,10 @@ def main(argv=None):
                         help="num_warps of our kernels (seisbench_xlstm.triton_mlstm.LAUNCH; several: each is "
                              "measured)")
     parser.add_argument("--stages", type=int, nargs="+", default=[None], help="num_stages, the same way")
-    parser.add_argument("--bwd-loop-warps", type=int, nargs="+", default=[None],
-                        help="num_warps of the backward's reverse loop alone "
-                             "(seisbench_xlstm.triton_mlstm.BACKWARD_LOOP_WARPS; several: each is measured)")
+    parser.add_argument("--kernel-warps", nargs="+", default=[None], metavar="KERNEL=WARPS[,KERNEL=WARPS]",
+                        help="num_warps of single kernels (seisbench_xlstm.triton_mlstm.KERNEL_WARPS; kernels "
+                             "forward, backward_dq, backward_loop), e.g. backward_loop=8 forward=8,backward_loop=8 "
+                             "(several: each is measured; 'none' for the library's)")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time (ms)")
@@ -168,24 +176,23 @@ def main(argv=None):
     from seisbench_xlstm import triton_mlstm
 
     default_launch, tuned, rows = dict(triton_mlstm.LAUNCH), dict(triton_mlstm.TUNED_LAUNCH), []
-    loop_warps = triton_mlstm.BACKWARD_LOOP_WARPS
-    settings = [(b, w, st, lw) for b in args.block_v for w in args.warps for st in args.stages
-                for lw in args.bwd_loop_warps]
+    library_kernel_warps = dict(triton_mlstm.KERNEL_WARPS)
+    settings = [(b, w, st, kw) for b in args.block_v for w in args.warps for st in args.stages
+                for kw in args.kernel_warps]
     for shape in shapes:
-        for block_v, warps, stages, bwd_loop_warps in settings:
+        for block_v, warps, stages, kernel_warps in settings:
             given = warps is not None or stages is not None  # given settings replace the tuned ones
             triton_mlstm.TUNED_LAUNCH = {} if given else tuned
             triton_mlstm.LAUNCH = {"num_warps": warps or default_launch["num_warps"],
                                    "num_stages": stages or default_launch["num_stages"]}
-            triton_mlstm.BACKWARD_LOOP_WARPS = bwd_loop_warps if bwd_loop_warps is not None else loop_warps
+            triton_mlstm.KERNEL_WARPS = parse_kernel_warps(kernel_warps, library_kernel_warps)
             print(f"shape {shape}, block_v {block_v}, launch {triton_mlstm.LAUNCH}"
-                  f"{'' if given else ' (or TUNED_LAUNCH)'}, backward loop warps {triton_mlstm.BACKWARD_LOOP_WARPS}",
-                  flush=True)
+                  f"{'' if given else ' (or TUNED_LAUNCH)'}, per kernel {triton_mlstm.KERNEL_WARPS}", flush=True)
             rows.append(measure(shape, args.chunk_size, block_v, args.warmup, args.rep))
-            rows[-1]["bwd_loop_warps"] = triton_mlstm.BACKWARD_LOOP_WARPS or "as the others"
+            rows[-1]["kernel_warps"] = ",".join(f"{k}={v}" for k, v in triton_mlstm.KERNEL_WARPS.items())
             print(rows[-1], flush=True)
     triton_mlstm.LAUNCH, triton_mlstm.TUNED_LAUNCH = default_launch, tuned
-    triton_mlstm.BACKWARD_LOOP_WARPS = loop_warps
+    triton_mlstm.KERNEL_WARPS = library_kernel_warps
     lines = ["# Chunkwise Triton mLSTM (ours) vs TFLA `chunkwise--triton_xl_chunk`", "",
              f"`benchmarks/triton_mlstm_speed.py` (see its docstring), {machine()}: median ms "
              "(`triton.testing.do_bench`) of a forward (no grad) and of forward+backward, bf16 inputs; shape = batch "

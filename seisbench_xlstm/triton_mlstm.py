@@ -388,11 +388,20 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
                 (256, 64): {"num_warps": 4, "num_stages": 1}}
 
 
-#: ``num_warps`` of the backward's reverse loop (:func:`_mlstm_bwd_kernel`) alone, or ``None`` for the launch
-#: settings of the other kernels. At head dim 96 with 4 warps that loop still spills 282 registers on an H200
-#: (``benchmarks/results/triton_mlstm_variants.md``); ``benchmarks/triton_mlstm_speed.py --bwd-loop-warps`` times
-#: other values.
-BACKWARD_LOOP_WARPS: int | None = None
+#: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
+#: ``"backward_dq"``, ``"backward_loop"`` (:func:`_mlstm_fwd_kernel`, :func:`_mlstm_bwd_dq_kernel`,
+#: :func:`_mlstm_bwd_kernel`). Empty: one setting for all. At head dim 96 with 4 warps the forward spills 208
+#: registers and the backward loop 282 on an H200 (``benchmarks/results/triton_mlstm_variants.md``);
+#: ``benchmarks/triton_mlstm_speed.py --kernel-warps`` times other values.
+KERNEL_WARPS: dict[str, int] = {}
+KERNELS = ("forward", "backward_dq", "backward_loop")
+
+
+def _kernel_meta(meta: dict, kernel: str) -> dict:
+    """The launch metadata ``meta`` with ``num_warps`` of :data:`KERNEL_WARPS` for ``kernel``, if it has one."""
+    if kernel not in KERNELS or any(k not in KERNELS for k in KERNEL_WARPS):
+        raise ValueError(f"KERNEL_WARPS keys must be among {', '.join(KERNELS)}; got {sorted(KERNEL_WARPS)}")
+    return {**meta, "num_warps": KERNEL_WARPS[kernel]} if kernel in KERNEL_WARPS else meta
 
 
 def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
@@ -445,7 +454,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         nvb = triton.cdiv(DV, BV)
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(BD, BV))
         _mlstm_fwd_kernel[(BH, nvb)](
-            q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save, **meta)
+            q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save,
+            **_kernel_meta(meta, "forward"))
         if save:
             ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
             ctx.config = (eps, constant_normaliser, meta)
@@ -474,10 +484,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         args = (q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part)
         split = NC >= SPLIT_BACKWARD_MIN_CHUNKS
         if split:
-            _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*args, D**-0.5, S, NC, BH * S, **meta)
-        loop_meta = meta if BACKWARD_LOOP_WARPS is None else {**meta, "num_warps": BACKWARD_LOOP_WARPS}
+            _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*args, D**-0.5, S, NC, BH * S, **_kernel_meta(meta, "backward_dq"))
         _mlstm_bwd_kernel[(BH, nvb)](*args, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, WITH_DQ=not split,
-                                     **loop_meta)
+                                     **_kernel_meta(meta, "backward_loop"))
         dq, dk = (dq_part[0], dk_part[0]) if nvb == 1 else (dq_part.sum(0), dk_part.sum(0))
         di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
         return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None

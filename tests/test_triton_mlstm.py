@@ -183,16 +183,19 @@ def test_backward_with_dq_in_its_own_kernel_or_in_the_loop_agree(monkeypatch, bl
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=n)
 
 
-def test_backward_loop_warps_leave_the_gradients_unchanged(monkeypatch):
-    """``BACKWARD_LOOP_WARPS`` changes how the reverse loop is launched, not what it computes (float32; on a GPU
-    the reductions' order may change)."""
+def test_per_kernel_warps_leave_the_results_unchanged(monkeypatch):
+    """``KERNEL_WARPS`` changes how kernels are launched, not what they compute (float32; on a GPU the reductions'
+    order may change); an unknown kernel name is refused."""
     inputs, grad = make_inputs(1, 2, 64, 32, 48, "normal")
     got = {}
-    for warps in (None, 2):
-        monkeypatch.setattr(triton_mlstm, "BACKWARD_LOOP_WARPS", warps)
-        got[warps] = output_and_grads(kernel(16), inputs, grad)
-    errors = rel_errors(got[2], got[None])
+    for name, warps in (("library", {}), ("per kernel", {"forward": 2, "backward_dq": 2, "backward_loop": 2})):
+        monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", warps)
+        got[name] = output_and_grads(kernel(16), inputs, grad)
+    errors = rel_errors(got["per kernel"], got["library"])
     assert max(errors.values()) < 1e-5, errors
+    monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward": 8})
+    with pytest.raises(ValueError, match="must be among forward, backward_dq, backward_loop"):
+        kernel(16)(*inputs)
 
 
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
