@@ -47,11 +47,14 @@ if triton is not None:
         e = tl.exp(-m)
         den = tl.maximum(tl.abs(ntil), e) + eps
         if CONSTANT:
-            return den, den * 0.0, den * 0.0
-        d_norm = -delta / den
-        take_n = (tl.abs(ntil) > e).to(tl.float32) + 0.5 * (tl.abs(ntil) == e).to(tl.float32)
-        sign = tl.where(ntil > 0, 1.0, tl.where(ntil < 0, -1.0, 0.0))
-        return den, d_norm * take_n * sign, -d_norm * (1.0 - take_n) * e
+            dntil = den * 0.0
+            dm = dntil
+        else:
+            d_norm = -delta / den
+            take_n = (tl.abs(ntil) > e).to(tl.float32) + 0.5 * (tl.abs(ntil) == e).to(tl.float32)
+            dntil = d_norm * take_n * tl.where(ntil > 0, 1.0, tl.where(ntil < 0, -1.0, 0.0))
+            dm = -d_norm * (1.0 - take_n) * e
+        return den, dntil, dm
 
     @triton.jit
     def _normaliser_kernel(DELTA, M, NT, DEN, DNT, N, eps, CONSTANT: tl.constexpr, BLOCK: tl.constexpr):
@@ -98,7 +101,7 @@ if triton is not None:
                 nxt = mask & (t + 1 < S)
                 m_next = tl.load(M + base + t + 1, mask=nxt, other=0.0)
                 i_next = tl.load(I + base + t + 1, mask=nxt, other=0.0).to(tl.float32)
-                starts = ((nxt == 0) | (m_next == i_next)).to(tl.int32)
+                starts = tl.where(nxt, (m_next == i_next).to(tl.int32), 1)
                 dm_total = tl.where(mask, dm_direct - delta - dntil * ntil, 0.0)
                 seg, started = tl.associative_scan((dm_total, starts), 0, _segment_sum)
                 seg += tl.where(started != 0, 0.0, carry_seg)

@@ -4,6 +4,7 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -187,3 +188,14 @@ def test_triton_variants_report_reads_both_record_forms(tmp_path):
     assert rows[0]["mlstm_bwd_kernel_regs_spills"] == "255/7" and rows[0]["mlstm_bwd_dq_kernel_regs_spills"] == ""
     assert rows[1]["mlstm_bwd_dq_kernel_regs_spills"] == "96/0"
     assert "last variant of each shape and run: 0.5." in out.read_text()
+
+
+def test_triton_registers_reports_every_kernel(tmp_path):
+    """Compiles the kernels for sm_90 without a GPU (needs triton; skipped without it)."""
+    pytest.importorskip("triton")
+    import triton_mlstm_registers
+
+    rows = triton_mlstm_registers.main(["--shapes", "128x4x64x64", "--out", str(tmp_path / "registers.md")])
+    assert [r["kernel"] for r in rows] == ["forward", "backward_loop", "scalars_normaliser", "scalars_gates"]
+    assert all(0 < r["registers"] <= 255 and r["stack_bytes"] >= 0 for r in rows)
+    assert len(list(csv.DictReader(open(tmp_path / "registers.csv")))) == 4

@@ -1,0 +1,173 @@
+"""Registers and spills of this project's Triton mLSTM kernels, compiled for a GPU without one.
+
+Compiles each kernel of ``seisbench_xlstm/triton_mlstm.py`` (forward, backward dq, backward loop) and of
+``seisbench_xlstm/triton_mlstm_scalars.py`` for a CUDA target (default sm_90, the H200) with Triton's compiler, as
+the library launches them (bf16 inputs, ``DISABLE_LLVM_OPT=1``), and reads what ``ptxas -v`` (shipped with triton)
+reports: registers per thread, stack frame, spill stores and loads. It needs triton but no GPU, so tile and warp
+settings can be screened here before their time is measured on a GPU (``triton_mlstm_speed.py``). Spills are not
+times: a setting with fewer spills can still be slower.
+
+    PYTHONPATH=/path/to/triton python benchmarks/triton_mlstm_registers.py               # the defaults
+    PYTHONPATH=/path/to/triton python benchmarks/triton_mlstm_registers.py --warps 4 8 --block-v 64 128 \\
+        --shapes 256x4x1024x96 --out benchmarks/results/triton_mlstm_registers.md
+
+Shapes as ``triton_mlstm_speed.py`` (batch x heads x steps x head dim; only the head dim and the chunk matter
+here). ``--warps`` sets ``num_warps`` of all three mLSTM kernels; the library's defaults (``LAUNCH``,
+``TUNED_LAUNCH``, ``KERNEL_WARPS``) when not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # as the library compiles its kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, write_report  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
+FIELDS = ["target", "shape", "chunk", "block_v", "kernel", "warps", "registers", "stack_bytes", "spill_store_bytes",
+          "spill_load_bytes"]
+PTXAS_LINE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def ptxas_report(ptx: str, arch: int) -> dict:
+    """``ptxas -v`` of one kernel's PTX: registers, stack frame and spill bytes."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        path.write_text(ptx)
+        out = subprocess.run([str(ptxas), "-v", f"--gpu-name=sm_{arch}a", str(path), "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    frame = PTXAS_LINE.search(out)
+    registers = re.search(r"Used (\d+) registers", out)
+    return {"registers": int(registers.group(1)), "stack_bytes": int(frame.group(1)),
+            "spill_store_bytes": int(frame.group(2)), "spill_load_bytes": int(frame.group(3))}
+
+
+def compile_kernel(fn, signature: dict, constexprs: dict, warps: int, arch: int, ints: dict) -> dict:
+    """Compiles ``fn`` specialised as Triton's launcher would at a call: pointers 16-byte aligned, integer arguments
+    of the values ``ints`` marked divisible by 16 where they are, and made constants where they are 1."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    constexprs = {**constexprs, **{k: 1 for k, v in ints.items() if v == 1}}
+    signature = {k: v for k, v in signature.items() if k not in constexprs}
+    signature = {k: signature.get(k, "constexpr") for k in fn.arg_names}
+    divisible = [k for k, v in signature.items() if v.startswith("*") or (k in ints and ints[k] % 16 == 0)]
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in divisible}
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 1})
+    return ptxas_report(kernel.asm["ptx"], arch)
+
+
+def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | None, arch: int) -> list[dict]:
+    """The three mLSTM kernels at one call shape (head dims of q/k and v equal), as ``mlstm_chunkwise_triton``
+    launches them in bf16."""
+    from seisbench_xlstm import triton_mlstm as tm
+
+    batch, heads, steps, head_dim = shape
+    ints = {"S": steps, "NC": steps // chunk, "BHS": batch * heads * steps}
+    BD, BV = tm._tiles(head_dim, head_dim, block_v)
+    launch = tm._launch_config(BD, BV)
+    constexprs = dict(D=head_dim, DV=head_dim, L=chunk, BD=BD, BV=BV, PREC=tm._prec(__import__("torch").bfloat16))
+    bf, f32 = "*bf16", "*fp32"
+    forward = dict(Q=bf, K=bf, V=bf, I=f32, Fg=f32, H=bf, M_out=f32, N_out=f32, C_states=bf, N_states=f32,
+                   scale="fp32", eps="fp32", S="i32", NC="i32")
+    part = bf if -(-head_dim // BV) == 1 else f32  # dq, dk: float32 parts with several value blocks
+    backward = dict(Q=bf, K=bf, V=bf, I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32, C_states=bf, N_states=f32,
+                    DQ=part)
+    split = ints["NC"] >= tm.SPLIT_BACKWARD_MIN_CHUNKS  # as the library: dq in a kernel of its own, or in the loop
+    kernels = [
+        ("forward", tm._mlstm_fwd_kernel, forward, {"SAVE": True}),
+        ("backward_dq", tm._mlstm_bwd_dq_kernel, {**backward, "scale": "fp32", "S": "i32", "NC": "i32",
+                                                  "BHS": "i32"}, {}),
+        ("backward_loop", tm._mlstm_bwd_kernel, {**backward, "DK": part, "DVout": bf, "DI": f32, "scale": "fp32",
+                                                 "S": "i32", "NC": "i32", "BHS": "i32"}, {"WITH_DQ": not split}),
+    ]
+    if not split:
+        kernels.pop(1)
+    rows = []
+    for name, fn, signature, extra in kernels:
+        n_warps = warps or tm.KERNEL_WARPS.get(name, launch["num_warps"])
+        rows.append({"kernel": name, "warps": n_warps, "block_v": BV,
+                     **compile_kernel(fn, signature, {**constexprs, **extra}, n_warps, arch,
+                                      {k: v for k, v in ints.items() if k in signature})})
+    return rows
+
+
+def scalar_kernels(arch: int, shape: tuple = SHAPES[0]) -> list[dict]:
+    """The two kernels of the per-step scalar work (``triton_mlstm_scalars``), exact gradient, one value block."""
+    batch, heads, steps, _ = shape
+    from seisbench_xlstm import triton_mlstm_scalars as sc
+
+    gate = {n: "*fp32" for n in ("DELTA", "M", "NT", "I", "Fg", "DI_parts", "DI", "DF")}
+    gate.update(S="i32", BHS="i32", eps="fp32")
+    norm = {n: "*fp32" for n in ("DELTA", "M", "NT", "DEN", "DNT")}
+    norm.update(N="i32", eps="fp32")
+    return [
+        {"kernel": "scalars_normaliser", "warps": 4,
+         **compile_kernel(sc._normaliser_kernel, norm, {"CONSTANT": False, "BLOCK": sc.BLOCK}, 4, arch,
+                          {"N": batch * heads * steps})},
+        {"kernel": "scalars_gates", "warps": 4,
+         **compile_kernel(sc._gate_kernel, gate, {"NVB": 1, "CONSTANT": False, "BLOCK": sc.BLOCK}, 4, arch,
+                          {"S": steps, "BHS": batch * heads * steps})},
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD")
+    parser.add_argument("--chunk-size", type=int, nargs="+", default=[64])
+    parser.add_argument("--block-v", type=int, nargs="+", default=[None])
+    parser.add_argument("--warps", type=int, nargs="+", default=[None])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100/H200)")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown report (and its CSV next to it)")
+    args = parser.parse_args(argv)
+    try:
+        import triton  # noqa: F401 (checked here: every kernel needs it)
+    except ImportError:
+        parser.error("needs the 'triton' package (no GPU needed)")
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    rows = []
+    for shape in shapes:
+        steps = shape[2]
+        for chunk in args.chunk_size:
+            for block_v in args.block_v:
+                for warps in args.warps:
+                    for row in mlstm_kernels(shape, min(chunk, steps), block_v, warps, args.arch):
+                        rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)),
+                                     "chunk": min(chunk, steps), **row})
+                        print(rows[-1], flush=True)
+    for row in scalar_kernels(args.arch):
+        rows.append({"target": f"sm_{args.arch}", "shape": "any", "chunk": "", "block_v": "", **row})
+        print(rows[-1], flush=True)
+    lines = ["# Registers and spills of the Triton mLSTM kernels", "",
+             "`benchmarks/triton_mlstm_registers.py` (see its docstring): each kernel compiled by Triton for "
+             f"sm_{args.arch} without a GPU, bf16, `DISABLE_LLVM_OPT=1`; figures from `ptxas -v`. Spills are not "
+             "times.", "",
+             "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in FIELDS) + " |" for r in rows]
+    write_report(lines, args.out)
+    if args.out:
+        with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
+            writer = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
