@@ -35,7 +35,8 @@ except ImportError:  # only the "triton" implementation needs it
 #: ``"torch"`` or ``"triton"`` (see the module docstring).
 IMPLEMENTATION = "torch"
 IMPLEMENTATIONS = ("torch", "triton")
-#: Steps per block of the Triton kernels.
+#: Steps per block of the Triton kernels (the second: at most; a shorter sequence is one block of its length rounded
+#: up to a power of two).
 BLOCK = 1024
 
 if triton is not None:
@@ -148,8 +149,9 @@ def gate_gradients(delta, m, ntil, i, f, di_parts, terms, eps: float, constant: 
     if _check(implementation or IMPLEMENTATION) == "triton":
         di, df = torch.empty_like(m), torch.empty_like(m)
         steps = m.shape[-1]
+        block = min(BLOCK, triton.next_power_of_2(max(steps, 16)))  # short sequences: one block of their length
         _gate_kernel[(m.numel() // steps,)](delta, m, ntil, i.contiguous(), f.contiguous(), di_parts, di, df, steps,
-                                            m.numel(), eps, NVB=di_parts.shape[0], CONSTANT=constant, BLOCK=BLOCK)
+                                            m.numel(), eps, NVB=di_parts.shape[0], CONSTANT=constant, BLOCK=block)
         return di, df
     di = di_parts[0] if di_parts.shape[0] == 1 else di_parts.sum(0)
     _den, dntil, dm_direct = terms

@@ -49,9 +49,10 @@ def per_step_inputs(rows: int, steps: int, parts: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("constant", [False, True], ids=["exact", "constant"])
-@pytest.mark.parametrize("steps,block,parts", [(100, 16, 1), (64, 64, 3), (37, 16, 2)])
+@pytest.mark.parametrize("steps,block,parts", [(100, 16, 1), (64, 64, 3), (37, 16, 2), (37, 1024, 1)])
 def test_triton_scalars_equal_torch(monkeypatch, steps, block, parts, constant):
-    """Several blocks per sequence (carries between them), a partial last block, one and several value blocks."""
+    """Several blocks per sequence (carries between them), a partial last block, a sequence shorter than a block,
+    one and several value blocks."""
     monkeypatch.setattr(scalars, "BLOCK", block)
     delta, m, ntil, i, f, di_parts = per_step_inputs(3, steps, parts)
     got, want = {}, {}
