@@ -1,5 +1,5 @@
 """Outputs and input gradients of one mLSTM call, and their relative errors, shared by the kernel tests
-(``test_kernels.py``, ``test_triton_mlstm.py``)."""
+(``test_kernels.py``, ``test_triton_mlstm.py``, ``test_triton_mlstm_scalars.py``)."""
 
 import torch
 
@@ -24,3 +24,23 @@ def rel_errors(got, want) -> dict[str, float]:
     """Relative L2 error ``|got - want| / |want|`` of each of :data:`NAMES` (in float32)."""
     return {n: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
             for n, a, b in zip(NAMES, got, want)}
+
+
+def triton_device_or_skip(what: str) -> str:
+    """The device the Triton kernels' tests run on: ``"cuda"``, or ``"cpu"`` under Triton's interpreter
+    (``TRITON_INTERPRET=1``). Skips the calling test module (call it at import) without triton, or without either.
+
+    :param what: what needs it, for the skip reason
+    """
+    import os
+
+    import pytest
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("triton is not installed", allow_module_level=True)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if not (torch.cuda.is_available() or interpret):
+        pytest.skip(f"{what} needs CUDA, or TRITON_INTERPRET=1 to run on CPU", allow_module_level=True)
+    return "cuda" if torch.cuda.is_available() and not interpret else "cpu"

@@ -32,23 +32,17 @@ import os
 import pytest
 import torch
 
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pytest.skip("triton is not installed", allow_module_level=True)
+from mlstm_calls import NAMES, output_and_grads, rel_errors, triton_device_or_skip
 
+DEVICE = triton_device_or_skip("the Triton mLSTM kernel")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if not (torch.cuda.is_available() or INTERPRET):
-    pytest.skip("the Triton mLSTM kernel needs CUDA, or TRITON_INTERPRET=1 to run on CPU", allow_module_level=True)
 
 from mlstm_kernels.torch import get_mlstm_kernel  # noqa: E402
 
-from mlstm_calls import NAMES, output_and_grads, rel_errors  # noqa: E402
 from seisbench_xlstm import triton_mlstm  # noqa: E402
 from seisbench_xlstm.kernels import quadratic_mlstm  # noqa: E402
 from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 EPS = 1e-6
 exact_reference = get_mlstm_kernel("parallel--native_autograd")
 CONVENTIONS = {"exact": False, "constant": True}  # test id: constant_normaliser

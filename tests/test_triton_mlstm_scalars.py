@@ -5,25 +5,16 @@ formulas; they differ in float32 summation order only (a blockwise scan against 
 Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``, as ``test_triton_mlstm.py``).
 """
 
-import os
-
 import pytest
 import torch
 
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pytest.skip("triton is not installed", allow_module_level=True)
+from mlstm_calls import NAMES, output_and_grads, rel_errors, triton_device_or_skip
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if not (torch.cuda.is_available() or INTERPRET):
-    pytest.skip("the Triton kernels need CUDA, or TRITON_INTERPRET=1 to run on CPU", allow_module_level=True)
+DEVICE = triton_device_or_skip("the Triton kernels")
 
-from mlstm_calls import NAMES, output_and_grads, rel_errors  # noqa: E402
 from seisbench_xlstm import triton_mlstm_scalars as scalars  # noqa: E402
 from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 EPS = 1e-6
 
 
