@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    TINY_BACKBONES, continuous_stations, load_average, machine, set_qkv_form, synchronize, write_report,
+    TINY_BACKBONES, backbone_kernel, continuous_stations, load_average, machine, set_qkv_form, synchronize,
+    write_report,
 )
 
 import seisbench.models as sbm  # noqa: E402
@@ -89,15 +90,12 @@ def build(name: str, tiny: bool):
 def kernel_label(model, kernel: str | None, batch: int, device: str) -> str:
     """The mLSTM kernel an xLSTM picker's layers ran for ``kernel`` at ``batch`` windows: a kernel asked for by name,
     or what ``"auto"`` (``None``) took there."""
-    from seisbench_xlstm.bimlstm import BiMLSTMLayer
     from seisbench_xlstm.kernels import NATIVE_KERNEL, TRITON_KERNEL
 
     if kernel not in (None, "auto"):
         return kernel
-    backbone = model.backbone
-    backbone.set_kernel("auto")
-    layer = next(m for m in backbone.modules() if isinstance(m, BiMLSTMLayer))
-    resolved = backbone.kernel_for(layer, batch, torch.device(device))
+    model.backbone.set_kernel("auto")
+    resolved = backbone_kernel(model.backbone, batch, torch.device(device))
     return {TRITON_KERNEL: "TFLA+bf16", NATIVE_KERNEL: "native fp32"}.get(resolved, resolved)
 
 

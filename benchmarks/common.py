@@ -129,6 +129,29 @@ def shared_dataset_path(name: str, shared: Path, data_cache: str | Path | None =
     return shared / name
 
 
+#: (batch x 2 directions, heads, padded steps, head dim) of the backbones' mLSTM kernel calls at their training
+#: batches: the sequential backbone, then the U-Net's three levels.
+MLSTM_CALL_SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
+
+
+def parse_call_shapes(texts: list[str] | None) -> list[tuple[int, ...]]:
+    """``["256x4x1024x96", ...]`` -> shapes (:data:`MLSTM_CALL_SHAPES` when ``texts`` is empty or None)."""
+    if not texts:
+        return list(MLSTM_CALL_SHAPES)
+    shapes = [tuple(int(x) for x in s.split("x")) for s in texts]
+    if any(len(s) != 4 for s in shapes):
+        raise ValueError("shapes are batch x heads x steps x head_dim, e.g. 256x4x1024x96")
+    return shapes
+
+
+def backbone_kernel(backbone, batch: int, device) -> str:
+    """The mLSTM kernel ``backbone``'s layers run for ``batch`` windows on ``device`` (all layers of both backbones
+    have the same heads, so the first layer's kernel)."""
+    from seisbench_xlstm.bimlstm import BiMLSTMLayer
+
+    return backbone.kernel_for(next(m for m in backbone.modules() if isinstance(m, BiMLSTMLayer)), batch, device)
+
+
 def random_mlstm_inputs(shape, seed: int = 0, device: str = "cuda"):
     """Random bf16 q, k, v and float32 gate pre-activations (forget gates around 3, as trained layers have them) of
     one mLSTM kernel call ``(batch, heads, steps, head_dim)``, all requiring gradients, and a random output

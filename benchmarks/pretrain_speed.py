@@ -69,7 +69,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, set_qkv_form, synchronize, write_report  # noqa: E402
+from common import REPO, backbone_kernel, machine, set_qkv_form, synchronize, write_report  # noqa: E402
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -80,7 +80,6 @@ from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
 from seisbench_xlstm import bimlstm, triton_mlstm_scalars  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
-from seisbench_xlstm.bimlstm import BiMLSTMLayer  # noqa: E402
 from seisbench_xlstm.kernels import kernel_chunk_size, kernel_shape  # noqa: E402
 
 EXPERIMENTS = {
@@ -186,17 +185,10 @@ def flops_per_window(recipe: str, tiny: bool, samples: int, kernel: str) -> floa
     return counter.get_total_flops() + cell_flops(calls, kernel)
 
 
-def kernel_of(module, device: torch.device, batch: int) -> str:
-    """The mLSTM kernel the backbone's first layer runs at ``batch`` (all layers of both backbones have the same
-    heads, so the same kernel)."""
-    backbone = module.backbone
-    return backbone.kernel_for(next(m for m in backbone.modules() if isinstance(m, BiMLSTMLayer)), batch, device)
-
-
 def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.device, compiled: bool = False) -> dict:
     torch.manual_seed(0)
     module = build(recipe, args.tiny, checkpointing, args.kernel).to(device).train()
-    kernel = kernel_of(module, device, batch)
+    kernel = backbone_kernel(module.backbone, batch, device)
     flops = batch * flops_per_window(recipe, args.tiny, args.samples, kernel)
     module.backbone.set_compile(compiled)
     x = torch.randn(batch, 3, args.samples, device=device)
@@ -348,7 +340,7 @@ def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.d
         torch.distributed.all_reduce(buffer)
         result["allreduce_s"] = _timed_steps(lambda: torch.distributed.all_reduce(buffer), opts["steps"])
     result.update(params=count_parameters(module), backbone=module.backbone_name,
-                  kernel=kernel_of(module, device, config["batch"]))
+                  kernel=backbone_kernel(module.backbone, config["batch"], device))
     del module, ddp, step, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -30,11 +30,10 @@ from pathlib import Path
 os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # as the library compiles its kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, write_report  # noqa: E402
+from common import MLSTM_CALL_SHAPES, REPO, parse_call_shapes, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
-SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
 FIELDS = ["target", "shape", "chunk", "block_v", "kernel", "warps", "registers", "stack_bytes", "spill_store_bytes",
           "spill_load_bytes"]
 PTXAS_LINE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -76,13 +75,15 @@ def compile_kernel(fn, signature: dict, constexprs: dict, warps: int, arch: int,
 def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | None, arch: int) -> list[dict]:
     """The three mLSTM kernels at one call shape (head dims of q/k and v equal), as ``mlstm_chunkwise_triton``
     launches them in bf16."""
+    import torch
+
     from seisbench_xlstm import triton_mlstm as tm
 
     batch, heads, steps, head_dim = shape
     ints = {"S": steps, "NC": steps // chunk, "BHS": batch * heads * steps}
     BD, BV = tm._tiles(head_dim, head_dim, block_v)
     launch = tm._launch_config(BD, BV)
-    constexprs = dict(D=head_dim, DV=head_dim, L=chunk, BD=BD, BV=BV, PREC=tm._prec(__import__("torch").bfloat16))
+    constexprs = dict(D=head_dim, DV=head_dim, L=chunk, BD=BD, BV=BV, PREC=tm._prec(torch.bfloat16))
     bf, f32 = "*bf16", "*fp32"
     forward = dict(Q=bf, K=bf, V=bf, I=f32, Fg=f32, H=bf, M_out=f32, N_out=f32, C_states=bf, N_states=f32,
                    scale="fp32", eps="fp32", S="i32", NC="i32")
@@ -108,7 +109,7 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     return rows
 
 
-def scalar_kernels(arch: int, shape: tuple = SHAPES[0]) -> list[dict]:
+def scalar_kernels(arch: int, shape: tuple = MLSTM_CALL_SHAPES[0]) -> list[dict]:
     """The two kernels of the per-step scalar work (``triton_mlstm_scalars``), exact gradient, one value block."""
     batch, heads, steps, _ = shape
     from seisbench_xlstm import triton_mlstm_scalars as sc
@@ -140,7 +141,10 @@ def main(argv=None):
         import triton  # noqa: F401 (checked here: every kernel needs it)
     except ImportError:
         parser.error("needs the 'triton' package (no GPU needed)")
-    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    try:
+        shapes = parse_call_shapes(args.shapes)
+    except ValueError as err:
+        parser.error(str(err))
     rows = []
     for shape in shapes:
         steps = shape[2]

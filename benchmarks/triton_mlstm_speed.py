@@ -32,13 +32,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    REPO, forward_backward, machine, random_mlstm_inputs, relative_error, write_report,
+    REPO, forward_backward, machine, parse_call_shapes, random_mlstm_inputs, relative_error, write_report,
 )
 
 sys.path.insert(0, str(REPO))
 
-#: (batch x 2 directions, heads, padded steps, head dim) of the project's mLSTM calls.
-SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "kernel_warps", "ours_fwd_ms", "tfla_fwd_ms",
           "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms", "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [
@@ -168,9 +166,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     global CONSTANT_NORMALISER
     CONSTANT_NORMALISER = args.constant_normaliser
-    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
-    if any(len(s) != 4 for s in shapes):
-        parser.error("shapes are batch x heads x steps x head_dim, e.g. 256x4x1024x96")
+    try:
+        shapes = parse_call_shapes(args.shapes)
+    except ValueError as err:
+        parser.error(str(err))
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (the Triton kernels are compiled for the GPU)")
     from seisbench_xlstm import triton_mlstm

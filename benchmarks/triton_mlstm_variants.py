@@ -32,12 +32,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, forward_backward, random_mlstm_inputs, write_report  # noqa: E402
+from common import MLSTM_CALL_SHAPES, REPO, forward_backward, random_mlstm_inputs, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
-#: (batch x 2 directions, heads, padded steps, head dim) of the project's mLSTM calls (as triton_mlstm_speed.py).
-SHAPES = [(256, 4, 1024, 96), (128, 4, 1024, 64), (128, 4, 256, 128), (128, 4, 64, 256)]
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
 KERNELS = ("_mlstm_fwd_kernel", "_mlstm_bwd_kernel", "_mlstm_bwd_dq_kernel")
 FIELDS = ["run", "llvm_opt", "shape", "variant", "fwd_ms", "fwbw_ms"] + [f"{k.strip('_')}_regs_spills" for k in KERNELS]
@@ -67,7 +65,7 @@ def measure(variants: dict, llvm_opt: str):
     import triton
 
     modules = {name: load_module(name, path) for name, path in variants.items()}
-    for shape in SHAPES:
+    for shape in MLSTM_CALL_SHAPES:
         outputs = {}
         for name, module in modules.items():
             inputs, grad = random_mlstm_inputs(shape)

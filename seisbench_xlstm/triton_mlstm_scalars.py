@@ -92,7 +92,7 @@ if triton is not None:
             di = tl.zeros((BLOCK,), dtype=tl.float32)
             for p in tl.static_range(NVB):
                 di += tl.load(DI_parts + p * BHS + base + t, mask=mask, other=0.0)
-            den, dntil, dm_direct = _normaliser(delta, m, ntil, eps, CONSTANT)
+            _den, dntil, dm_direct = _normaliser(delta, m, ntil, eps, CONSTANT)
             if CONSTANT:
                 row_sum = delta  # the numerator's row sum: dnum_t . num_t = dh_t . h_t
             else:
