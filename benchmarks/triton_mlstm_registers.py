@@ -141,6 +141,8 @@ def main(argv=None):
         import triton  # noqa: F401 (checked here: every kernel needs it)
     except ImportError:
         parser.error("needs the 'triton' package (no GPU needed)")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("compiles for a GPU target, which Triton's interpreter does not: unset TRITON_INTERPRET")
     try:
         shapes = parse_call_shapes(args.shapes)
     except ValueError as err:
