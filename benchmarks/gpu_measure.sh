@@ -24,7 +24,8 @@
 # two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed),
 # GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
-# "--kernel-warps none backward_loop=8 forward=8,backward_loop=8").
+# "--kernel-warps none backward_loop=8 forward=8,backward_loop=8"), A_TESTS_K (pytest -k of lane A's tests: "not
+# test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them).
 # Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
 # pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
 # 125 s, the grid 262 s.
@@ -65,7 +66,7 @@ step() {  # step LANE NEEDED_SECONDS COMMAND...: runs COMMAND with what is left 
 }
 lane_a() {
   export CUDA_VISIBLE_DEVICES=0
-  local hours=24 tests=(tests/test_triton_mlstm.py tests/test_triton_mlstm_scalars.py -k "not test_grid")
+  local hours=24 tests=(tests/test_triton_mlstm.py tests/test_triton_mlstm_scalars.py -k "${A_TESTS_K:-not test_grid}")
   local grid=(tests/test_triton_mlstm.py -k test_grid)
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
@@ -83,8 +84,8 @@ lane_b() {
   local prof=(--batch 128 --compile yes)
   [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
-  step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py tests/test_backbones.py \
-    tests/test_pretrain_runner.py -k gpu
+  [ "${B_TESTS:-1}" = 1 ] && step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py \
+    tests/test_backbones.py tests/test_pretrain_runner.py -k gpu
   step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
   step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
   step B 80 $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" --label "$LABEL, profiled" \
