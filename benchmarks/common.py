@@ -195,3 +195,9 @@ def set_qkv_form(form: str | None) -> None:
         _LIBRARY_QKV_FORMS = (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM)
     bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM = (form, form) if form else _LIBRARY_QKV_FORMS
 
+
+def parse_kernel_warps(text: str | None, library: dict) -> dict:
+    """``"backward_loop=8,forward=8"`` -> ``{"backward_loop": 8, "forward": 8}``; None or ``"none"``: ``library``."""
+    if text is None or text == "none":
+        return dict(library)
+    return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}

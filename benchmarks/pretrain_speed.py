@@ -69,7 +69,9 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, backbone_kernel, machine, set_qkv_form, synchronize, write_report  # noqa: E402
+from common import (  # noqa: E402
+    REPO, backbone_kernel, machine, parse_kernel_warps, set_qkv_form, synchronize, write_report,
+)
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -78,7 +80,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from pretrain.config import DDPConfig, compose_config  # noqa: E402
 from pretrain.module import PretrainModule  # noqa: E402
 from pretrain.train import multicast_off  # noqa: E402
-from seisbench_xlstm import bimlstm, triton_mlstm_scalars  # noqa: E402
+from seisbench_xlstm import bimlstm, triton_mlstm, triton_mlstm_scalars  # noqa: E402
 from seisbench_xlstm.backbones import count_parameters  # noqa: E402
 from seisbench_xlstm.kernels import kernel_chunk_size, kernel_shape  # noqa: E402
 
@@ -237,18 +239,24 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
 
 
 def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
-    """Where the time of ``steps`` training steps goes: PyTorch profiler operators sorted by device (else CPU)
-    self time, written to ``path``."""
+    """Where the time of ``steps`` training steps goes, written to ``path``: PyTorch profiler operators sorted by
+    device (else CPU) self time, then the matrix products (``aten::mm``, ``bmm``, ``addmm``) by input shapes, which
+    tell which product each GEMM kernel of the first table belongs to."""
     cuda = torch.cuda.is_available()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):
             step()
         synchronize()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
-                                      row_limit=rows, max_name_column_width=70)
+    sort_by = "cuda_time_total" if cuda else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=f"self_{sort_by}", row_limit=rows, max_name_column_width=70)
+    products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm",
+                                                                                       "aten::addmm", "aten::matmul")]
+    by_shape = "\n".join(f"{e.key:12s} {getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:5d} calls "
+                         f"a step  {e.input_shapes}" for e in sorted(products, key=lambda e: -getattr(e, sort_by)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{steps} training steps\n{table}\n")
+    path.write_text(f"{steps} training steps\n{table}\n\nMatrix products by input shapes (device time incl. "
+                    f"children)\n{by_shape}\n")
     print(f"profile written to {path}", flush=True)
 
 
@@ -448,6 +456,12 @@ def main(argv=None):
                         help="implementations of the own Triton kernel's per-step scalar work in its backward pass "
                              "(seisbench_xlstm.triton_mlstm_scalars.IMPLEMENTATION), measured one after the other "
                              "for each q/k/v form and padding; each label gets a suffix")
+    parser.add_argument("--kernel-warps", nargs="+", default=None, metavar="KERNEL=WARPS[,KERNEL=WARPS]",
+                        help="num_warps of single kernels of the own Triton kernel (seisbench_xlstm.triton_mlstm."
+                             "KERNEL_WARPS), e.g. none backward_loop=8, measured one after the other")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every setting this many times, in turns (A B A B ...), so that a difference "
+                             "between settings can be told from an order effect")
     parser.add_argument("--profile", type=Path, help="folder for a profiler table of each configuration (one device)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -496,17 +510,21 @@ def main(argv=None):
         write_report(ddp_report(rows, runs, args), out)
         return rows + runs
     rows, label, library_pad = [], args.label, bimlstm.HEAD_PAD_IN_LAYOUT
-    library_scalars = triton_mlstm_scalars.IMPLEMENTATION
+    library_scalars, library_warps = triton_mlstm_scalars.IMPLEMENTATION, dict(triton_mlstm.KERNEL_WARPS)
     pads, scalar_work = args.head_pad or [None], args.scalar_work or [None]
     try:  # the library's settings come back afterwards (tests call main in their own process)
-        settings = [(f, p, w) for f in forms for p in pads for w in scalar_work] if not args.regenerate else []
-        for form, pad, work in settings:
+        settings = [(f, p, w, kw) for f in forms for p in pads for w in scalar_work
+                    for kw in args.kernel_warps or [None]] if not args.regenerate else []
+        rounds = [(r, s) for r in range(args.rounds) for s in settings]
+        for round_, (form, pad, work, warps) in rounds:
             if form:
                 set_qkv_form(form)
             bimlstm.HEAD_PAD_IN_LAYOUT = library_pad if pad is None else pad == "layout"
             triton_mlstm_scalars.IMPLEMENTATION = work or library_scalars
+            triton_mlstm.KERNEL_WARPS = parse_kernel_warps(warps, library_warps)
             suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}",
-                                           work and f"scalar work {work}") if x)
+                                           work and f"scalar work {work}", warps and f"kernel warps {warps}",
+                                           args.rounds > 1 and f"round {round_ + 1}") if x)
             args.label = f"{label} ({suffix})" if suffix else label
             for recipe in recipes:
                 for batch in args.batch or [SEED_BATCH[recipe]]:
@@ -517,6 +535,7 @@ def main(argv=None):
         set_qkv_form(None)
         bimlstm.HEAD_PAD_IN_LAYOUT = library_pad
         triton_mlstm_scalars.IMPLEMENTATION = library_scalars
+        triton_mlstm.KERNEL_WARPS = library_warps
     if out is not None:
         rows = update_csv(out.with_suffix(".csv"), rows)
     write_report(report(rows, args), out)

@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    REPO, forward_backward, machine, parse_call_shapes, random_mlstm_inputs, relative_error, write_report,
+    REPO, forward_backward, machine, parse_call_shapes, parse_kernel_warps, random_mlstm_inputs, relative_error,
+    write_report,
 )
 
 sys.path.insert(0, str(REPO))
@@ -145,13 +146,6 @@ def against_reference(shape, chunk_size: int, block_v: int | None, runs: dict) -
             worst = max((relative_error(a, b), n) for n, a, b in zip(NAMES, got, expected))
             row[f"{name}_vs_{ref}"] = f"{worst[0]:.1e} ({worst[1]})"
     return row
-
-
-def parse_kernel_warps(text: str | None, library: dict) -> dict:
-    """``"backward_loop=8,forward=8"`` -> ``{"backward_loop": 8, "forward": 8}``; None or ``"none"``: ``library``."""
-    if text is None or text == "none":
-        return dict(library)
-    return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
 
 
 def main(argv=None):
