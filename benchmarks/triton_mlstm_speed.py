@@ -120,11 +120,12 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int, 
     return row
 
 
-def against_reference(shape, chunk_size: int, block_v: int | None, runs: dict) -> dict:
+def against_reference(shape, chunk_size: int, block_v: int | None, runs: dict | None = None) -> dict:
     """Both kernels (bf16) against the quadratic mLSTM in float32 on the same rounded inputs, for
     :data:`REFERENCE_SEQUENCES` sequences of ``shape``, with each of its two gradients
     (:func:`seisbench_xlstm.kernels.quadratic_mlstm`: exact, or stabiliser and normaliser constant as in TFLA):
-    the largest relative error over the output and the five input gradients, and which tensor it was."""
+    the largest relative error over the output and the five input gradients, and which tensor it was. ``runs``:
+    the kernels to check (``name -> fn``; default both, :func:`kernels`)."""
     from seisbench_xlstm.kernels import quadratic_mlstm
 
     if shape[2] > REFERENCE_MAX_STEPS:
@@ -136,7 +137,7 @@ def against_reference(shape, chunk_size: int, block_v: int | None, runs: dict) -
         quadratic = partial(quadratic_mlstm, constant_normaliser=ref == "constant")
         references[ref] = forward_backward(quadratic, as_float, grad.float())
     row = {}
-    for name, fn in runs.items():
+    for name, fn in (runs or kernels(shape[2], chunk_size, block_v)).items():
         try:
             got = forward_backward(fn, inputs, grad)
         except Exception as err:
