@@ -248,7 +248,7 @@ def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
         for _ in range(steps):
             step()
         synchronize()
-    sort_by = "cuda_time_total" if cuda else "cpu_time_total"
+    sort_by = "device_time_total" if cuda else "cpu_time_total"  # FunctionEventAvg's names (torch 2.11, 2.13)
     table = prof.key_averages().table(sort_by=f"self_{sort_by}", row_limit=rows, max_name_column_width=70)
     products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm",
                                                                                        "aten::addmm", "aten::matmul")]

@@ -390,10 +390,15 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 
 #: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
 #: ``"backward_dq"``, ``"backward_loop"`` (:func:`_mlstm_fwd_kernel`, :func:`_mlstm_bwd_dq_kernel`,
-#: :func:`_mlstm_bwd_kernel`). Empty: one setting for all. At head dim 96 with 4 warps the forward spills 208
-#: registers and the backward loop 282 on an H200 (``benchmarks/results/triton_mlstm_variants.md``);
-#: ``benchmarks/triton_mlstm_speed.py --kernel-warps`` times other values.
-KERNEL_WARPS: dict[str, int] = {}
+#: :func:`_mlstm_bwd_kernel`); a kernel not named here runs with those settings. At head dim 96 with 4 warps the
+#: forward spills 208 registers and the backward loop 282 on an H200 (``benchmarks/results/triton_mlstm_variants.md``;
+#: 8 warps cut the loop's stack frame from 1,128 to 368 bytes, ``triton_mlstm_registers.md``). The backward loop runs
+#: at 8 warps: forward+backward per call on an H200 (``benchmarks/triton_mlstm_speed.py --kernel-warps none
+#: backward_loop=8 forward=8,backward_loop=8``, 2026-11-30; ``triton_mlstm_speed.md``), against the tuned 4 warps in
+#: rows of the same run that the first-row effect of that script does not touch: 1.317 against 1.494 ms at
+#: 128x4x1024x64, 1.428 against 1.824 ms at 128x4x64x256; at 256x4x1024x96 4.44 against 4.52 ms (first row). 8 warps
+#: for the forward too were slower (1.87 and 1.84 ms at those two U-Net shapes).
+KERNEL_WARPS: dict[str, int] = {"backward_loop": 8}
 KERNELS = ("forward", "backward_dq", "backward_loop")
 
 

@@ -15,7 +15,7 @@ Two implementations of each, equal up to float32 summation order (``tests/test_t
 - ``"triton"``: two Triton kernels, one per phase. The second runs one program per sequence over blocks of steps
   from its end, with the reverse sums done as forward scans of the time-reversed block and carried between blocks.
 
-:data:`IMPLEMENTATION` chooses (``"torch"`` until the Triton kernels are timed against it on a GPU).
+:data:`IMPLEMENTATION` chooses: ``"triton"``, the faster on an H200 (below).
 
 Shapes: ``delta``, ``m``, ``ntil``, ``i``, ``f``: ``(batch, heads, steps)`` (or any shape with steps last), float32
 except the gates (any float dtype); ``di_parts``: ``(value blocks, batch, heads, steps)`` float32.
@@ -32,8 +32,12 @@ except ImportError:  # only the "triton" implementation needs it
     triton = None
     tl = None
 
-#: ``"torch"`` or ``"triton"`` (see the module docstring).
-IMPLEMENTATION = "torch"
+#: ``"torch"`` or ``"triton"`` (see the module docstring). Recipe 1's compiled training step at batch 128 on an H200
+#: (``benchmarks/pretrain_speed.py --scalar-work torch triton --rounds 2``, 2026-11-30, one command, in turns):
+#: 285.7 and 285.8 ms with ``"triton"`` against 291.2 and 308.2 ms with ``"torch"`` (and 282.2 / 287.3 against
+#: 287.8 / 307.9 ms with the backward loop at 8 warps); recipe 2 at batch 256 varied more between turns than
+#: between the two (188.8 to 204.2 ms either way; ``benchmarks/results/pretrain_gpu.md``).
+IMPLEMENTATION = "triton"
 IMPLEMENTATIONS = ("torch", "triton")
 #: Steps per block of the Triton kernels (the second: at most; a shorter sequence is one block of its length rounded
 #: up to a power of two).
