@@ -25,7 +25,9 @@
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed),
 # GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
 # "--kernel-warps none backward_loop=8 forward=8,backward_loop=8"), A_TESTS_K (pytest -k of lane A's tests: "not
-# test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them).
+# test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
+# pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--token-groups 1 16 --rounds 2"), PROFILE (1:
+# lane B profiles recipe 1; 0: not).
 # Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
 # pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
 # 125 s, the grid 262 s.
@@ -80,7 +82,9 @@ lane_a() {
 }
 lane_b() {
   export CUDA_VISIBLE_DEVICES=$(( NGPU > 1 ? 1 : 0 ))
-  local r1=(--batch 128 --compile yes --scalar-work torch triton) r2=(--batch 256 --compile yes --scalar-work torch triton)
+  # shellcheck disable=SC2206  # PRETRAIN_ARGS: several words
+  local settings=(${PRETRAIN_ARGS:---scalar-work torch triton})
+  local r1=(--batch 128 --compile yes "${settings[@]}") r2=(--batch 256 --compile yes "${settings[@]}")
   local prof=(--batch 128 --compile yes)
   [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
@@ -88,8 +92,8 @@ lane_b() {
     tests/test_backbones.py tests/test_pretrain_runner.py -k gpu
   step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
   step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
-  step B 80 $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" --label "$LABEL, profiled" \
-    --profile "$OUT/profile"
+  [ "${PROFILE:-1}" = 1 ] && step B 80 $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" \
+    --label "$LABEL, profiled" --profile "$OUT/profile"
 }
 trap 'echo "gpu_measure.sh: stopped by a signal" | tee -a "$LOG"; collect; exit 143' TERM INT
 echo "gpu_measure.sh: $NGPU GPU(s), deadline ${DEADLINE}s, $(date -u +%FT%TZ)" | tee -a "$LOG"

@@ -62,6 +62,16 @@ GPU_QKV_FORM = "per_head"
 #: U-Net in 17% less time than einsum.
 CPU_QKV_FORM = "per_head"
 QKV_FORMS = ("dense", "per_head", "fused", "einsum")
+#: The projections' products over all tokens (q/k/v per head, gates, up and down) run on GPUs as this many products
+#: over groups of the tokens, whose weight gradients are summed afterwards (a split of the reduction): with one
+#: product, a weight gradient reduces over all ``batch * steps`` tokens into a small matrix, which cuBLAS ran at a
+#: third to a half of memory bandwidth on an H200 (recipe 1 profile, 2026-11-30: the per-head q/k/v weight gradient,
+#: ``(8, 96, 131072) @ (8, 131072, 96)``, 228 us a call against about 120 us to read its inputs; the gates' 182 us
+#: against 60 us). 1: one product. Tokens that do not split evenly run as one product. The same values up to the
+#: order of summation (each group's bf16 partial gradient is rounded once before the sum, as the whole one was).
+GPU_TOKEN_GROUPS = 1
+#: The same on CPUs (1: one product; not timed with more).
+CPU_TOKEN_GROUPS = 1
 #: Where head dims the kernel cannot take are zero-padded (``kernels.kernel_head_dim``: TFLA, the sequential
 #: backbone's 96 -> 128): ``True`` in the layout copies of :func:`mlstm_branches` (no extra copy; the default),
 #: ``False`` in :func:`seisbench_xlstm.kernels.mlstm_sequence` (padded copies of q, k, v and a cropped copy of the
@@ -260,9 +270,28 @@ def _output_gate(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directi
 
 def _batched_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``(directions, batch, steps, d_in)`` times per-direction ``(directions, d_out, d_in)`` weights: one batched
-    GEMM, ``(directions, batch, steps, d_out)``."""
+    GEMM (over :func:`token_groups` groups of the tokens), ``(directions, batch, steps, d_out)``."""
     n_dir, batch, steps, d_in = x.shape
-    return torch.bmm(x.reshape(n_dir, batch * steps, d_in), weight.transpose(1, 2)).view(n_dir, batch, steps, -1)
+    return _token_matmul(x.reshape(n_dir, batch * steps, d_in), weight.transpose(1, 2)).view(n_dir, batch, steps, -1)
+
+
+def token_groups(x: torch.Tensor, tokens: int) -> int:
+    """How many groups of tokens the projections of ``x`` (``tokens`` rows) run over: :data:`GPU_TOKEN_GROUPS` on
+    GPUs (:data:`CPU_TOKEN_GROUPS` on CPUs) where it divides ``tokens``, else 1."""
+    groups = GPU_TOKEN_GROUPS if x.is_cuda else CPU_TOKEN_GROUPS
+    return groups if groups > 1 and tokens % groups == 0 else 1
+
+
+def _token_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight`` for ``x`` ``(..., tokens, d_in)`` and ``weight`` ``(..., d_in, d_out)`` with the same leading
+    dims, over :func:`token_groups` groups of the tokens: ``(..., tokens, d_out)``. With groups, the weight is
+    broadcast over a group axis, so autograd sums the groups' weight gradients (``tokens / groups`` each)."""
+    tokens = x.shape[-2]
+    groups = token_groups(x, tokens)
+    if groups == 1:
+        return torch.matmul(x, weight)
+    grouped = x.unflatten(-2, (groups, tokens // groups))  # (..., groups, tokens / groups, d_in)
+    return torch.matmul(grouped, weight.unsqueeze(-3)).flatten(-3, -2)
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -368,7 +397,7 @@ def _qkv_gates_per_head(
     w_q, w_k, w_v = qkv_weights
     xc, xm = per_head(x_conv), per_head(x_mlstm)
     scale = query_scale(head_dim, kernel_dim)
-    q, k, v = (torch.matmul(x, head_matrices(w, s).transpose(-1, -2)).view(n_dir * heads, batch, steps, kernel_dim)
+    q, k, v = (_token_matmul(x, head_matrices(w, s).transpose(-1, -2)).view(n_dir * heads, batch, steps, kernel_dim)
                for x, w, s in ((xc, w_q, scale), (xc, w_k, 1.0), (xm, w_v, 1.0)))
     gates = _folded_gates(x_conv, x_mlstm, qkv_weights, gate_w) + gate_b[:, None, None]
     i, f = gates.permute(0, 3, 1, 2).split(heads, dim=1)  # (directions, heads, batch, steps)

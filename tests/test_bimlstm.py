@@ -195,6 +195,42 @@ def test_qkv_forms_give_the_same_layer(share, form, monkeypatch):
         torch.testing.assert_close(other, reference, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("form", ["dense", "per_head"])
+def test_token_groups_give_the_same_layer(share, form, monkeypatch):
+    """The projections over groups of tokens (weight gradients summed over the groups) give the layer output and all
+    weight gradients of one product over all tokens; a group count that does not divide the tokens falls back to
+    one product."""
+    from seisbench_xlstm import bimlstm
+
+    layer = _layer(share=share, d=48).train()
+    layer.dropout.p = 0.0
+    x = torch.randn(2, 70, 48)  # 140 tokens
+    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
+    products = []
+    real_matmul = torch.matmul
+
+    def counting_matmul(a, b):
+        products.append(a.dim())
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch, "matmul", counting_matmul)
+    results, dims = [], []
+    for groups in (1, 4, 3):
+        monkeypatch.setattr(bimlstm, "CPU_TOKEN_GROUPS", groups)
+        products.clear()
+        layer.zero_grad()
+        y = layer(x)
+        y.square().mean().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in layer.parameters()])
+        dims.append(sorted(products))
+    assert dims[1] == [d + 1 for d in dims[0]] and dims[2] == dims[0]  # 4 groups: every product has a group axis
+    for other in results[1:]:
+        for reference, got in zip(results[0], other):
+            torch.testing.assert_close(got, reference, atol=2e-5, rtol=1e-4)
+    assert bimlstm.token_groups(torch.zeros(1), 140) == 1  # CPU_TOKEN_GROUPS 3 does not divide 140
+
+
 def test_unknown_qkv_form_is_named(monkeypatch):
     from seisbench_xlstm import bimlstm
 
