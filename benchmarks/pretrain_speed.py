@@ -459,9 +459,9 @@ def main(argv=None):
     parser.add_argument("--kernel-warps", nargs="+", default=None, metavar="KERNEL=WARPS[,KERNEL=WARPS]",
                         help="num_warps of single kernels of the own Triton kernel (seisbench_xlstm.triton_mlstm."
                              "KERNEL_WARPS), e.g. none backward_loop=8, measured one after the other")
-    parser.add_argument("--token-groups", type=int, nargs="+", default=None,
-                        help="groups of tokens the projections run over on GPUs (seisbench_xlstm.bimlstm."
-                             "GPU_TOKEN_GROUPS; 1: one product), measured one after the other")
+    parser.add_argument("--tokens-per-group", type=int, nargs="+", default=None,
+                        help="tokens per group of the projections' products on GPUs (seisbench_xlstm.bimlstm."
+                             "GPU_TOKENS_PER_GROUP; 0: one product), measured one after the other")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every setting this many times, in turns (A B A B ...), so that a difference "
                              "between settings can be told from an order effect")
@@ -514,11 +514,11 @@ def main(argv=None):
         return rows + runs
     rows, label, library_pad = [], args.label, bimlstm.HEAD_PAD_IN_LAYOUT
     library_scalars, library_warps = triton_mlstm_scalars.IMPLEMENTATION, dict(triton_mlstm.KERNEL_WARPS)
-    library_groups = bimlstm.GPU_TOKEN_GROUPS
+    library_groups = bimlstm.GPU_TOKENS_PER_GROUP
     pads, scalar_work = args.head_pad or [None], args.scalar_work or [None]
     try:  # the library's settings come back afterwards (tests call main in their own process)
         settings = [(f, p, w, kw, g) for f in forms for p in pads for w in scalar_work
-                    for kw in args.kernel_warps or [None] for g in args.token_groups or [None]]
+                    for kw in args.kernel_warps or [None] for g in args.tokens_per_group or [None]]
         rounds = [(r, s) for r in range(args.rounds) for s in settings] if not args.regenerate else []
         for round_, (form, pad, work, warps, groups) in rounds:
             if form:
@@ -526,10 +526,10 @@ def main(argv=None):
             bimlstm.HEAD_PAD_IN_LAYOUT = library_pad if pad is None else pad == "layout"
             triton_mlstm_scalars.IMPLEMENTATION = work or library_scalars
             triton_mlstm.KERNEL_WARPS = parse_kernel_warps(warps, library_warps)
-            bimlstm.GPU_TOKEN_GROUPS = groups or library_groups
+            bimlstm.GPU_TOKENS_PER_GROUP = library_groups if groups is None else groups
             suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}",
                                            work and f"scalar work {work}", warps and f"kernel warps {warps}",
-                                           groups and f"token groups {groups}",
+                                           groups is not None and f"tokens per group {groups}",
                                            args.rounds > 1 and f"round {round_ + 1}") if x)
             args.label = f"{label} ({suffix})" if suffix else label
             for recipe in recipes:
@@ -542,7 +542,7 @@ def main(argv=None):
         bimlstm.HEAD_PAD_IN_LAYOUT = library_pad
         triton_mlstm_scalars.IMPLEMENTATION = library_scalars
         triton_mlstm.KERNEL_WARPS = library_warps
-        bimlstm.GPU_TOKEN_GROUPS = library_groups
+        bimlstm.GPU_TOKENS_PER_GROUP = library_groups
     if out is not None:
         rows = update_csv(out.with_suffix(".csv"), rows)
     write_report(report(rows, args), out)

@@ -62,16 +62,16 @@ GPU_QKV_FORM = "per_head"
 #: U-Net in 17% less time than einsum.
 CPU_QKV_FORM = "per_head"
 QKV_FORMS = ("dense", "per_head", "fused", "einsum")
-#: The projections' products over all tokens (q/k/v per head, gates, up and down) run on GPUs as this many products
-#: over groups of the tokens, whose weight gradients are summed afterwards (a split of the reduction): with one
+#: The projections' products over all tokens (q/k/v per head, gates, up and down) run on GPUs as products over
+#: groups of this many tokens, whose weight gradients are summed afterwards (a split of the reduction): with one
 #: product, a weight gradient reduces over all ``batch * steps`` tokens into a small matrix, which cuBLAS ran at a
 #: third to a half of memory bandwidth on an H200 (recipe 1 profile, 2026-11-30: the per-head q/k/v weight gradient,
 #: ``(8, 96, 131072) @ (8, 131072, 96)``, 228 us a call against about 120 us to read its inputs; the gates' 182 us
-#: against 60 us). 1: one product. Tokens that do not split evenly run as one product. The same values up to the
+#: against 60 us). 0: one product. Token counts it does not divide run as one product. The same values up to the
 #: order of summation (each group's bf16 partial gradient is rounded once before the sum, as the whole one was).
-GPU_TOKEN_GROUPS = 1
-#: The same on CPUs (1: one product; not timed with more).
-CPU_TOKEN_GROUPS = 1
+GPU_TOKENS_PER_GROUP = 0
+#: The same on CPUs (0: one product; not timed otherwise).
+CPU_TOKENS_PER_GROUP = 0
 #: Where head dims the kernel cannot take are zero-padded (``kernels.kernel_head_dim``: TFLA, the sequential
 #: backbone's 96 -> 128): ``True`` in the layout copies of :func:`mlstm_branches` (no extra copy; the default),
 #: ``False`` in :func:`seisbench_xlstm.kernels.mlstm_sequence` (padded copies of q, k, v and a cropped copy of the
@@ -276,10 +276,11 @@ def _batched_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def token_groups(x: torch.Tensor, tokens: int) -> int:
-    """How many groups of tokens the projections of ``x`` (``tokens`` rows) run over: :data:`GPU_TOKEN_GROUPS` on
-    GPUs (:data:`CPU_TOKEN_GROUPS` on CPUs) where it divides ``tokens``, else 1."""
-    groups = GPU_TOKEN_GROUPS if x.is_cuda else CPU_TOKEN_GROUPS
-    return groups if groups > 1 and tokens % groups == 0 else 1
+    """How many groups of tokens the projections of ``x`` (``tokens`` rows) run over: groups of
+    :data:`GPU_TOKENS_PER_GROUP` tokens on GPUs (:data:`CPU_TOKENS_PER_GROUP` on CPUs) where that divides ``tokens``,
+    else 1."""
+    size = GPU_TOKENS_PER_GROUP if x.is_cuda else CPU_TOKENS_PER_GROUP
+    return tokens // size if 0 < size < tokens and tokens % size == 0 else 1
 
 
 def _token_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -498,7 +499,9 @@ class BiMLSTMLayer(nn.Module):
         x_norm = self.norm(x)
         both = torch.stack([x_norm, x_norm.flip(1)])  # (2, batch, steps, d): each direction in its own time order
         if self.config.share_projections:
-            up = F.linear(both, self.proj_up.weight, self.proj_up.bias)
+            up = _token_matmul(both.flatten(0, 2), self.proj_up.weight.t()).view(*both.shape[:3], -1)
+            if self.proj_up.bias is not None:
+                up = up + self.proj_up.bias
             w_down = self.proj_down.weight.expand(2, d, inner)
         else:
             up = _batched_linear(both, self.proj_up.weight.view(2, 2 * inner, d))

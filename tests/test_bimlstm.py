@@ -216,8 +216,8 @@ def test_token_groups_give_the_same_layer(share, form, monkeypatch):
 
     monkeypatch.setattr(torch, "matmul", counting_matmul)
     results, dims = [], []
-    for groups in (1, 4, 3):
-        monkeypatch.setattr(bimlstm, "CPU_TOKEN_GROUPS", groups)
+    for size in (0, 35, 3):  # one product; 4 groups; 3 does not divide the tokens
+        monkeypatch.setattr(bimlstm, "CPU_TOKENS_PER_GROUP", size)
         products.clear()
         layer.zero_grad()
         y = layer(x)
@@ -228,7 +228,7 @@ def test_token_groups_give_the_same_layer(share, form, monkeypatch):
     for other in results[1:]:
         for reference, got in zip(results[0], other):
             torch.testing.assert_close(got, reference, atol=2e-5, rtol=1e-4)
-    assert bimlstm.token_groups(torch.zeros(1), 140) == 1  # CPU_TOKEN_GROUPS 3 does not divide 140
+    assert [bimlstm.token_groups(torch.zeros(1), n) for n in (140, 141, 3)] == [1, 47, 1]
 
 
 def test_unknown_qkv_form_is_named(monkeypatch):
