@@ -69,7 +69,10 @@ QKV_FORMS = ("dense", "per_head", "fused", "einsum")
 #: ``(8, 96, 131072) @ (8, 131072, 96)``, 228 us a call against about 120 us to read its inputs; the gates' 182 us
 #: against 60 us). 0: one product. Token counts it does not divide run as one product. The same values up to the
 #: order of summation (each group's bf16 partial gradient is rounded once before the sum, as the whole one was).
-GPU_TOKENS_PER_GROUP = 0
+#: Compiled training steps on an H200 (``benchmarks/pretrain_speed.py --tokens-per-group 0 1024 --rounds 2``, one
+#: command, in turns, 2026-11-30): recipe 1 at batch 128 266.2 and 266.3 ms with 1024 against 281.9 and 281.3 ms
+#: with one product (70.4 against 66.8 GiB); recipe 2 at batch 256 189.3 and 189.8 against 196.1 and 195.4 ms.
+GPU_TOKENS_PER_GROUP = 1024
 #: The same on CPUs (0: one product; not timed otherwise).
 CPU_TOKENS_PER_GROUP = 0
 #: Where head dims the kernel cannot take are zero-padded (``kernels.kernel_head_dim``: TFLA, the sequential
