@@ -90,8 +90,9 @@ def info_nce_windows(
     """:func:`info_nce` for negatives given as token indices of the same window, without gathering vectors.
 
     Computes the cosine similarities of every context vector with every target of its window in one batched
-    product ``(batch, tokens, tokens)`` and picks the logits of the positives and negatives from it; gathering
-    ``(N, K, dim)`` negative vectors instead would take gigabytes at the seed batch sizes.
+    product ``(batch, tokens, tokens)`` and takes the logits of the positives and negatives from it in one flat
+    ``gather`` (whose backward is a scatter-add; indexing with two index tensors instead sorts the indices in its
+    backward); gathering ``(N, K, dim)`` negative vectors instead would take gigabytes at the seed batch sizes.
 
     :param context: ``(batch, tokens, dim)``
     :param targets: ``(batch, tokens, dim)`` quantised targets
@@ -105,15 +106,30 @@ def info_nce_windows(
     batch, tokens, dim = context.shape
     c = F.normalize(context.float(), dim=-1, eps=1e-8)
     q = F.normalize(targets.float(), dim=-1, eps=1e-8)
-    sims = torch.bmm(c, q.transpose(1, 2)).reshape(batch * tokens, tokens) / temperature
-    positive = sims[anchors, anchors % tokens]
-    negative = sims[anchors[:, None], negatives % tokens]
+    sims = torch.bmm(c, q.transpose(1, 2)) / temperature  # (batch, tokens, tokens)
+    candidates = torch.cat([anchors[:, None], negatives], dim=1)  # (N, 1 + K): the positive first
+    # the similarity of anchor b * tokens + t with candidate b * tokens + u lies at (b * tokens + t) * tokens + u
+    logits = sims.reshape(-1).gather(0, (anchors[:, None] * tokens + candidates % tokens).reshape(-1))
+    logits = logits.view(candidates.shape)
     if target_codes is not None:
-        codes = target_codes.reshape(batch * tokens, -1)
-        same = (codes[negatives] == codes[anchors][:, None]).all(dim=-1)
+        keys = _code_keys(target_codes.reshape(batch * tokens, -1))
+        same = keys[negatives] == keys[anchors][:, None]
+        if same.dim() == 3:  # more than two groups: compared per group
+            same = same.all(dim=-1)
     else:
         flat = targets.reshape(batch * tokens, dim)
         same = (flat[negatives] == flat[anchors][:, None]).all(dim=-1)
-    logits = torch.cat([positive[:, None], negative.masked_fill(same, float("-inf"))], dim=1)
+    logits = logits.masked_fill(F.pad(same, (1, 0)), float("-inf"))  # never the positive (column 0)
     target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target)
+
+
+def _code_keys(codes: torch.Tensor) -> torch.Tensor:
+    """``(tokens, groups)`` code indices to one integer per token that is equal exactly where all groups' codes
+    are (``(tokens,)``), for one or two groups of codes below 2**31 (one gather of an integer per negative instead of
+    a row of codes); more groups come back unchanged, to be compared per group."""
+    if codes.shape[1] == 1:
+        return codes[:, 0]
+    if codes.shape[1] == 2:
+        return codes[:, 0].long() * 2**31 + codes[:, 1].long()
+    return codes

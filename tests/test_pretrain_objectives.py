@@ -143,21 +143,34 @@ def test_negatives_come_from_other_masked_tokens_of_the_same_window():
     assert counts.float().std() / counts.float().mean() < 0.2
 
 
-def test_indexed_info_nce_equals_reference():
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_indexed_info_nce_equals_reference(groups):
+    """The loss from the windows' similarity matrix equals the loss over gathered vectors, and so do the gradients
+    of the context and the targets; negatives equal to their positive (the same codes in every group) are left out
+    whether they are found by codes (1, 2 or 3 groups) or by vectors."""
     g = torch.Generator().manual_seed(3)
     batch, tokens, dim = 2, 64, 8
     context = torch.randn(batch, tokens, dim, generator=g)
-    codes = torch.randint(0, 3, (batch, tokens, 1), generator=g)  # few codes: many negatives equal the positive
-    table = torch.randn(3, dim, generator=g)
-    targets = table[codes[..., 0]]
+    codes = torch.randint(0, 2, (batch, tokens, groups), generator=g)  # few codes: many negatives equal the positive
+    table = torch.randn(groups, 2, dim, generator=g)
+    targets = sum(table[j][codes[..., j]] for j in range(groups))  # the same vector exactly where all codes agree
     mask = span_mask(batch, tokens, 0.65, 10, generator=g)
     anchors, negatives = sample_negatives(mask, 10, generator=g)
-    flat_c, flat_t = context.reshape(-1, dim), targets.reshape(-1, dim)
-    reference = info_nce(flat_c[anchors], flat_t[anchors], flat_t[negatives], 0.1)
-    fast = info_nce_windows(context, targets, anchors, negatives, 0.1, target_codes=codes)
-    by_vectors = info_nce_windows(context, targets, anchors, negatives, 0.1)
-    torch.testing.assert_close(fast, reference)
-    torch.testing.assert_close(by_vectors, reference)
+    results = []
+    for how in ("reference", "codes", "vectors"):
+        c, t = context.clone().requires_grad_(), targets.clone().requires_grad_()
+        if how == "reference":
+            flat_c, flat_t = c.reshape(-1, dim), t.reshape(-1, dim)
+            loss = info_nce(flat_c[anchors], flat_t[anchors], flat_t[negatives], 0.1)
+        else:
+            loss = info_nce_windows(c, t, anchors, negatives, 0.1, target_codes=codes if how == "codes" else None)
+        loss.backward()
+        results.append((loss.detach(), c.grad, t.grad))
+    same = (codes.reshape(-1, groups)[negatives] == codes.reshape(-1, groups)[anchors][:, None]).all(-1)
+    assert same.any() and not same.all()  # the case is exercised
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            torch.testing.assert_close(a, b)
 
 
 def test_masked_mse_ignores_unmasked_samples():
