@@ -240,11 +240,12 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
 
 def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
     """Where the time of ``steps`` training steps goes, written to ``path``: PyTorch profiler operators sorted by
-    device (else CPU) self time, then the matrix products (``aten::mm``, ``bmm``, ``addmm``) by input shapes, which
-    tell which product each GEMM kernel of the first table belongs to."""
+    device (else CPU) self time; the matrix products (``aten::mm``, ``bmm``, ``addmm``) by input shapes, which tell
+    which product each GEMM kernel of the first table belongs to; and this project's Python functions by the device
+    time of what they ran (forward passes: which part of the model or recipe the first table's time belongs to)."""
     cuda = torch.cuda.is_available()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+    with torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True) as prof:
         for _ in range(steps):
             step()
         synchronize()
@@ -254,9 +255,16 @@ def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
                                                                                        "aten::addmm", "aten::matmul")]
     by_shape = "\n".join(f"{e.key:12s} {getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:5d} calls "
                          f"a step  {e.input_shapes}" for e in sorted(products, key=lambda e: -getattr(e, sort_by)))
+    # with_stack records every Python function call as an event whose totals include what it ran
+    functions = [e for e in prof.key_averages() if ".py(" in e.key and ("pretrain/" in e.key or
+                                                                       "seisbench_xlstm/" in e.key)]
+    by_function = "\n".join(f"{getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:6d} calls a step  "
+                            f"{e.key[-110:]}" for e in sorted(functions, key=lambda e: -getattr(e, sort_by))[:rows])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{steps} training steps\n{table}\n\nMatrix products by input shapes (device time incl. "
-                    f"children)\n{by_shape}\n")
+                    f"children)\n{by_shape}\n\nThis project's Python functions by device time (incl. everything "
+                    f"they ran; nested calls count in each caller; forward passes only: autograd runs the backward "
+                    f"outside them)\n{by_function}\n")
     print(f"profile written to {path}", flush=True)
 
 
