@@ -91,8 +91,9 @@ def info_nce_windows(
 
     Computes the cosine similarities of every context vector with every target of its window in one batched
     product ``(batch, tokens, tokens)`` and takes the logits of the positives and negatives from it in one flat
-    ``gather`` (whose backward is a scatter-add; indexing with two index tensors instead sorts the indices in its
-    backward); gathering ``(N, K, dim)`` negative vectors instead would take gigabytes at the seed batch sizes.
+    ``gather`` (whose backward is a scatter-add, which on GPUs sums in no fixed order; indexing with two index
+    tensors instead sorts the indices in its backward); gathering ``(N, K, dim)`` negative vectors instead would take
+    gigabytes at the seed batch sizes.
 
     :param context: ``(batch, tokens, dim)``
     :param targets: ``(batch, tokens, dim)`` quantised targets

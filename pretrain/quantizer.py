@@ -4,7 +4,12 @@ Each input vector ``(..., in_dim)`` is mapped to ``groups`` logit vectors of ``c
 is drawn per group with the Gumbel-softmax trick at temperature ``tau``: the forward pass uses the *hard* one-hot
 choice, the backward pass the gradient of the soft Gumbel-softmax probabilities (straight-through estimator). In
 evaluation the code is the argmax of the logits. The chosen codevectors (``codevector_dim / groups`` wide each) are
-concatenated to a ``(..., codevector_dim)`` vector.
+concatenated to a ``(..., codevector_dim)`` vector. The hard choice is never built as an ``(N, groups, codes)``
+one-hot tensor: the forward gathers the chosen codevectors and the backward gives the soft probabilities the
+gradient of the one-hot product (:class:`_StraightThroughLookup`); the values and gradients are those of torch's
+``gumbel_softmax(hard=True)`` times the codebook with the same noise (test), with fewer passes over the
+``(N, groups, codes)`` tensors (1.15x faster forward+backward on this project's 2-core CPU at 16,384 vectors; not yet
+timed on a GPU).
 
 Statistics (over the vectors given in ``mask``, or all vectors):
 
@@ -21,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["GumbelVectorQuantizer", "QuantizerOutput", "perplexity"]
 
@@ -82,23 +86,28 @@ class GumbelVectorQuantizer(nn.Module):
         """
         lead = x.shape[:-1]
         logits = self.to_logits(x).float().view(-1, self.groups, self.codes)  # (N, G, V)
-        hard_index = logits.argmax(dim=-1)
+        codevectors = self.codevectors.float()
         if self.training:
-            # straight-through Gumbel-softmax: hard one-hot forward, soft gradient backward
-            one_hot = F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)
-            hard_index = one_hot.argmax(dim=-1)
+            # straight-through Gumbel-softmax: hard choice forward, soft gradient backward (the noise is drawn as
+            # torch's F.gumbel_softmax draws it, so the same seed gives the same codes)
+            gumbels = -torch.empty_like(logits).exponential_().log()
+            soft = ((logits + gumbels) / self.tau).softmax(dim=-1)
+            hard_index = soft.argmax(dim=-1)
+            vectors = _StraightThroughLookup.apply(soft, hard_index, codevectors)
         else:
-            one_hot = F.one_hot(hard_index, self.codes).to(logits.dtype)
+            hard_index = logits.argmax(dim=-1)
+            vectors = _lookup(codevectors, hard_index)
         # averages over the selected vectors as weighted sums (no boolean indexing: no device synchronisation)
         weights = torch.ones(len(logits), device=x.device) if mask is None else mask.reshape(-1).float()
         weights = weights / weights.sum().clamp_min(1.0)
         prob_ppl = perplexity(torch.einsum("n,ngv->gv", weights, logits.softmax(dim=-1)))
-        with torch.no_grad():
-            avg_hard = torch.einsum("n,ngv->gv", weights, one_hot.detach().float())
+        with torch.no_grad():  # the weighted count of every code's choices
+            flat = (hard_index + torch.arange(self.groups, device=x.device) * self.codes).reshape(-1)
+            avg_hard = torch.zeros(self.num_codes, device=x.device).index_add_(
+                0, flat, weights.repeat_interleave(self.groups)).view(self.groups, self.codes)
             code_ppl = perplexity(avg_hard)
             in_use = (avg_hard > 0).float().mean()
-        # (N, G, V) x (G, V, D/G) -> (N, G, D/G)
-        vectors = torch.einsum("ngv,gvd->ngd", one_hot, self.codevectors.float()).reshape(*lead, -1)
+        vectors = vectors.reshape(*lead, -1)
         return QuantizerOutput(
             vectors=vectors,
             codes=hard_index.view(*lead, self.groups),
@@ -107,3 +116,35 @@ class GumbelVectorQuantizer(nn.Module):
             codes_in_use=in_use,
             diversity_loss=(self.num_codes - prob_ppl) / self.num_codes,
         )
+
+
+def _lookup(codevectors: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The chosen codevectors: ``codevectors`` ``(G, V, D/G)``, ``index`` ``(N, G)`` -> ``(N, G, D/G)``."""
+    groups, codes, width = codevectors.shape
+    flat = index + torch.arange(groups, device=index.device) * codes
+    return codevectors.reshape(groups * codes, width)[flat]
+
+
+class _StraightThroughLookup(torch.autograd.Function):
+    """The hard one-hot choice times the codebook, with the gradient of the soft probabilities.
+
+    Equals ``einsum("ngv,gvd->ngd", y_hard - y_soft.detach() + y_soft, codevectors)`` (torch's
+    ``gumbel_softmax(hard=True)`` followed by the codebook product) without building the ``(N, G, V)`` one-hot
+    tensors: the forward gathers the chosen rows, the backward gives ``soft`` the gradient ``grad @ codevectors^T``
+    and the codebook the gradients of its chosen rows (an index-add).
+    """
+
+    @staticmethod
+    def forward(ctx, soft, index, codevectors):
+        ctx.save_for_backward(index, codevectors)
+        return _lookup(codevectors, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, codevectors = ctx.saved_tensors
+        groups, codes, width = codevectors.shape
+        grad_soft = torch.einsum("ngd,gvd->ngv", grad, codevectors)
+        flat = (index + torch.arange(groups, device=index.device) * codes).reshape(-1)
+        grad_codevectors = torch.zeros(groups * codes, width, device=grad.device, dtype=grad.dtype).index_add_(
+            0, flat, grad.reshape(-1, width)).view(groups, codes, width)
+        return grad_soft, None, grad_codevectors

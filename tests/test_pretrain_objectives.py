@@ -7,7 +7,7 @@ import torch
 
 from pretrain.losses import info_nce, info_nce_windows, masked_mse, sample_negatives
 from pretrain.masking import expand_to_samples, mask_runs, random_token_mask, span_mask
-from pretrain.quantizer import GumbelVectorQuantizer
+from pretrain.quantizer import GumbelVectorQuantizer, perplexity
 from pretrain.schedules import annealed_temperature, warmup_cosine, warmup_steps
 
 
@@ -80,6 +80,40 @@ def test_quantizer_hard_forward_straight_through_gradient():
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert q.to_logits.weight.grad.abs().sum() > 0
     assert 1.0 <= out.code_perplexity.item() <= 10 and 1.0 <= out.prob_perplexity.item() <= 10
+
+
+def _reference_quantizer_vectors(q, x):
+    """The quantiser's training forward written with torch's gumbel_softmax and one-hot products (what the
+    quantiser computed before its straight-through lookup)."""
+    logits = q.to_logits(x).float().view(-1, q.groups, q.codes)
+    one_hot = torch.nn.functional.gumbel_softmax(logits, tau=q.tau, hard=True, dim=-1)
+    vectors = torch.einsum("ngv,gvd->ngd", one_hot, q.codevectors.float()).reshape(*x.shape[:-1], -1)
+    return vectors, one_hot.argmax(-1).view(*x.shape[:-1], q.groups), one_hot.detach().mean(0)
+
+
+def test_quantizer_lookup_equals_gumbel_softmax_one_hot_products():
+    """The straight-through lookup gives the codes, vectors and gradients (input, logit weights, codebook) of
+    torch's hard gumbel_softmax times the codebook, with the same noise; the hard-choice statistics too."""
+    q = GumbelVectorQuantizer(8, groups=2, codes=5, codevector_dim=6).train()
+    x = torch.randn(3, 40, 8)
+    upstream = torch.randn(3, 40, 6)
+    results = []
+    for how in ("reference", "lookup"):
+        q.zero_grad()
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(7)  # the same Gumbel noise
+        if how == "reference":
+            vectors, codes, avg_hard = _reference_quantizer_vectors(q, xi)
+            code_ppl = perplexity(avg_hard)
+        else:
+            out = q(xi)
+            vectors, codes, code_ppl = out.vectors, out.codes, out.code_perplexity
+        (vectors * upstream).sum().backward()
+        results.append((vectors.detach(), codes, code_ppl, xi.grad, q.to_logits.weight.grad.clone(),
+                        q.codevectors.grad.clone()))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected)
+    assert results[0][5].abs().sum() > 0 and results[0][3].abs().sum() > 0
 
 
 def test_quantizer_eval_is_argmax_and_perplexity_bounds():
