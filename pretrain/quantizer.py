@@ -131,19 +131,23 @@ class _StraightThroughLookup(torch.autograd.Function):
     Equals ``einsum("ngv,gvd->ngd", y_hard - y_soft.detach() + y_soft, codevectors)`` (torch's
     ``gumbel_softmax(hard=True)`` followed by the codebook product) without building the ``(N, G, V)`` one-hot
     tensors: the forward gathers the chosen rows, the backward gives ``soft`` the gradient ``grad @ codevectors^T``
-    and the codebook the gradients of its chosen rows (an index-add).
+    and the codebook the gradients of its chosen rows (an index-add). The backward runs under the forward's autocast
+    state (bf16 products in mixed-precision training, as the einsum it replaces ran).
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, soft, index, codevectors):
         ctx.save_for_backward(index, codevectors)
+        ctx.soft_dtype = soft.dtype
         return _lookup(codevectors, index)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):
         index, codevectors = ctx.saved_tensors
         groups, codes, width = codevectors.shape
-        grad_soft = torch.einsum("ngd,gvd->ngv", grad, codevectors)
+        grad_soft = torch.einsum("ngd,gvd->ngv", grad, codevectors).to(ctx.soft_dtype)
         flat = (index + torch.arange(groups, device=index.device) * codes).reshape(-1)
         grad_codevectors = torch.zeros(groups * codes, width, device=grad.device, dtype=grad.dtype).index_add_(
             0, flat, grad.reshape(-1, width)).view(groups, codes, width)
