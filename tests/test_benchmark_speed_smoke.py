@@ -202,3 +202,48 @@ def test_triton_registers_reports_every_kernel(tmp_path):
     assert [r["kernel"] for r in rows] == ["forward", "backward_loop", "scalars_normaliser", "scalars_gates"]
     assert all(0 < r["registers"] <= 255 and r["stack_bytes"] >= 0 for r in rows)
     assert len(list(csv.DictReader(open(tmp_path / "registers.csv")))) == 4
+
+
+def test_triton_speed_times_tfla_once_a_shape(monkeypatch, tmp_path):
+    """triton_mlstm_speed.py times TFLA in the first row of a shape only; later rows (other settings of our kernel)
+    repeat its figures. Here on a CPU, with the native kernel standing in for both and a stand-in timer."""
+    import types
+
+    import triton_mlstm_speed as speed
+    from common import random_mlstm_inputs
+    from seisbench_xlstm.kernels import mlstm_sequence
+
+    calls = []
+
+    def stand_ins(steps, chunk, block_v):
+        return {name: lambda *x, name=name: (calls.append(name), mlstm_sequence(*x))[1] for name in ("ours", "tfla")}
+
+    def cpu_inputs(shape, seed=0, device="cpu"):
+        inputs, grad = random_mlstm_inputs(shape, seed, "cpu")
+        return [t.detach().float().requires_grad_() for t in inputs], grad.float()
+
+    monkeypatch.setitem(sys.modules, "triton.testing", types.SimpleNamespace(do_bench=lambda fn, **_: (fn(), 1.0)[1]))
+    for name, value in (("DEVICE", "cpu"), ("machine", lambda: "cpu"), ("kernels", stand_ins),
+                        ("random_mlstm_inputs", cpu_inputs)):
+        monkeypatch.setattr(speed, name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 0)
+    out = tmp_path / "speed.md"
+    assert speed.main(["--shapes", "2x2x64x16", "--kernel-warps", "none", "forward=8", "--out", str(out)]) == 0
+    assert calls.count("tfla") * 2 == calls.count("ours")  # two rows of ours, one of TFLA
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    library = ",".join(f"{k}={v}" for k, v in sys.modules["seisbench_xlstm.triton_mlstm"].KERNEL_WARPS.items())
+    assert [r["kernel_warps"] for r in rows] == [library, "forward=8"]  # "none": the library's
+    assert rows[0]["tfla_fwbw_ms"] == rows[1]["tfla_fwbw_ms"] and rows[1]["rel_err_h"] == "0.0e+00"
+
+
+def test_ab_revisions_refuses_unknown_revisions_and_missing_trees():
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_revisions.sh"
+    for args, message in ((["prepare", "no-such-revision"], "no revision"), (["run", "no-such-tree", "1"], "missing"),
+                          (["sideways", "x"], "usage")):
+        result = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr
