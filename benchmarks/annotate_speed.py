@@ -99,6 +99,24 @@ def kernel_label(model, kernel: str | None, batch: int, device: str) -> str:
     return {TRITON_KERNEL: "TFLA+bf16", NATIVE_KERNEL: "native fp32"}.get(resolved, resolved)
 
 
+_LIBRARY_NATIVE = None
+
+
+def set_native_kernel_compiled(value: bool | None) -> None:
+    """Sets ``kernels.COMPILE_NATIVE_KERNEL`` (None: the library's value) and drops compiled graphs that read it."""
+    global _LIBRARY_NATIVE
+    import torch._dynamo
+
+    from seisbench_xlstm import kernels
+
+    if _LIBRARY_NATIVE is None:
+        _LIBRARY_NATIVE = kernels.COMPILE_NATIVE_KERNEL
+    wanted = _LIBRARY_NATIVE if value is None else value
+    if kernels.COMPILE_NATIVE_KERNEL != wanted:
+        kernels.COMPILE_NATIVE_KERNEL = wanted
+        torch._dynamo.reset()
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=1.0, help="hours per station")
@@ -111,6 +129,9 @@ def parse_args(argv=None):
     parser.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                         help="xLSTM pickers with their mLSTM layers through torch.compile (set_compile); the best "
                              "of --repeats runs excludes the compilation of shapes seen before")
+    parser.add_argument("--compile-native-kernel", choices=["library", "yes", "no", "both"], default="library",
+                        help="with compiled layers on a CPU: compile the native mLSTM kernel with them "
+                             "(seisbench_xlstm.kernels.COMPILE_NATIVE_KERNEL; both: each measured)")
     parser.add_argument("--qkv-form", nargs="+", default=[None], choices=["einsum", "dense", "per_head", "fused"],
                         help="xLSTM pickers: forms of the q/k/v projections to compare in this run "
                              "(seisbench_xlstm.bimlstm: GPU_QKV_FORM on GPUs, CPU_QKV_FORM on CPUs; default: the "
@@ -145,15 +166,21 @@ def main(argv=None) -> int:
         model = build(name, args.tiny).to(device).eval()
         xlstm = name.startswith("XLSTM")
         batches = batch_sizes if xlstm else [baseline_batch]
-        compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile] if xlstm else [False]
+        natives = {"library": [None], "yes": [True], "no": [False], "both": [True, False]}[args.compile_native_kernel]
+        compiles = [(c, n if c else None) for c in {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+                    for n in (natives if c else [None])] if xlstm else [(False, None)]
         settings = [(c, o, b, f, k) for k in args.kernels for f in args.qkv_form for c in compiles
-                    for o in args.overlaps for b in batches] if xlstm else [(False, None, baseline_batch, None, None)]
+                    for o in args.overlaps for b in batches]
+        if not xlstm:
+            settings = [((False, None), None, baseline_batch, None, None)]
         best: dict = {}
-        for compiled, overlap, batch, form, kern in settings:
+        for (compiled, native), overlap, batch, form, kern in settings:
             if xlstm:
                 model.backbone.set_kernel(kern or "auto")
                 model.set_compile(compiled)
                 set_qkv_form(form)
+                set_native_kernel_compiled(native)
+            compiled = (compiled, native)
             if (compiled, overlap, form, kern) not in best:  # warm-up (compiles Triton kernels, and layers if compiled)
                 annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
@@ -163,10 +190,12 @@ def main(argv=None) -> int:
             if (compiled, overlap, form, kern) not in best or seconds < best[(compiled, overlap, form, kern)][1]:
                 best[(compiled, overlap, form, kern)] = (batch, seconds)
         set_qkv_form(None)
-        for (compiled, overlap, form, kern), (batch, seconds) in best.items():
+        set_native_kernel_compiled(None)
+        for ((compiled, native), overlap, form, kern), (batch, seconds) in best.items():
             kernel = f", kernel {kernel_label(model, kern, batch, device)}" if xlstm else ""
             kernel += f", q/k/v {form}" if form else ""
             kernel += ", compiled layers" if compiled else ""
+            kernel += {None: "", True: " with the native kernel", False: " around the native kernel"}[native]
             results.append({"model": name + (" (tiny)" if xlstm and args.tiny else ""), "batch": batch,
                             "overlap": overlap if overlap is not None else "default",
                             "settings": f"batch {batch}, overlap {overlap if overlap is not None else 'default'}"

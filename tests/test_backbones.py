@@ -218,8 +218,9 @@ def test_compiled_unet_compiles_each_layer_width_once(compile_counter):
     from seisbench_xlstm.bimlstm import BiMLSTMLayer
 
     layer = BiMLSTMLayer(backbones.UNetBackbone(UNetBackboneConfig(**TINY_UNET)).encoder_stages[0][0].config)
-    backbones.compiled_layer_forward()(layer, torch.randn(2, 64, 16), "auto")
-    per_layer = compile_counter.frame_count  # the pieces around the (uncompiled) kernel call
+    kernel = backbones.resolve_kernel("auto", torch.device("cpu"))  # what the backbone passes its layers
+    backbones.compiled_layer_forward()(layer, torch.randn(2, 64, 16), kernel)
+    per_layer = compile_counter.frame_count  # with the native kernel one graph; else the pieces around the kernel
     torch._dynamo.reset()
     compile_counter.frame_count = 0
     unet = build_backbone("unet", TINY_UNET).train()
@@ -260,3 +261,27 @@ def test_layers_resolve_the_kernel_for_both_directions_of_every_window_and_head(
         backbone(torch.randn(3, 3, 256))
     heads = {layer.config.num_heads for layer in backbone.modules() if hasattr(layer, "forward_direction")}
     assert asked and set(asked) == {2 * 3 * h for h in heads}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("traced", [True, False])
+def test_compiled_layer_traces_the_native_kernel_when_asked(traced, compile_counter, monkeypatch):
+    """With ``kernels.COMPILE_NATIVE_KERNEL`` a compiled layer on the CPU is one graph, the native kernel included
+    (its element-wise work fuses); without, the kernel call splits the layer into pieces around it. The same
+    output either way, and as eager."""
+    import torch._dynamo
+
+    from seisbench_xlstm import backbones, kernels
+    from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig
+
+    monkeypatch.setattr(kernels, "COMPILE_NATIVE_KERNEL", traced)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, dropout=0.0)).eval()
+    x = torch.randn(2, 80, 32)
+    with torch.no_grad():
+        expected = layer(x, kernels.NATIVE_KERNEL)
+        got = backbones.compiled_layer_forward()(layer, x, kernels.NATIVE_KERNEL)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert (compile_counter.frame_count == 1) == traced
