@@ -200,6 +200,7 @@ class _Backbone(nn.Module):
         # (and lays out q, k, v at its head dim, see bimlstm.mlstm_branches) without reading the environment.
         kernel = self.kernel_for(layer, x.shape[0], x.device)
         if self.compiled:  # the compiled function bypasses the layer's module hooks
+            allow_recompiles()
             # contiguous: inputs that differ only in strides (a transposed stem or pool output vs. a linear output)
             # would each compile a variant of their own
             run, args = compiled_layer_forward(), (layer, x.contiguous(), kernel)
@@ -311,17 +312,29 @@ class UNetBackbone(_Backbone):
         return self.final_norm(x)
 
 
+#: Compiled variants of the layer function before dynamo falls back to running it eagerly (its default, 8, is
+#: reached by a U-Net's three widths at three batch shapes: an annotate call's full, last and warm-up batches).
+RECOMPILE_LIMIT = 64
+
+
+def allow_recompiles() -> None:
+    """Raises dynamo's recompile limit to :data:`RECOMPILE_LIMIT` in the calling thread. torch keeps such settings per
+    thread, and SeisBench's ``annotate`` runs the model in worker threads: a limit raised once in another thread
+    left annotate with the default 8, after which the compiled layers silently ran eagerly."""
+    import torch._dynamo
+
+    if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
+        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+
+
 @lru_cache(maxsize=None)
 def compiled_layer_forward():
     """``BiMLSTMLayer.forward`` through ``torch.compile``, shared by every layer of every backbone.
 
     Shapes are static (``dynamic=False``: the fastest kernels; training and annotate use few shapes). Each layer
-    width, batch shape and grad mode is one compiled variant, so dynamo's recompile limit (8 by default, after
-    which it silently falls back to eager) is raised to 64.
+    width, batch shape and grad mode is one compiled variant (callers raise the recompile limit with
+    :func:`allow_recompiles`).
     """
-    import torch._dynamo
-
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(BiMLSTMLayer.forward, dynamic=False)
 
 

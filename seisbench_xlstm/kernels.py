@@ -261,7 +261,9 @@ def _sequence(q, k, v, i, f, kernel: str) -> torch.Tensor:
         q, k, v = (t.to(kernel_dtype) for t in (q, k, v))
         h = mlstm_chunkwise_triton(q, k, v, i.float(), f.float(), chunk_size=shape.chunk_size, eps=1e-6)
     else:
-        backend = _backend(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
+        # traced (the native kernel under torch.compile): built in the graph, dynamo does not trace lru_cache
+        make = _backend.__wrapped__ if torch.compiler.is_compiling() else _backend
+        backend = make(resolved, shape.chunk_size, str(kernel_dtype).removeprefix("torch."))
         h = backend(*(t.to(kernel_dtype).contiguous() for t in (q, k, v, i, f)))
     return h[:, :, :length, :head_dim].to(v.dtype)
 

@@ -285,3 +285,23 @@ def test_compiled_layer_traces_the_native_kernel_when_asked(traced, compile_coun
     torch._dynamo.reset()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert (compile_counter.frame_count == 1) == traced
+
+
+def test_compiled_layers_keep_compiling_in_worker_threads(compile_counter):
+    """SeisBench's annotate runs the model in worker threads, and torch keeps dynamo's settings per thread: the
+    compiled layers raise the recompile limit in the thread that runs them, so that a tenth input shape still
+    compiles (with the default limit of 8 the layers silently ran eagerly from the ninth on)."""
+    import threading
+
+    backbone = build_backbone("sequential", TINY_SEQUENTIAL).eval()  # one layer width: one variant a batch size
+    backbone.set_compile(True)
+
+    def annotate_like():
+        with torch.no_grad():
+            for batch in range(1, 11):
+                backbone(torch.randn(batch, 3, 256))
+
+    worker = threading.Thread(target=annotate_like)
+    worker.start()
+    worker.join()
+    assert compile_counter.frame_count == 10
