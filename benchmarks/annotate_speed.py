@@ -174,21 +174,21 @@ def main(argv=None) -> int:
         if not xlstm:
             settings = [((False, None), None, baseline_batch, None, None)]
         best: dict = {}
-        for (compiled, native), overlap, batch, form, kern in settings:
+        for compile_setting, overlap, batch, form, kern in settings:
             if xlstm:
                 model.backbone.set_kernel(kern or "auto")
-                model.set_compile(compiled)
+                model.set_compile(compile_setting[0])
                 set_qkv_form(form)
-                set_native_kernel_compiled(native)
-            compiled = (compiled, native)
-            if (compiled, overlap, form, kern) not in best:  # warm-up (compiles Triton kernels, and layers if compiled)
+                set_native_kernel_compiled(compile_setting[1])
+            key = (compile_setting, overlap, form, kern)
+            if key not in best:  # warm-up (compiles Triton kernels, and layers if compiled)
                 annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
             seconds = annotate_seconds(model, stream, repeats=args.repeats if xlstm else args.baseline_repeats,
                                        **kwargs)
-            print((name, compiled, overlap, batch, form, kern, round(seconds, 3)), flush=True)
-            if (compiled, overlap, form, kern) not in best or seconds < best[(compiled, overlap, form, kern)][1]:
-                best[(compiled, overlap, form, kern)] = (batch, seconds)
+            print((name, compile_setting, overlap, batch, form, kern, round(seconds, 3)), flush=True)
+            if key not in best or seconds < best[key][1]:
+                best[key] = (batch, seconds)
         set_qkv_form(None)
         set_native_kernel_compiled(None)
         for ((compiled, native), overlap, form, kern), (batch, seconds) in best.items():

@@ -26,8 +26,8 @@
 # GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
 # "--kernel-warps none backward_loop=8 forward=8,backward_loop=8"), A_TESTS_K (pytest -k of lane A's tests: "not
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
-# pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 8192 --rounds 2"), PROFILE (1:
-# lane B profiles recipe 1; 0: not), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not).
+# pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
+# PROFILE (1: lane B profiles recipe 1; 0: not), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not).
 # Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
 # pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
 # 125 s, the grid 262 s.

@@ -250,14 +250,14 @@ def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
             step()
         synchronize()
     sort_by = "device_time_total" if cuda else "cpu_time_total"  # FunctionEventAvg's names (torch 2.11, 2.13)
-    table = prof.key_averages().table(sort_by=f"self_{sort_by}", row_limit=rows, max_name_column_width=70)
+    averages = prof.key_averages()
+    table = averages.table(sort_by=f"self_{sort_by}", row_limit=rows, max_name_column_width=70)
     products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm",
                                                                                        "aten::addmm", "aten::matmul")]
     by_shape = "\n".join(f"{e.key:12s} {getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:5d} calls "
                          f"a step  {e.input_shapes}" for e in sorted(products, key=lambda e: -getattr(e, sort_by)))
     # with_stack records every Python function call as an event whose totals include what it ran
-    functions = [e for e in prof.key_averages() if ".py(" in e.key and ("pretrain/" in e.key or
-                                                                       "seisbench_xlstm/" in e.key)]
+    functions = [e for e in averages if ".py(" in e.key and ("pretrain/" in e.key or "seisbench_xlstm/" in e.key)]
     by_function = "\n".join(f"{getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:6d} calls a step  "
                             f"{e.key[-110:]}" for e in sorted(functions, key=lambda e: -getattr(e, sort_by))[:rows])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,10 +67,11 @@ def kernels(steps: int, chunk_size: int, block_v: int | None) -> dict:
     }
 
 
-def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int, tfla: dict | None = None) -> dict:
-    """One row: both kernels at ``shape``. ``tfla``: the TFLA figures of an earlier row of the same shape (its
-    ``tfla_*`` fields and outputs, from :func:`measure`'s ``"_tfla"`` entry), reused instead of timing TFLA again
-    when only our kernel's settings differ between rows."""
+def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int,
+            tfla: dict | None = None) -> tuple[dict, dict | None]:
+    """One row: both kernels at ``shape``; returns the row and the TFLA figures it used (its ``tfla_*`` fields and
+    outputs; None if TFLA failed). ``tfla``: the figures of an earlier row of the same shape, reused instead of
+    timing TFLA again when only our kernel's settings differ between rows."""
     from triton.testing import do_bench
 
     inputs, grad = random_mlstm_inputs(shape)
@@ -115,9 +116,9 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int, 
         for n, a, b in zip(NAMES, outputs["ours"], outputs["tfla"]):
             row[f"rel_err_{n}"] = f"{relative_error(a, b):.1e}"
     row.update(against_reference(shape, chunk_size, block_v, runs))
-    if "tfla" in outputs:
-        row["_tfla"] = {"outputs": outputs["tfla"], "fields": {k: v for k, v in row.items() if k.startswith("tfla_")}}
-    return row
+    if tfla is None and "tfla" in outputs:
+        tfla = {"outputs": outputs["tfla"], "fields": {k: v for k, v in row.items() if k.startswith("tfla_")}}
+    return row, tfla
 
 
 def against_reference(shape, chunk_size: int, block_v: int | None, runs: dict | None = None) -> dict:
@@ -199,9 +200,8 @@ def main(argv=None):
             print(f"shape {shape}, block_v {block_v}, launch {triton_mlstm.LAUNCH}"
                   f"{'' if given else ' (or TUNED_LAUNCH)'}, per kernel {triton_mlstm.KERNEL_WARPS}", flush=True)
             warmup = max(args.warmup, args.first_warmup) if index == 0 else args.warmup
-            rows.append(measure(shape, args.chunk_size, block_v, warmup, args.rep, tfla))
-            tfla = tfla or rows[-1].pop("_tfla", None)
-            rows[-1].pop("_tfla", None)
+            row, tfla = measure(shape, args.chunk_size, block_v, warmup, args.rep, tfla)
+            rows.append(row)
             rows[-1]["kernel_warps"] = ",".join(f"{k}={v}" for k, v in triton_mlstm.KERNEL_WARPS.items())
             print(rows[-1], flush=True)
     triton_mlstm.LAUNCH, triton_mlstm.TUNED_LAUNCH = default_launch, tuned

@@ -102,9 +102,9 @@ class GumbelVectorQuantizer(nn.Module):
         weights = weights / weights.sum().clamp_min(1.0)
         prob_ppl = perplexity(torch.einsum("n,ngv->gv", weights, logits.softmax(dim=-1)))
         with torch.no_grad():  # the weighted count of every code's choices
-            flat = (hard_index + torch.arange(self.groups, device=x.device) * self.codes).reshape(-1)
             avg_hard = torch.zeros(self.num_codes, device=x.device).index_add_(
-                0, flat, weights.repeat_interleave(self.groups)).view(self.groups, self.codes)
+                0, _flat_codes(hard_index, self.codes).reshape(-1), weights.repeat_interleave(self.groups)
+            ).view(self.groups, self.codes)
             code_ppl = perplexity(avg_hard)
             in_use = (avg_hard > 0).float().mean()
         vectors = vectors.reshape(*lead, -1)
@@ -118,11 +118,15 @@ class GumbelVectorQuantizer(nn.Module):
         )
 
 
+def _flat_codes(index: torch.Tensor, codes: int) -> torch.Tensor:
+    """Code indices ``(N, G)`` per group to indices into all ``G * codes`` codes, ``(N, G)``."""
+    return index + torch.arange(index.shape[-1], device=index.device) * codes
+
+
 def _lookup(codevectors: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The chosen codevectors: ``codevectors`` ``(G, V, D/G)``, ``index`` ``(N, G)`` -> ``(N, G, D/G)``."""
     groups, codes, width = codevectors.shape
-    flat = index + torch.arange(groups, device=index.device) * codes
-    return codevectors.reshape(groups * codes, width)[flat]
+    return codevectors.reshape(groups * codes, width)[_flat_codes(index, codes)]
 
 
 class _StraightThroughLookup(torch.autograd.Function):
@@ -148,7 +152,6 @@ class _StraightThroughLookup(torch.autograd.Function):
         index, codevectors = ctx.saved_tensors
         groups, codes, width = codevectors.shape
         grad_soft = torch.einsum("ngd,gvd->ngv", grad, codevectors).to(ctx.soft_dtype)
-        flat = (index + torch.arange(groups, device=index.device) * codes).reshape(-1)
         grad_codevectors = torch.zeros(groups * codes, width, device=grad.device, dtype=grad.dtype).index_add_(
-            0, flat, grad.reshape(-1, width)).view(groups, codes, width)
+            0, _flat_codes(index, codes).reshape(-1), grad.reshape(-1, width)).view(groups, codes, width)
         return grad_soft, None, grad_codevectors
