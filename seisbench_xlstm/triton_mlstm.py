@@ -42,14 +42,16 @@ gates and q, k only through the numerator: the kernel gets no normaliser column 
 ``dm`` term and no arg-max routing; ``di_j = k_j . dk_j`` still holds, and the row sum of the gradient of ``a_t.``
 is ``dnum_t . num_t = dh_t . h_t``, so ``dF_t = dh_t . h_t - di_t``.
 
-Backward: one program per (batch*head, value block) loops over the chunks in reverse, carrying ``dC``, ``dn``
-(gradients of the stabilised states), and writes dk, dv and the input-gate term ``k_j . dk_j``. dq needs the state
-at a chunk's start, which the forward stored, and no state gradient: from 2 chunks on
-(:data:`SPLIT_BACKWARD_MIN_CHUNKS`) a kernel of its own computes it first, one program per (batch*head, value
-block, chunk), all chunks in parallel, recomputing the chunk's scores; with one chunk the loop does. Split, the
-sequential program holds no stored state next to ``dC`` (in one kernel both are 128 x 128 tiles per program at head
-dim 96: 255 registers and 386 spilled on an H200, against 282 split). With one value block dq, dk and that term
-are written in their final dtype; with several, as float32 parts per value block, summed afterwards.
+Backward, in two kernels. The state gradients: one program per (batch*head, value block) loops over the chunks in
+reverse with only the update of ``dC``, ``dn`` (gradients of the stabilised states) and stores them at the end of
+every chunk, as the forward stores the states (``dC`` in the input dtype: it too is used only as an operand of
+products in that dtype). Then the chunks: one program per (batch*head, value block, chunk), all in parallel, computes
+dq (from the state at the chunk's start), dk, dv (from the state gradient at its end) and the input-gate term
+``k_j . dk_j``, from one computation of the chunk's scores. With one chunk only the second kernel runs. The products
+and their order are those of the former single reverse loop (which carried ``dC`` and wrote dk, dv, and dq from 2
+chunks on in a third kernel that recomputed the scores), so the gradients are the same. With one value block dq, dk
+and the gate term are written in their final dtype; with several, as float32 parts per value block, summed
+afterwards.
 The per-step scalars (O(S) work; :mod:`seisbench_xlstm.triton_mlstm_scalars`, in PyTorch or in two Triton kernels)
 follow from these properties of the exact (autograd) gradient (the constant convention: see above):
 
@@ -221,6 +223,47 @@ if triton is not None:
             C, n, m_state = _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC)
             c += 1
 
+    @triton.jit
+    def _mlstm_fwd_states_kernel(
+        K, V, I, Fg, C_states, N_states, M_states, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        """The states (C, n, stabiliser) at the start of every chunk: one program per (batch*head, value block)
+        over the chunks in order, with only the state update per chunk (the first pass of the two-pass forward)."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        first = pid_v == 0
+        C, n, m_state = _zero_state(BD, BV)
+        c = pid_v * 0  # a Triton value (see the forward kernel)
+        while c < NC:
+            _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+            tl.store(M_states + pid_bh * NC + c, m_state, mask=first)
+            _t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+            k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
+            v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
+            ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+            C, n, m_state = _fwd_state_update(k, v, ig, fc, f_last, C, n, m_state, PREC)
+            c += 1
+
+    @triton.jit
+    def _mlstm_fwd_chunk_kernel(
+        Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states, M_states,
+        scale, eps, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        SAVE: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """The outputs of one chunk from the state at its start (the second pass of the two-pass forward): one
+        program per (batch*head, value block, chunk), all chunks in parallel."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        c = tl.program_id(2)
+        t, _qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                 D, DV, L)
+        ig, fc, _f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+        C, n = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        m_state = tl.load(M_states + pid_bh * NC + c)
+        h, m, ntil = _fwd_chunk_output(q, k, v, ig, fc, offs_l, C, n, m_state, scale, eps, PREC)
+        _fwd_store_output(H, M_out, N_out, h, m, ntil, pid_bh * S + t, v_off, mask_v, pid_v == 0, SAVE)
+
     # ---- backward: per-chunk math ----
 
     @triton.jit
@@ -257,10 +300,6 @@ if triton is not None:
             tl.dot(dnum, tl.trans(c_start.to(k.dtype)), input_precision=PREC) + dnt[:, None] * n_start[None, :])
 
     @triton.jit
-    def _bwd_store_dq(DQ, dq, pid_v, BHS, qk_off, mask_d, D: tl.constexpr):
-        tl.store(DQ + pid_v.to(tl.int64) * BHS * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
-
-    @triton.jit
     def _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC: tl.constexpr):
         """dk (float32, this value block's part) and dv of one chunk, given the state gradient (dC, dn) at its end."""
         DT = q.dtype
@@ -292,69 +331,63 @@ if triton is not None:
         tl.store(OUT + rows, tl.sum(a * b, axis=1), mask=rows < N)
 
     @triton.jit
-    def _mlstm_bwd_dq_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ,
-        scale, S, NC, BHS,
+    def _mlstm_bwd_states_kernel(
+        Q, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states,
+        scale, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         PREC: tl.constexpr,
     ):
-        """dq: one program per (batch*head, value block, chunk); the chunks are independent given the stored states
-        at their start. Writes this value block's part (see :func:`_mlstm_bwd_kernel`)."""
+        """The state gradients (dC, dn) at the end of every chunk: one program per (batch*head, value block) over
+        the chunks in reverse, with only the state-gradient update per chunk; stores them as the forward stores
+        the states (dC in the input dtype, dn by value block 0)."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
-        c = tl.program_id(2)
-        ncol = (pid_v == 0).to(tl.float32)
-        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                D, DV, L)
-        dnum, dnt, ig, fc, _f_last, m, m_prev, _m_last = _bwd_chunk_scalars(
-            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
-        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        _ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
-        dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
-        _bwd_store_dq(DQ, dq, pid_v, BHS, qk_off, mask_d, D)
+        first = pid_v == 0
+        ncol = first.to(tl.float32)
+        dC, dn, _unused = _zero_state(BD, BV)
+        c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
+        while c > 0:
+            _store_state(DC_states, DN_states, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+            t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+            q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
+            dnum, dnt, _ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
+                I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
+            dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
+            c -= 1
+        _store_state(DC_states, DN_states, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
 
     @triton.jit
-    def _mlstm_bwd_kernel(
-        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ, DK, DVout, DI,
+    def _mlstm_bwd_chunk_kernel(
+        Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DC_states, DN_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, WITH_DQ: tl.constexpr,
+        PREC: tl.constexpr, LATER: tl.constexpr,
     ):
-        """dk, dv and the input-gate term ``di_j = k_j . dk_j`` (and with ``WITH_DQ`` dq, else
-        :func:`_mlstm_bwd_dq_kernel` does): one program per (batch*head, value block) over all chunks in reverse,
-        carrying the state gradient. dq, dk and di are this value block's part: in their final dtype with one value
+        """dq, dk, dv and the input-gate term ``di_j = k_j . dk_j`` of one chunk: one program per (batch*head,
+        value block, chunk), all chunks in parallel, given the states at the chunks' start (from the forward) and
+        the state gradients at their end (from :func:`_mlstm_bwd_states_kernel`; ``LATER`` false: one chunk, no
+        later steps, none needed). dq, dk and di are this value block's part: in their final dtype with one value
         block, else float32 parts per value block, summed afterwards."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        c = tl.program_id(2)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
         part = pid_v.to(tl.int64) * BHS
-        dC, dn, _unused = _zero_state(BD, BV)
-        c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
-        while c >= 0:
-            t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                    D, DV, L)
-            dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
-                I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
-            ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
-            if WITH_DQ:
-                c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v,
-                                               D, DV)
-                dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
-                _bwd_store_dq(DQ, dq, pid_v, BHS, qk_off, mask_d, D)
-            dk, dv = _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC)
-            tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
-            tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
-            tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))
-            dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
-            c -= 1
-
-
-#: Chunks from which the backward pass runs dq in a kernel of its own, all chunks in parallel
-#: (:func:`_mlstm_bwd_dq_kernel`), instead of in the reverse loop. On an H200 (2026-11-30, forward+backward, bf16,
-#: ``benchmarks/results/triton_mlstm_variants.md``): 4.62 and 4.56 against 5.19 and 5.12 ms at 256x4x1024x96
-#: (16 chunks) in two runs; at the U-Net's shapes the differences were within those shapes' run-to-run spread. With
-#: one chunk a separate kernel can only add work (it recomputes the chunk's scores; 2.15 against 1.34 ms at
-#: 128x4x64x256 in one run, though that shape took 1.34 to 1.92 ms with the same code across runs).
-SPLIT_BACKWARD_MIN_CHUNKS = 2
+        t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
+                                                D, DV, L)
+        dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
+            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
+        ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
+        tl.store(DQ + part * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+        if LATER:
+            dC, dn = _load_state(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        else:
+            dC, dn, _unused = _zero_state(BD, BV)
+        dk, dv = _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC)
+        tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
+        tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+        tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))
 
 
 def _next_pow2(x: int) -> int:
@@ -375,6 +408,17 @@ def _default_block_v(dv: int, dqk: int) -> int:
     return 64
 
 
+#: Whether the forward runs in two passes from 2 chunks on, with gradients (training) and without (inference): first
+#: the states at every chunk's start, one program per (batch*head, value block) over the chunks in order with only
+#: the state update (:func:`_mlstm_fwd_states_kernel`), then the outputs, one program per (batch*head, value block,
+#: chunk), all chunks in parallel (:func:`_mlstm_fwd_chunk_kernel`); else in one pass, one program per (batch*head,
+#: value block) over the chunks in order (:func:`_mlstm_fwd_kernel`). The same products in the same order, so the
+#: same outputs. Training stores the states for the backward pass either way; without gradients the two-pass
+#: forward writes and reads them (``(batch*head, chunks, DHQK, DHHV)`` in the input dtype) in addition.
+TWO_PASS_FORWARD_WITH_GRAD = True
+TWO_PASS_FORWARD_NO_GRAD = False
+
+
 #: Launch settings of every kernel of this module. 8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4
 #: at every head dim and chunk size tried (static counts, not timings). ``benchmarks/triton_mlstm_speed.py --warps
 #: --stages`` times other settings side by side.
@@ -389,17 +433,15 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 
 
 #: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
-#: ``"backward_dq"``, ``"backward_loop"`` (:func:`_mlstm_fwd_kernel`, :func:`_mlstm_bwd_dq_kernel`,
-#: :func:`_mlstm_bwd_kernel`); a kernel not named here runs with those settings. At head dim 96 with 4 warps the
-#: forward spills 208 registers and the backward loop 282 on an H200 (``benchmarks/results/triton_mlstm_variants.md``;
-#: 8 warps cut the loop's stack frame from 1,128 to 368 bytes, ``triton_mlstm_registers.md``). The backward loop runs
-#: at 8 warps: forward+backward per call on an H200 (``benchmarks/triton_mlstm_speed.py --kernel-warps none
-#: backward_loop=8 forward=8,backward_loop=8``, 2026-11-30; ``triton_mlstm_speed.md``), against the tuned 4 warps in
-#: rows of the same run that the first-row effect of that script does not touch: 1.317 against 1.494 ms at
-#: 128x4x1024x64, 1.428 against 1.824 ms at 128x4x64x256; at 256x4x1024x96 4.44 against 4.52 ms (first row). 8 warps
-#: for the forward too were slower (1.87 and 1.84 ms at those two U-Net shapes).
-KERNEL_WARPS: dict[str, int] = {"backward_loop": 8}
-KERNELS = ("forward", "backward_dq", "backward_loop")
+#: ``"forward_states"``, ``"forward_chunks"``, ``"backward_states"``, ``"backward_chunks"`` (:func:`_mlstm_fwd_kernel`,
+#: :func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_fwd_chunk_kernel`, :func:`_mlstm_bwd_states_kernel`,
+#: :func:`_mlstm_bwd_chunk_kernel`); a kernel not named here runs with those settings. The chunk kernel runs at 8
+#: warps: with one chunk it does what the former reverse loop did, which was faster at 8 warps than at the tuned 4
+#: (forward+backward on an H200, ``benchmarks/triton_mlstm_speed.py``, 2026-11-30, ``triton_mlstm_speed.md``: 1.428
+#: against 1.824 ms at 128x4x64x256; 1.317 against 1.494 ms at 128x4x1024x64, 4.44 against 4.52 ms at
+#: 256x4x1024x96). 8 warps for the forward were slower (1.87 and 1.84 ms at those two U-Net shapes).
+KERNEL_WARPS: dict[str, int] = {"backward_chunks": 8}
+KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks")
 
 
 def _kernel_meta(meta: dict, kernel: str) -> dict:
@@ -451,16 +493,26 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         h = torch.empty_like(v)
         f32 = dict(dtype=torch.float32, device=q.device)
         m = ntil = c_states = n_states = h  # never written unless needed
+        two_pass = NC > 1 and (TWO_PASS_FORWARD_WITH_GRAD if save else TWO_PASS_FORWARD_NO_GRAD)
         if save:
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
+        if save or two_pass:
             # C in the input dtype: both passes use it only rounded to that dtype, as an operand of a product
             c_states = torch.empty(BH, NC, D, DV, dtype=q.dtype, device=q.device)
             n_states = torch.empty(BH, NC, D, **f32)
         nvb = triton.cdiv(DV, BV)
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(BD, BV))
-        _mlstm_fwd_kernel[(BH, nvb)](
-            q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save,
-            **_kernel_meta(meta, "forward"))
+        if two_pass:
+            m_states = torch.empty(BH, NC, **f32)
+            _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC,
+                                                **_kernel_meta(meta, "forward_states"))
+            _mlstm_fwd_chunk_kernel[(BH, nvb, NC)](
+                q, k, v, i, f, h, m, ntil, c_states, n_states, m_states, D**-0.5, eps, S, NC, SAVE=save,
+                **_kernel_meta(meta, "forward_chunks"))
+        else:
+            _mlstm_fwd_kernel[(BH, nvb)](
+                q, k, v, i, f, h, m, ntil, c_states, n_states, D**-0.5, eps, S, NC, SAVE=save,
+                **_kernel_meta(meta, "forward"))
         if save:
             ctx.save_for_backward(q, k, v, i, f, h, m, ntil, c_states, n_states)
             ctx.config = (eps, constant_normaliser, meta)
@@ -486,12 +538,16 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dk_part = torch.empty_like(dq_part)
         di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
-        args = (q, k, v, i, f, dh, m, den, dntil, c_states, n_states, dq_part)
-        split = NC >= SPLIT_BACKWARD_MIN_CHUNKS
-        if split:
-            _mlstm_bwd_dq_kernel[(BH, nvb, NC)](*args, D**-0.5, S, NC, BH * S, **_kernel_meta(meta, "backward_dq"))
-        _mlstm_bwd_kernel[(BH, nvb)](*args, dk_part, dv, di_part, D**-0.5, S, NC, BH * S, WITH_DQ=not split,
-                                     **_kernel_meta(meta, "backward_loop"))
+        scalars = (i, f, dh, m, den, dntil)
+        later = NC > 1
+        dc_states, dn_states = c_states, n_states  # not read with one chunk
+        if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
+            dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
+            _mlstm_bwd_states_kernel[(BH, nvb)](q, *scalars, dc_states, dn_states, D**-0.5, S, NC,
+                                                **_kernel_meta(meta, "backward_states"))
+        _mlstm_bwd_chunk_kernel[(BH, nvb, NC)](
+            q, k, v, *scalars, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv, di_part,
+            D**-0.5, S, NC, BH * S, LATER=later, **_kernel_meta(meta, "backward_chunks"))
         dq, dk = (dq_part[0], dk_part[0]) if nvb == 1 else (dq_part.sum(0), dk_part.sum(0))
         di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
         return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None

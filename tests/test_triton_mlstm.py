@@ -165,16 +165,22 @@ def half_precision_reference(inputs, grad, dtype, constant_normaliser):
 
 
 @pytest.mark.parametrize("block_v", [None, 16])
-def test_backward_with_dq_in_its_own_kernel_or_in_the_loop_agree(monkeypatch, block_v):
-    """dq from its own kernel over all chunks (from 2 chunks on) or from the reverse loop (one chunk): the same
-    products in the same order, so the same gradients, here on 4 chunks with one and with three value blocks."""
+def test_forward_in_one_or_two_passes_agree(monkeypatch, block_v):
+    """The two-pass forward (states first, then all chunks in parallel) and the one-pass loop compute the same
+    products in the same order: the same outputs and gradients, with and without gradients, on 4 chunks with one and
+    with three value blocks."""
     inputs, grad = make_inputs(1, 2, 64, 32, 48, "wide")
-    got = {}
-    for name, min_chunks in (("own kernel", 2), ("in the loop", 10**9)):
-        monkeypatch.setattr(triton_mlstm, "SPLIT_BACKWARD_MIN_CHUNKS", min_chunks)
-        got[name] = output_and_grads(kernel(16, block_v=block_v), inputs, grad)
-    for n, a, b in zip(NAMES, got["own kernel"], got["in the loop"]):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=n)
+    got, no_grad = {}, {}
+    for two_pass in (True, False):
+        monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_WITH_GRAD", two_pass)
+        monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_NO_GRAD", two_pass)
+        got[two_pass] = output_and_grads(kernel(16, block_v=block_v), inputs, grad)
+        with torch.no_grad():
+            no_grad[two_pass] = kernel(16, block_v=block_v)(*inputs)
+    for n, a, b in zip(NAMES, got[True], got[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+    torch.testing.assert_close(no_grad[True], no_grad[False], rtol=0, atol=0)
+    torch.testing.assert_close(no_grad[True], got[True][0], rtol=0, atol=0)
 
 
 def test_per_kernel_warps_leave_the_results_unchanged(monkeypatch):
@@ -182,13 +188,13 @@ def test_per_kernel_warps_leave_the_results_unchanged(monkeypatch):
     order may change); an unknown kernel name is refused."""
     inputs, grad = make_inputs(1, 2, 64, 32, 48, "normal")
     got = {}
-    for name, warps in (("library", {}), ("per kernel", {"forward": 2, "backward_dq": 2, "backward_loop": 2})):
+    for name, warps in (("library", {}), ("per kernel", dict.fromkeys(triton_mlstm.KERNELS, 2))):
         monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", warps)
         got[name] = output_and_grads(kernel(16), inputs, grad)
     errors = rel_errors(got["per kernel"], got["library"])
     assert max(errors.values()) < 1e-5, errors
     monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward": 8})
-    with pytest.raises(ValueError, match="must be among forward, backward_dq, backward_loop"):
+    with pytest.raises(ValueError, match="must be among forward, forward_states, forward_chunks, backward_states, backward_chunks"):
         kernel(16)(*inputs)
 
 
