@@ -24,10 +24,14 @@
 # two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed),
 # GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
-# "--kernel-warps none backward_loop=8 forward=8,backward_loop=8"), A_TESTS_K (pytest -k of lane A's tests: "not
+# "--kernel-warps none backward_chunks=4"), A_TESTS_K (pytest -k of lane A's tests: "not
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
-# PROFILE (1: lane B profiles recipe 1; 0: not), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not).
+# PROFILE (1: lane B profiles recipe 1; 0: not), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
+# (NAME=PATH words: lane A runs triton_mlstm_variants.py on these versions of the kernel module first and writes
+# $R/$VARIANTS_REPORT.md, default triton_mlstm_variants), AB_REV1 / AB_REV2 (lane B times recipe 1 / recipe 2 against
+# that revision with ab_revisions.sh, AB_ROUNDS / AB_ROUNDS2 rounds (2 / 1), rows in $R/ab_REV.md, instead of
+# pretrain_speed.py's settings; prepare the trees here first).
 # Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
 # pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
 # 125 s, the grid 262 s.
@@ -73,6 +77,13 @@ lane_a() {
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
   [ "${GRID:-1}" = 1 ] && step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
+  if [ -n "${VARIANTS:-}" ] && [ "$DRY" != 1 ]; then  # versions of the kernel module side by side
+    local variant_args=() v
+    for v in $VARIANTS; do variant_args+=(--variant "$v"); done
+    step A 120 $PY benchmarks/triton_mlstm_variants.py "${variant_args[@]}" --out-jsonl "$OUT/variants.jsonl"
+    step A 10 $PY benchmarks/triton_mlstm_variants.py --report "$OUT/variants.jsonl" \
+      --out "$R/${VARIANTS_REPORT:-triton_mlstm_variants}.md"
+  fi
   # shellcheck disable=SC2086  # SPEED_ARGS: several words
   [ "$DRY" = 1 ] || [ "${SPEED:-1}" = 0 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py ${SPEED_ARGS:-} \
     --out $R/triton_mlstm_speed.md
@@ -91,8 +102,15 @@ lane_b() {
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
   [ "${B_TESTS:-1}" = 1 ] && step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py \
     tests/test_backbones.py tests/test_pretrain_runner.py -k gpu
-  step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
-  step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
+  if [ -n "${AB_REV1:-}${AB_REV2:-}" ]; then  # A/B against earlier revisions (ab_revisions.sh), in turns
+    [ -n "${AB_REV1:-}" ] && step B 150 env OUT="$R" bash benchmarks/ab_revisions.sh run "$AB_REV1" "${AB_ROUNDS:-2}" \
+      --recipe masked "${r1[@]}"
+    [ -n "${AB_REV2:-}" ] && step B 150 env OUT="$R" bash benchmarks/ab_revisions.sh run "$AB_REV2" "${AB_ROUNDS2:-1}" \
+      --recipe contrastive "${r2[@]}"
+  else
+    step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
+    step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
+  fi
   [ "${PROFILE:-1}" = 1 ] && step B 80 $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" \
     --label "$LABEL, profiled" --profile "$OUT/profile"
 }

@@ -466,7 +466,7 @@ def main(argv=None):
                              "for each q/k/v form and padding; each label gets a suffix")
     parser.add_argument("--kernel-warps", nargs="+", default=None, metavar="KERNEL=WARPS[,KERNEL=WARPS]",
                         help="num_warps of single kernels of the own Triton kernel (seisbench_xlstm.triton_mlstm."
-                             "KERNEL_WARPS), e.g. none backward_loop=8, measured one after the other")
+                             "KERNEL_WARPS), e.g. none backward_chunks=4, measured one after the other")
     parser.add_argument("--tokens-per-group", type=int, nargs="+", default=None,
                         help="tokens per group of the projections' products on GPUs (seisbench_xlstm.bimlstm."
                              "GPU_TOKENS_PER_GROUP; 0: one product), measured one after the other")

@@ -12,7 +12,7 @@ times: a setting with fewer spills can still be slower.
         --shapes 256x4x1024x96 --out benchmarks/results/triton_mlstm_registers.md
 
 Shapes as ``triton_mlstm_speed.py`` (batch x heads x steps x head dim; only the head dim and the chunk matter
-here). ``--warps`` sets ``num_warps`` of all three mLSTM kernels; the library's defaults (``LAUNCH``,
+here). ``--warps`` sets ``num_warps`` of all the mLSTM kernels; the library's defaults (``LAUNCH``,
 ``TUNED_LAUNCH``, ``KERNEL_WARPS``) when not given.
 """
 
@@ -73,7 +73,7 @@ def compile_kernel(fn, signature: dict, constexprs: dict, warps: int, arch: int,
 
 
 def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | None, arch: int) -> list[dict]:
-    """The three mLSTM kernels at one call shape (head dims of q/k and v equal), as ``mlstm_chunkwise_triton``
+    """The mLSTM kernels the library launches for training at one call shape (head dims of q/k and v equal), as ``mlstm_chunkwise_triton``
     launches them in bf16."""
     import torch
 
@@ -88,18 +88,23 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     forward = dict(Q=bf, K=bf, V=bf, I=f32, Fg=f32, H=bf, M_out=f32, N_out=f32, C_states=bf, N_states=f32,
                    scale="fp32", eps="fp32", S="i32", NC="i32")
     part = bf if -(-head_dim // BV) == 1 else f32  # dq, dk: float32 parts with several value blocks
-    backward = dict(Q=bf, K=bf, V=bf, I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32, C_states=bf, N_states=f32,
-                    DQ=part)
-    split = ints["NC"] >= tm.SPLIT_BACKWARD_MIN_CHUNKS  # as the library: dq in a kernel of its own, or in the loop
+    scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
+    later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
+    two_pass = later and tm.TWO_PASS_FORWARD_WITH_GRAD
     kernels = [
+        ("forward_states", tm._mlstm_fwd_states_kernel, dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32,
+                                                              M_states=f32, S="i32", NC="i32"), {}),
+        ("forward_chunks", tm._mlstm_fwd_chunk_kernel, {**forward, "M_states": f32}, {"SAVE": True}),
         ("forward", tm._mlstm_fwd_kernel, forward, {"SAVE": True}),
-        ("backward_dq", tm._mlstm_bwd_dq_kernel, {**backward, "scale": "fp32", "S": "i32", "NC": "i32",
-                                                  "BHS": "i32"}, {}),
-        ("backward_loop", tm._mlstm_bwd_kernel, {**backward, "DK": part, "DVout": bf, "DI": f32, "scale": "fp32",
-                                                 "S": "i32", "NC": "i32", "BHS": "i32"}, {"WITH_DQ": not split}),
+        ("backward_states", tm._mlstm_bwd_states_kernel, dict(Q=bf, **scalars, DC_states=bf, DN_states=f32,
+                                                               scale="fp32", S="i32", NC="i32"), {}),
+        ("backward_chunks", tm._mlstm_bwd_chunk_kernel,
+         dict(Q=bf, K=bf, V=bf, **scalars, C_states=bf, N_states=f32, DC_states=bf, DN_states=f32, DQ=part,
+              DK=part, DVout=bf, DI=f32, scale="fp32", S="i32", NC="i32", BHS="i32"), {"LATER": later}),
     ]
-    if not split:
-        kernels.pop(1)
+    launched = {"forward_states": two_pass, "forward_chunks": two_pass, "forward": not two_pass,
+                "backward_states": later, "backward_chunks": True}
+    kernels = [k for k in kernels if launched[k[0]]]
     rows = []
     for name, fn, signature, extra in kernels:
         n_warps = warps or tm.KERNEL_WARPS.get(name, launch["num_warps"])

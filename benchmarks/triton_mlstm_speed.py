@@ -163,7 +163,8 @@ def main(argv=None):
     parser.add_argument("--stages", type=int, nargs="+", default=[None], help="num_stages, the same way")
     parser.add_argument("--kernel-warps", nargs="+", default=[None], metavar="KERNEL=WARPS[,KERNEL=WARPS]",
                         help="num_warps of single kernels (seisbench_xlstm.triton_mlstm.KERNEL_WARPS; kernels "
-                             "forward, backward_dq, backward_loop), e.g. backward_loop=8 forward=8,backward_loop=8 "
+                             "forward, forward_states, forward_chunks, backward_states, backward_chunks), e.g. "
+                             "backward_chunks=4 forward_states=4,backward_states=4 "
                              "(several: each is measured; 'none' for the library's)")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")

@@ -8,8 +8,9 @@ Run on a CUDA machine, with earlier versions of ``seisbench_xlstm/triton_mlstm.p
         --variant now=seisbench_xlstm/triton_mlstm.py > run.jsonl
     python benchmarks/triton_mlstm_variants.py --report run.jsonl --out benchmarks/results/triton_mlstm_variants.md
 
-The first form prints one JSON line per (shape, variant) and one per shape with the largest absolute difference of
-the output and the five input gradients between the first and the last variant (0.0: the same values). Each setting
+The first form prints one JSON line per (shape, variant) and one per (shape, variant after the first) with the
+largest absolute difference of the output and the five input gradients against the first variant (0.0: the same
+values). Each setting
 of ``--llvm-opt`` runs in a process of its own, because Triton reads ``DISABLE_LLVM_OPT`` when it compiles a kernel
 (``off``: ``DISABLE_LLVM_OPT=1``, as the library compiles). The second form writes the Markdown and CSV report of
 saved JSON lines (several files: one run each, in order).
@@ -37,12 +38,17 @@ from common import MLSTM_CALL_SHAPES, REPO, forward_backward, random_mlstm_input
 sys.path.insert(0, str(REPO))
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-KERNELS = ("_mlstm_fwd_kernel", "_mlstm_bwd_kernel", "_mlstm_bwd_dq_kernel")
+#: every kernel any version had (a version lacking one leaves its column empty)
+KERNELS = ("_mlstm_fwd_kernel", "_mlstm_fwd_states_kernel", "_mlstm_fwd_chunk_kernel", "_mlstm_bwd_kernel",
+           "_mlstm_bwd_dq_kernel", "_mlstm_bwd_states_kernel", "_mlstm_bwd_chunk_kernel")
 FIELDS = ["run", "llvm_opt", "shape", "variant", "fwd_ms", "fwbw_ms"] + [f"{k.strip('_')}_regs_spills" for k in KERNELS]
 
 
 def load_module(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(f"triton_mlstm_variant_{name}", path)
+    """The module at ``path`` as a module of the ``seisbench_xlstm`` package (its relative imports resolve there)."""
+    importlib.import_module("seisbench_xlstm")  # the parent package
+
+    spec = importlib.util.spec_from_file_location(f"seisbench_xlstm._triton_mlstm_variant_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -60,31 +66,41 @@ def compiled(module, kernel: str) -> dict:
     return found
 
 
-def measure(variants: dict, llvm_opt: str):
+def measure(variants: dict, llvm_opt: str, first_warmup: int = 500, jsonl: Path | None = None):
+    def emit(record):  # a JSON line on stdout and, with jsonl, appended to that file
+        print(json.dumps(record), flush=True)
+        if jsonl is not None:
+            with open(jsonl, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
     import torch
     import triton
 
     modules = {name: load_module(name, path) for name, path in variants.items()}
     for shape in MLSTM_CALL_SHAPES:
         outputs = {}
-        for name, module in modules.items():
+        for index, (name, module) in enumerate(modules.items()):
             inputs, grad = random_mlstm_inputs(shape)
 
             def fn(*x, module=module):
                 return module.mlstm_chunkwise_triton(*x, chunk_size=64, eps=1e-6)
 
             outputs[name] = [t.cpu() for t in forward_backward(fn, inputs, grad)]
-            fwbw = triton.testing.do_bench(lambda: forward_backward(fn, inputs, grad), warmup=50, rep=300)
+            # the first version of a shape warms the GPU up longer (later rows were faster with the same code)
+            warmup = max(50, first_warmup) if index == 0 else 50
+            fwbw = triton.testing.do_bench(lambda: forward_backward(fn, inputs, grad), warmup=warmup, rep=300)
             with torch.no_grad():
                 fwd = triton.testing.do_bench(lambda: fn(*inputs), warmup=50, rep=300)
             row = {"llvm_opt": llvm_opt, "shape": "x".join(map(str, shape)), "variant": name,
                    "fwd_ms": round(fwd, 3), "fwbw_ms": round(fwbw, 3)}
             row.update({f"{k.strip('_')}_regs_spills": compiled(module, k) for k in KERNELS})
-            print(json.dumps(row), flush=True)
-        first, last = outputs[next(iter(modules))], outputs[name]
-        diffs = {n: float((a.float() - b.float()).abs().max()) for n, a, b in zip(NAMES, first, last)}
-        print(json.dumps({"llvm_opt": llvm_opt, "shape": "x".join(map(str, shape)),
-                          "max_abs_diff_first_vs_last": diffs}), flush=True)
+            emit(row)
+        first = next(iter(modules))
+        for name in list(modules)[1:]:
+            diffs = {n: float((a.float() - b.float()).abs().max()) for n, a, b in zip(NAMES, outputs[first],
+                                                                                     outputs[name])}
+            emit({"llvm_opt": llvm_opt, "shape": "x".join(map(str, shape)), "variant": name,
+                  f"max_abs_diff_vs_{first}": diffs})
 
 
 def report(files: list[str], out: Path):
@@ -112,7 +128,7 @@ def report(files: list[str], out: Path):
         "by side in one process per run and LLVM setting; median ms of a forward and of forward+backward at chunk 64, "
         "bf16; `*_regs_spills`: registers per thread / spilled registers of each kernel as compiled for that shape "
         "(empty: the kernel does not exist in that version or did not run). Largest absolute difference of output "
-        f"and gradients between the first and the last variant of each shape and run: {max(agreement, default=0.0)}."
+        f"and gradients between the first variant and every other of each shape and run: {max(agreement, default=0.0)}."
     )
     lines = ["# Triton mLSTM versions side by side", "", description, "",
              "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
@@ -131,6 +147,9 @@ def main(argv=None):
     parser.add_argument("--llvm-opt", choices=["off", "on", "both"], default="off")
     parser.add_argument("--report", nargs="+", metavar="JSONL", help="write the report of saved JSON lines")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "triton_mlstm_variants.md")
+    parser.add_argument("--first-warmup", type=int, default=500,
+                        help="ms of warm-up before timing the first version of each shape (later ones: 50)")
+    parser.add_argument("--out-jsonl", type=Path, help="also append the JSON lines to this file")
     parser.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.report:
@@ -139,11 +158,12 @@ def main(argv=None):
     if not variants:
         parser.error("give at least one --variant NAME=PATH, or --report")
     if args.child:
-        return measure(variants, args.child)
+        return measure(variants, args.child, args.first_warmup, args.out_jsonl)
     for setting in (["off", "on"] if args.llvm_opt == "both" else [args.llvm_opt]):
         env = dict(os.environ, DISABLE_LLVM_OPT="1" if setting == "off" else "0")
         subprocess.run([sys.executable, __file__, *sum((["--variant", v] for v in args.variant), []),
-                        "--child", setting], env=env, check=True)
+                        "--first-warmup", str(args.first_warmup), "--child", setting,
+                        *(["--out-jsonl", str(args.out_jsonl)] if args.out_jsonl else [])], env=env, check=True)
 
 
 if __name__ == "__main__":

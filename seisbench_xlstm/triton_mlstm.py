@@ -435,12 +435,13 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 #: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
 #: ``"forward_states"``, ``"forward_chunks"``, ``"backward_states"``, ``"backward_chunks"`` (:func:`_mlstm_fwd_kernel`,
 #: :func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_fwd_chunk_kernel`, :func:`_mlstm_bwd_states_kernel`,
-#: :func:`_mlstm_bwd_chunk_kernel`); a kernel not named here runs with those settings. The chunk kernel runs at 8
-#: warps: with one chunk it does what the former reverse loop did, which was faster at 8 warps than at the tuned 4
-#: (forward+backward on an H200, ``benchmarks/triton_mlstm_speed.py``, 2026-11-30, ``triton_mlstm_speed.md``: 1.428
-#: against 1.824 ms at 128x4x64x256; 1.317 against 1.494 ms at 128x4x1024x64, 4.44 against 4.52 ms at
-#: 256x4x1024x96). 8 warps for the forward were slower (1.87 and 1.84 ms at those two U-Net shapes).
-KERNEL_WARPS: dict[str, int] = {"backward_chunks": 8}
+#: :func:`_mlstm_bwd_chunk_kernel`); a kernel not named here runs with those settings. The two state passes and the
+#: backward's chunk kernel run at 8 warps: compiled for an H200 (sm_90, bf16, ``benchmarks/triton_mlstm_registers.py``,
+#: static counts, not times) at head dim 96 they spill 424 and 704 bytes at 4 warps and none at 8, and the chunk
+#: kernel 492 bytes at 4 and 284 at 8. With one chunk the chunk kernel does what the former reverse loop did, which
+#: was faster at 8 warps (forward+backward on an H200, 2026-11-30, ``triton_mlstm_speed.md``: 1.428 against 1.824 ms
+#: at 128x4x64x256). 8 warps for the one-pass forward were slower (1.87 and 1.84 ms at two U-Net shapes).
+KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8}
 KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks")
 
 
