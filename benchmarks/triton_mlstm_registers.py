@@ -90,7 +90,7 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     part = bf if -(-head_dim // BV) == 1 else f32  # dq, dk: float32 parts with several value blocks
     scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
     later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
-    two_pass = later and tm.TWO_PASS_FORWARD_WITH_GRAD
+    two_pass = later and BD * BV >= tm.TWO_PASS_FORWARD_MIN_STATE
     kernels = [
         ("forward_states", tm._mlstm_fwd_states_kernel, dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32,
                                                               M_states=f32, S="i32", NC="i32"), {}),
@@ -107,7 +107,7 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     kernels = [k for k in kernels if launched[k[0]]]
     rows = []
     for name, fn, signature, extra in kernels:
-        n_warps = warps or tm.KERNEL_WARPS.get(name, launch["num_warps"])
+        n_warps = warps or tm._kernel_meta({**launch, "BD": BD, "BV": BV}, name)["num_warps"]
         rows.append({"kernel": name, "warps": n_warps, "block_v": BV,
                      **compile_kernel(fn, signature, {**constexprs, **extra}, n_warps, arch,
                                       {k: v for k, v in ints.items() if k in signature})})

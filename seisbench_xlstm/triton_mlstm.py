@@ -408,15 +408,20 @@ def _default_block_v(dv: int, dqk: int) -> int:
     return 64
 
 
-#: Whether the forward runs in two passes from 2 chunks on, with gradients (training) and without (inference): first
-#: the states at every chunk's start, one program per (batch*head, value block) over the chunks in order with only
-#: the state update (:func:`_mlstm_fwd_states_kernel`), then the outputs, one program per (batch*head, value block,
-#: chunk), all chunks in parallel (:func:`_mlstm_fwd_chunk_kernel`); else in one pass, one program per (batch*head,
-#: value block) over the chunks in order (:func:`_mlstm_fwd_kernel`). The same products in the same order, so the
-#: same outputs. Training stores the states for the backward pass either way; without gradients the two-pass
-#: forward writes and reads them (``(batch*head, chunks, DHQK, DHHV)`` in the input dtype) in addition.
-TWO_PASS_FORWARD_WITH_GRAD = True
-TWO_PASS_FORWARD_NO_GRAD = False
+#: The forward runs in two passes (from 2 chunks on) where a program's state tile (padded head dim x value columns,
+#: :func:`_tiles`) has at least this many elements: first the states at every chunk's start, one program per
+#: (batch*head, value block) over the chunks in order with only the state update (:func:`_mlstm_fwd_states_kernel`),
+#: then the outputs, one program per (batch*head, value block, chunk), all chunks in parallel
+#: (:func:`_mlstm_fwd_chunk_kernel`). Smaller tiles run in one pass, one program per (batch*head, value block) over
+#: the chunks in order (:func:`_mlstm_fwd_kernel`). The same products in the same order (on GPUs up to the
+#: rounding of the compiled products: 1 bf16 unit in the last place of h). Training stores the states for the
+#: backward pass either way; without gradients the two passes write and read them (``(batch*head, chunks, DHQK,
+#: DHHV)`` in the input dtype) in addition. On an H200 (``benchmarks/triton_mlstm_variants.py``, 2026-11-30, fifth
+#: session, ``benchmarks/results/triton_mlstm_two_pass.md``), two passes against one: at 256x4x1024x96 (128 x 128
+#: tiles, where the one-pass program spills 208 registers) forward 1.26 against 1.54 ms, forward+backward 4.51
+#: against 4.79 ms; at 128x4x256x128 (128 x 64) forward 0.335 against 0.348 ms; at 128x4x1024x64 (64 x 64, no
+#: spills) forward 0.294 against 0.271 ms, forward+backward 1.098 against 1.075 ms.
+TWO_PASS_FORWARD_MIN_STATE = 128 * 64
 
 
 #: Launch settings of every kernel of this module. 8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4
@@ -435,21 +440,34 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 #: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
 #: ``"forward_states"``, ``"forward_chunks"``, ``"backward_states"``, ``"backward_chunks"`` (:func:`_mlstm_fwd_kernel`,
 #: :func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_fwd_chunk_kernel`, :func:`_mlstm_bwd_states_kernel`,
-#: :func:`_mlstm_bwd_chunk_kernel`); a kernel not named here runs with those settings. The two state passes and the
-#: backward's chunk kernel run at 8 warps: compiled for an H200 (sm_90, bf16, ``benchmarks/triton_mlstm_registers.py``,
-#: static counts, not times) at head dim 96 they spill 424 and 704 bytes at 4 warps and none at 8, and the chunk
-#: kernel 492 bytes at 4 and 284 at 8. With one chunk the chunk kernel does what the former reverse loop did, which
-#: was faster at 8 warps (forward+backward on an H200, 2026-11-30, ``triton_mlstm_speed.md``: 1.428 against 1.824 ms
-#: at 128x4x64x256). 8 warps for the one-pass forward were slower (1.87 and 1.84 ms at two U-Net shapes).
-KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8}
+#: :func:`_mlstm_bwd_chunk_kernel`), for all tiles or, with ``@BDxBV`` (the padded head dim and the value columns of
+#: :func:`_tiles`), for those tiles only (which wins); a kernel not named here runs with those settings.
+#:
+#: - The two state passes at 8 warps: compiled for an H200 (sm_90, bf16, ``benchmarks/triton_mlstm_registers.py``,
+#:   static counts, not times) at head dim 96 they spill 424 and 704 bytes at 4 warps and none at 8.
+#: - The backward's chunk kernel at 8 warps, except at the tiles of head dim 96 (128 x 128), where 4 warps were
+#:   faster: forward+backward on an H200 (``benchmarks/triton_mlstm_variants.py``, 2026-11-30, fifth session,
+#:   ``benchmarks/results/triton_mlstm_two_pass.md``) 3.56 against 4.51 ms at 256x4x1024x96, though ptxas spills
+#:   124 registers there at 4 warps and 72 at 8; at 128x4x1024x64 8 warps were faster (1.10 against 1.24 ms). With
+#:   one chunk the kernel does what the former reverse loop did, which was faster at 8 warps (1.428 against 1.824 ms
+#:   at 128x4x64x256, ``triton_mlstm_speed.md`` of 2026-11-30).
+#: - 8 warps for the one-pass forward were slower (1.87 and 1.84 ms at two U-Net shapes, same source).
+KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8,
+                                "backward_chunks@128x128": 4}
 KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks")
 
 
 def _kernel_meta(meta: dict, kernel: str) -> dict:
-    """The launch metadata ``meta`` with ``num_warps`` of :data:`KERNEL_WARPS` for ``kernel``, if it has one."""
-    if kernel not in KERNELS or any(k not in KERNELS for k in KERNEL_WARPS):
-        raise ValueError(f"KERNEL_WARPS keys must be among {', '.join(KERNELS)}; got {sorted(KERNEL_WARPS)}")
-    return {**meta, "num_warps": KERNEL_WARPS[kernel]} if kernel in KERNEL_WARPS else meta
+    """The launch metadata ``meta`` with ``num_warps`` of :data:`KERNEL_WARPS` for ``kernel`` at the tiles of
+    ``meta`` (``"kernel@BDxBV"``), else for ``kernel``, if it has one."""
+    names = {key.split("@")[0] for key in KERNEL_WARPS}
+    if kernel not in KERNELS or not names <= set(KERNELS):
+        raise ValueError(f"KERNEL_WARPS keys must be among {', '.join(KERNELS)} (each optionally with @BDxBV); "
+                         f"got {sorted(KERNEL_WARPS)}")
+    for key in (f"{kernel}@{meta['BD']}x{meta['BV']}", kernel):
+        if key in KERNEL_WARPS:
+            return {**meta, "num_warps": KERNEL_WARPS[key]}
+    return meta
 
 
 def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
@@ -494,7 +512,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         h = torch.empty_like(v)
         f32 = dict(dtype=torch.float32, device=q.device)
         m = ntil = c_states = n_states = h  # never written unless needed
-        two_pass = NC > 1 and (TWO_PASS_FORWARD_WITH_GRAD if save else TWO_PASS_FORWARD_NO_GRAD)
+        two_pass = NC > 1 and BD * BV >= TWO_PASS_FORWARD_MIN_STATE
         if save:
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
         if save or two_pass:

@@ -46,6 +46,8 @@ from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton  # noqa: E402
 EPS = 1e-6
 exact_reference = get_mlstm_kernel("parallel--native_autograd")
 CONVENTIONS = {"exact": False, "constant": True}  # test id: constant_normaliser
+#: triton_mlstm.TWO_PASS_FORWARD_MIN_STATE that makes every forward of 2 chunks or more run in two passes or in one
+FORWARDS = {"two passes": 0, "one pass": 10**9}
 
 
 def reference(*x, constant_normaliser=False):
@@ -111,10 +113,12 @@ def float32_reference_and_tolerance(inputs, grad, constant_normaliser=False):
     return exact, {n: max(1e-4, 8 * e) for n, e in e_ref.items()}
 
 
+@pytest.mark.parametrize("forward", list(FORWARDS))
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
 @pytest.mark.parametrize("gates", list(GATES))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(x) for x in s))
-def test_matches_parallel_reference_float32(shape, gates, convention):
+def test_matches_parallel_reference_float32(monkeypatch, shape, gates, convention, forward):
+    monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_MIN_STATE", FORWARDS[forward])
     b, nh, s, dqk, dv, chunk, block_v = shape
     const = CONVENTIONS[convention]
     inputs, grad = make_inputs(b, nh, s, dqk, dv, gates)
@@ -167,20 +171,30 @@ def half_precision_reference(inputs, grad, dtype, constant_normaliser):
 @pytest.mark.parametrize("block_v", [None, 16])
 def test_forward_in_one_or_two_passes_agree(monkeypatch, block_v):
     """The two-pass forward (states first, then all chunks in parallel) and the one-pass loop compute the same
-    products in the same order: the same outputs and gradients, with and without gradients, on 4 chunks with one and
-    with three value blocks."""
+    products in the same order: the same outputs and gradients (here bitwise; on a GPU up to the rounding of the
+    compiled products), with and without gradients, on 4 chunks with one and with three value blocks."""
     inputs, grad = make_inputs(1, 2, 64, 32, 48, "wide")
     got, no_grad = {}, {}
-    for two_pass in (True, False):
-        monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_WITH_GRAD", two_pass)
-        monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_NO_GRAD", two_pass)
-        got[two_pass] = output_and_grads(kernel(16, block_v=block_v), inputs, grad)
+    for forward, min_state in FORWARDS.items():
+        monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_MIN_STATE", min_state)
+        got[forward] = output_and_grads(kernel(16, block_v=block_v), inputs, grad)
         with torch.no_grad():
-            no_grad[two_pass] = kernel(16, block_v=block_v)(*inputs)
-    for n, a, b in zip(NAMES, got[True], got[False]):
+            no_grad[forward] = kernel(16, block_v=block_v)(*inputs)
+    for n, a, b in zip(NAMES, got["two passes"], got["one pass"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
-    torch.testing.assert_close(no_grad[True], no_grad[False], rtol=0, atol=0)
-    torch.testing.assert_close(no_grad[True], got[True][0], rtol=0, atol=0)
+    torch.testing.assert_close(no_grad["two passes"], no_grad["one pass"], rtol=0, atol=0)
+    torch.testing.assert_close(no_grad["two passes"], got["two passes"][0], rtol=0, atol=0)
+
+
+def test_kernel_warps_of_a_tile_win_over_those_of_the_kernel(monkeypatch):
+    monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward_chunks": 8, "backward_chunks@128x128": 4})
+    meta = {"BD": 128, "BV": 128, "num_warps": 2}
+    assert triton_mlstm._kernel_meta(meta, "backward_chunks")["num_warps"] == 4
+    assert triton_mlstm._kernel_meta({**meta, "BV": 64}, "backward_chunks")["num_warps"] == 8
+    assert triton_mlstm._kernel_meta(meta, "forward")["num_warps"] == 2
+    monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward@128x128": 4})
+    with pytest.raises(ValueError, match="optionally with @BDxBV"):
+        triton_mlstm._kernel_meta(meta, "forward")
 
 
 def test_per_kernel_warps_leave_the_results_unchanged(monkeypatch):
@@ -188,7 +202,8 @@ def test_per_kernel_warps_leave_the_results_unchanged(monkeypatch):
     order may change); an unknown kernel name is refused."""
     inputs, grad = make_inputs(1, 2, 64, 32, 48, "normal")
     got = {}
-    for name, warps in (("library", {}), ("per kernel", dict.fromkeys(triton_mlstm.KERNELS, 2))):
+    per_kernel = {**dict.fromkeys(triton_mlstm.KERNELS, 2), "backward_chunks@32x64": 4}
+    for name, warps in (("library", {}), ("per kernel", per_kernel)):
         monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", warps)
         got[name] = output_and_grads(kernel(16), inputs, grad)
     errors = rel_errors(got["per kernel"], got["library"])
