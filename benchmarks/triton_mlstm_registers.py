@@ -91,14 +91,13 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
     later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
     two_pass = later and BD * BV >= tm.TWO_PASS_FORWARD_MIN_STATE
-    state_tiles = {"BV": min(BV, tm.STATE_BLOCK_V) if tm.STATE_BLOCK_V else BV}  # as tm._state_launch
     kernels = [
         ("forward_states", tm._mlstm_fwd_states_kernel, dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32,
-                                                              M_states=f32, S="i32", NC="i32"), state_tiles),
+                                                              M_states=f32, S="i32", NC="i32"), {}),
         ("forward_chunks", tm._mlstm_fwd_chunk_kernel, {**forward, "M_states": f32}, {"SAVE": True}),
         ("forward", tm._mlstm_fwd_kernel, forward, {"SAVE": True}),
         ("backward_states", tm._mlstm_bwd_states_kernel, dict(Q=bf, **scalars, DC_states=bf, DN_states=f32,
-                                                               scale="fp32", S="i32", NC="i32"), state_tiles),
+                                                               scale="fp32", S="i32", NC="i32"), {}),
         ("backward_chunks", tm._mlstm_bwd_chunk_kernel,
          dict(Q=bf, K=bf, V=bf, **scalars, C_states=bf, N_states=f32, DC_states=bf, DN_states=f32, DQ=part,
               DK=part, DVout=bf, DI=f32, scale="fp32", S="i32", NC="i32", BHS="i32"), {"LATER": later}),
@@ -108,10 +107,9 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     kernels = [k for k in kernels if launched[k[0]]]
     rows = []
     for name, fn, signature, extra in kernels:
-        tiles = {**constexprs, **extra}
-        n_warps = warps or tm._kernel_meta({**launch, **tiles}, name)["num_warps"]
-        rows.append({"kernel": name, "warps": n_warps, "block_v": tiles["BV"],
-                     **compile_kernel(fn, signature, tiles, n_warps, arch,
+        n_warps = warps or tm._kernel_meta({**launch, "BD": BD, "BV": BV}, name)["num_warps"]
+        rows.append({"kernel": name, "warps": n_warps, "block_v": BV,
+                     **compile_kernel(fn, signature, {**constexprs, **extra}, n_warps, arch,
                                       {k: v for k, v in ints.items() if k in signature})})
     return rows
 

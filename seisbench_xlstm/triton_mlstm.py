@@ -424,15 +424,6 @@ def _default_block_v(dv: int, dqk: int) -> int:
 TWO_PASS_FORWARD_MIN_STATE = 128 * 64
 
 
-#: Value columns per program of the two state passes (:func:`_mlstm_fwd_states_kernel`,
-#: :func:`_mlstm_bwd_states_kernel`), at most; None: those of the chunk kernels (:func:`_default_block_v`). Unlike the
-#: chunk kernels, whose value blocks each recompute the chunk's q.k^T, a state pass splits its value columns at no
-#: extra work (each block updates its own columns of the state; the vector state is value block 0's): smaller blocks
-#: give more programs (the passes are sequential over the chunks, with one program per sequence and value block) and
-#: fewer registers each.
-STATE_BLOCK_V: int | None = 64
-
-
 #: Launch settings of every kernel of this module. 8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4
 #: at every head dim and chunk size tried (static counts, not timings). ``benchmarks/triton_mlstm_speed.py --warps
 #: --stages`` times other settings side by side.
@@ -484,13 +475,6 @@ def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
     return max(16, _next_pow2(dqk)), block_v or _default_block_v(dv, dqk)
 
 
-def _state_launch(BH: int, DV: int, meta: dict, kernel: str) -> tuple[tuple[int, int], dict]:
-    """Grid and launch metadata of a state pass (``kernel``): the chunk kernels' ``meta`` with value blocks of at
-    most :data:`STATE_BLOCK_V` columns."""
-    BV = min(meta["BV"], STATE_BLOCK_V) if STATE_BLOCK_V else meta["BV"]
-    return (BH, triton.cdiv(DV, BV)), _kernel_meta({**meta, "BV": BV}, kernel)
-
-
 def _launch_config(BD: int, BV: int) -> dict:
     return dict(TUNED_LAUNCH.get((BD, BV), LAUNCH))
 
@@ -539,8 +523,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
-            grid, state_meta = _state_launch(BH, DV, meta, "forward_states")
-            _mlstm_fwd_states_kernel[grid](k, v, i, f, c_states, n_states, m_states, S, NC, **state_meta)
+            _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC,
+                                                **_kernel_meta(meta, "forward_states"))
             _mlstm_fwd_chunk_kernel[(BH, nvb, NC)](
                 q, k, v, i, f, h, m, ntil, c_states, n_states, m_states, D**-0.5, eps, S, NC, SAVE=save,
                 **_kernel_meta(meta, "forward_chunks"))
@@ -578,8 +562,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dc_states, dn_states = c_states, n_states  # not read with one chunk
         if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            grid, state_meta = _state_launch(BH, DV, meta, "backward_states")
-            _mlstm_bwd_states_kernel[grid](q, *scalars, dc_states, dn_states, D**-0.5, S, NC, **state_meta)
+            _mlstm_bwd_states_kernel[(BH, nvb)](q, *scalars, dc_states, dn_states, D**-0.5, S, NC,
+                                                **_kernel_meta(meta, "backward_states"))
         _mlstm_bwd_chunk_kernel[(BH, nvb, NC)](
             q, k, v, *scalars, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv, di_part,
             D**-0.5, S, NC, BH * S, LATER=later, **_kernel_meta(meta, "backward_chunks"))

@@ -186,21 +186,6 @@ def test_forward_in_one_or_two_passes_agree(monkeypatch, block_v):
     torch.testing.assert_close(no_grad["two passes"], got["two passes"][0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("state_block_v", [16, 32])
-def test_state_passes_in_smaller_value_blocks_agree(monkeypatch, state_block_v):
-    """The state passes split their value columns at no extra work: the same states and state gradients, so the
-    same outputs and gradients as with the chunk kernels' value blocks (64 columns here), in two-pass forwards, up to
-    the summation order of products of other shapes."""
-    inputs, grad = make_inputs(1, 2, 64, 32, 48, "wide")
-    monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_MIN_STATE", FORWARDS["two passes"])
-    got = {}
-    for blocks in (None, state_block_v):
-        monkeypatch.setattr(triton_mlstm, "STATE_BLOCK_V", blocks)
-        got[blocks] = output_and_grads(kernel(16), inputs, grad)
-    errors = rel_errors(got[state_block_v], got[None])
-    assert max(errors.values()) < 1e-6, errors  # float32 products of other shapes: other summation orders
-
-
 def test_kernel_warps_of_a_tile_win_over_those_of_the_kernel(monkeypatch):
     monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward_chunks": 8, "backward_chunks@128x128": 4})
     meta = {"BD": 128, "BV": 128, "num_warps": 2}
