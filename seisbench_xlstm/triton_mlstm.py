@@ -16,22 +16,19 @@ recurrence ``m_t = max(m_{t-1} + lsf_t, i_t)`` with ``m_{-1} = -inf`` (as the pa
 ``mlstm_kernels``' chunkwise kernels start from ``m = 0`` instead, which changes outputs by at most ``eps`` relative
 because ``max(|Y|, 1) >= 1``).
 
-Design. Forward: one program per (batch*head, block of ``block_v`` value columns) loops over the chunks of ``L``
-steps in order, carrying the state ``C`` (DHQK x block_v), ``n`` (DHQK) in float32 and the scalar stabiliser in
-registers; ``C`` and ``n`` are stabilised by ``m`` of the chunk's last step. Per chunk it computes the gated,
-stabilised L x L intra-chunk product and the inter-chunk part ``q C``. Gate preprocessing (log-sigmoid, cumulative
-sums inside the chunk, stabiliser) happens in the kernel. When gradients are needed it stores ``C``/``n`` at the
-start of every chunk ((S/L) x DHQK x DHHV per sequence), ``m_t`` and ``n~_t``. ``C`` is stored in the input dtype:
-both passes use the state only as an operand of a product in that dtype (``q C`` forward, ``dnum C^T`` backward), so
-storing it rounded gives the same values as rounding it after a float32 load, at half the memory and traffic in
-bf16 (and registers in the backward program, which holds the state gradient ``dC`` in float32 too); ``n`` stays
-float32.
-
-One schedule: the parallelism is (batch*head) x value blocks, which fills the GPU at the
-backbones' training and annotate batches and not for a few long sequences (there :mod:`seisbench_xlstm.kernels` keeps
-TFLA). A two-phase schedule (chunk-start states first, then all chunks in parallel) was tried and removed on
-2026-11-30: slower than this one at every shape timed on an H200, and it faulted (illegal memory access) at head
-dim 256 in bf16 (``benchmarks/results/triton_mlstm_speed.md``).
+Design. The state ``C`` (DHQK x block_v), ``n`` (DHQK) and the scalar stabiliser are carried in float32 over the
+chunks of ``L`` steps, stabilised by ``m`` of each chunk's last step; per chunk the output is the gated, stabilised
+L x L intra-chunk product plus the inter-chunk part ``q C``; gate preprocessing (log-sigmoid, cumulative sums inside
+the chunk, stabiliser) happens in the kernels. The forward runs in one pass (one program per (batch*head, value
+block) loops over the chunks in order) or, where a program's state tile is large (:data:`TWO_PASS_FORWARD_MIN_STATE`),
+in two: a state pass (the same loop with only the state update) stores the states at every chunk's start, then one
+program per (batch*head, value block, chunk) computes all chunks in parallel. With gradients the states at the
+chunks' starts ((S/L) x DHQK x DHHV per sequence), ``m_t`` and ``n~_t`` are kept for the backward pass. ``C`` is
+stored in the input dtype: both passes use it only as an operand of a product in that dtype (``q C`` forward,
+``dnum C^T`` backward), so storing it rounded gives the same values as rounding it after a float32 load; ``n`` stays
+float32. The parallelism is (batch*head) x value blocks (x chunks in the parallel passes), which fills the GPU at the
+backbones' training and annotate batches and not for a few long sequences (there :mod:`seisbench_xlstm.kernels`
+keeps TFLA).
 
 Two gradient conventions (``constant_normaliser``; reference: ``seisbench_xlstm.kernels.quadratic_mlstm``).
 ``False`` (default): the exact gradient of the formula, as autograd of ``mlstm_kernels``' parallel/autograd kernels.
@@ -42,16 +39,13 @@ gates and q, k only through the numerator: the kernel gets no normaliser column 
 ``dm`` term and no arg-max routing; ``di_j = k_j . dk_j`` still holds, and the row sum of the gradient of ``a_t.``
 is ``dnum_t . num_t = dh_t . h_t``, so ``dF_t = dh_t . h_t - di_t``.
 
-Backward, in two kernels. The state gradients: one program per (batch*head, value block) loops over the chunks in
-reverse with only the update of ``dC``, ``dn`` (gradients of the stabilised states) and stores them at the end of
-every chunk, as the forward stores the states (``dC`` in the input dtype: it too is used only as an operand of
-products in that dtype). Then the chunks: one program per (batch*head, value block, chunk), all in parallel, computes
-dq (from the state at the chunk's start), dk, dv (from the state gradient at its end) and the input-gate term
-``k_j . dk_j``, from one computation of the chunk's scores. With one chunk only the second kernel runs. The products
-and their order are those of the former single reverse loop (which carried ``dC`` and wrote dk, dv, and dq from 2
-chunks on in a third kernel that recomputed the scores), so the gradients are the same. With one value block dq, dk
-and the gate term are written in their final dtype; with several, as float32 parts per value block, summed
-afterwards.
+Backward, in two kernels as the two-pass forward: a state-gradient pass loops over the chunks in reverse with only
+the update of ``dC``, ``dn`` (gradients of the stabilised states) and stores them at every chunk's end (``dC`` in the
+input dtype, for the same reason as ``C``); then one program per (batch*head, value block, chunk), all in parallel,
+computes dq (from the state at the chunk's start), dk, dv (from the state gradient at its end) and the input-gate
+term ``k_j . dk_j`` from one computation of the chunk's scores. With one chunk only the second kernel runs. With one
+value block dq, dk and the gate term are written in their final dtype; with several, as float32 parts per value
+block, summed afterwards.
 The per-step scalars (O(S) work; :mod:`seisbench_xlstm.triton_mlstm_scalars`, in PyTorch or in two Triton kernels)
 follow from these properties of the exact (autograd) gradient (the constant convention: see above):
 
@@ -408,19 +402,15 @@ def _default_block_v(dv: int, dqk: int) -> int:
     return 64
 
 
-#: The forward runs in two passes (from 2 chunks on) where a program's state tile (padded head dim x value columns,
-#: :func:`_tiles`) has at least this many elements: first the states at every chunk's start, one program per
-#: (batch*head, value block) over the chunks in order with only the state update (:func:`_mlstm_fwd_states_kernel`),
-#: then the outputs, one program per (batch*head, value block, chunk), all chunks in parallel
-#: (:func:`_mlstm_fwd_chunk_kernel`). Smaller tiles run in one pass, one program per (batch*head, value block) over
-#: the chunks in order (:func:`_mlstm_fwd_kernel`). The same products in the same order (on GPUs up to the
-#: rounding of the compiled products: 1 bf16 unit in the last place of h). Training stores the states for the
-#: backward pass either way; without gradients the two passes write and read them (``(batch*head, chunks, DHQK,
-#: DHHV)`` in the input dtype) in addition. On an H200 (``benchmarks/triton_mlstm_variants.py``, 2026-11-30, fifth
-#: session, ``benchmarks/results/triton_mlstm_two_pass.md``), two passes against one: at 256x4x1024x96 (128 x 128
-#: tiles, where the one-pass program spills 208 registers) forward 1.26 against 1.54 ms, forward+backward 4.51
-#: against 4.79 ms; at 128x4x256x128 (128 x 64) forward 0.335 against 0.348 ms; at 128x4x1024x64 (64 x 64, no
-#: spills) forward 0.294 against 0.271 ms, forward+backward 1.098 against 1.075 ms.
+#: The forward runs in two passes (from 2 chunks on; :func:`_mlstm_fwd_states_kernel`, then
+#: :func:`_mlstm_fwd_chunk_kernel`) where a program's state tile (:func:`_tiles`: padded head dim x value columns) has
+#: at least this many elements, else in one (:func:`_mlstm_fwd_kernel`). The same products in the same order (on GPUs
+#: up to the rounding of the compiled products: 1 bf16 unit in the last place of h). Without gradients the two passes
+#: write and read the states in addition. On an H200 (``benchmarks/triton_mlstm_variants.py``, 2026-11-30, sixth
+#: session, ``benchmarks/results/triton_mlstm_two_pass.md``), two passes against one: at 256x4x1024x96 (128 x 128,
+#: where the one-pass program spills 208 registers) forward 1.26 against 1.54 ms, forward+backward 4.51 against
+#: 4.79 ms; at 128x4x256x128 (128 x 64) forward 0.335 against 0.348 ms; at 128x4x1024x64 (64 x 64, no spills)
+#: forward 0.294 against 0.271 ms, forward+backward 1.098 against 1.075 ms.
 TWO_PASS_FORWARD_MIN_STATE = 128 * 64
 
 
@@ -446,12 +436,14 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 #: - The two state passes at 8 warps: compiled for an H200 (sm_90, bf16, ``benchmarks/triton_mlstm_registers.py``,
 #:   static counts, not times) at head dim 96 they spill 424 and 704 bytes at 4 warps and none at 8.
 #: - The backward's chunk kernel at 8 warps, except at the tiles of head dim 96 (128 x 128), where 4 warps were
-#:   faster: forward+backward on an H200 (``benchmarks/triton_mlstm_variants.py``, 2026-11-30, fifth session,
+#:   faster: forward+backward on an H200 (``benchmarks/triton_mlstm_variants.py``, 2026-11-30, sixth session,
 #:   ``benchmarks/results/triton_mlstm_two_pass.md``) 3.56 against 4.51 ms at 256x4x1024x96, though ptxas spills
 #:   124 registers there at 4 warps and 72 at 8; at 128x4x1024x64 8 warps were faster (1.10 against 1.24 ms). With
 #:   one chunk the kernel does what the former reverse loop did, which was faster at 8 warps (1.428 against 1.824 ms
 #:   at 128x4x64x256, ``triton_mlstm_speed.md`` of 2026-11-30).
 #: - 8 warps for the one-pass forward were slower (1.87 and 1.84 ms at two U-Net shapes, same source).
+#: - State passes over value blocks of 64 columns (twice the programs, no extra work) were no faster at 256x4x1024x96:
+#:   3.51 ms at 4 warps, 4.55 at 8, against 3.52 (``triton_mlstm_state_blocks.md``); not kept.
 KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8,
                                 "backward_chunks@128x128": 4}
 KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks")
