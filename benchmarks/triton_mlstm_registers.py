@@ -91,13 +91,14 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
     later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
     two_pass = later and BD * BV >= tm.TWO_PASS_FORWARD_MIN_STATE
+    stages = {"STAGES": tm.STATE_PASS_STAGES}  # as the library launches the state passes on a GPU
     kernels = [
         ("forward_states", tm._mlstm_fwd_states_kernel, dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32,
-                                                              M_states=f32, S="i32", NC="i32"), {}),
+                                                              M_states=f32, S="i32", NC="i32"), stages),
         ("forward_chunks", tm._mlstm_fwd_chunk_kernel, {**forward, "M_states": f32}, {"SAVE": True}),
         ("forward", tm._mlstm_fwd_kernel, forward, {"SAVE": True}),
         ("backward_states", tm._mlstm_bwd_states_kernel, dict(Q=bf, **scalars, DC_states=bf, DN_states=f32,
-                                                               scale="fp32", S="i32", NC="i32"), {}),
+                                                               scale="fp32", S="i32", NC="i32"), stages),
         ("backward_chunks", tm._mlstm_bwd_chunk_kernel,
          dict(Q=bf, K=bf, V=bf, **scalars, C_states=bf, N_states=f32, DC_states=bf, DN_states=f32, DQ=part,
               DK=part, DVout=bf, DI=f32, scale="fp32", S="i32", NC="i32", BHS="i32"), {"LATER": later}),

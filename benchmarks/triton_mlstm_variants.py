@@ -1,7 +1,8 @@
 """Versions of this project's Triton mLSTM module side by side: time per call at the backbones' call shapes, the
 registers and spilled registers ptxas gave each kernel, and whether the versions compute the same values.
 
-Run on a CUDA machine, with earlier versions of ``seisbench_xlstm/triton_mlstm.py`` taken from git::
+Run on a CUDA machine, with earlier versions of ``seisbench_xlstm/triton_mlstm.py`` taken from git (since the kernels
+moved to ``triton_mlstm_kernels.py``, a version that differs in kernel code is a folder holding both files)::
 
     git show d1eefbd:seisbench_xlstm/triton_mlstm.py > /tmp/fp32_states.py
     python benchmarks/triton_mlstm_variants.py --variant fp32_states=/tmp/fp32_states.py \\
@@ -45,10 +46,27 @@ FIELDS = ["run", "llvm_opt", "shape", "variant", "fwd_ms", "fwbw_ms"] + [f"{k.st
 
 
 def load_module(name: str, path: str):
-    """The module at ``path`` as a module of the ``seisbench_xlstm`` package (its relative imports resolve there)."""
+    """The module at ``path`` as a module of the ``seisbench_xlstm`` package (its relative imports resolve there).
+    ``path`` a folder: its ``triton_mlstm.py`` with its own ``triton_mlstm_kernels.py`` (the kernels' module since
+    2026-11-30; a file alone imports the library's)."""
     importlib.import_module("seisbench_xlstm")  # the parent package
+    folder = Path(path)
+    if not folder.is_dir():
+        return _load(f"seisbench_xlstm._triton_mlstm_variant_{name}", folder)
+    key = "seisbench_xlstm.triton_mlstm_kernels"
+    library = sys.modules.get(key)
+    sys.modules[key] = _load(f"seisbench_xlstm._triton_mlstm_kernels_variant_{name}", folder / "triton_mlstm_kernels.py")
+    try:
+        return _load(f"seisbench_xlstm._triton_mlstm_variant_{name}", folder / "triton_mlstm.py")
+    finally:
+        if library is None:
+            del sys.modules[key]
+        else:
+            sys.modules[key] = library
 
-    spec = importlib.util.spec_from_file_location(f"seisbench_xlstm._triton_mlstm_variant_{name}", path)
+
+def _load(module_name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

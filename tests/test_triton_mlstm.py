@@ -186,6 +186,16 @@ def test_forward_in_one_or_two_passes_agree(monkeypatch, block_v):
     torch.testing.assert_close(no_grad["two passes"], got["two passes"][0], rtol=0, atol=0)
 
 
+def test_state_passes_pipeline_their_loops_except_in_the_interpreter(monkeypatch):
+    """``tl.range`` of a run-time bound runs on GPUs only: under Triton's interpreter the state passes take their
+    plain loops (the same per-chunk steps)."""
+    monkeypatch.setattr(triton_mlstm, "STATE_PASS_STAGES", 3)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_mlstm._state_pass_stages() == 1
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert triton_mlstm._state_pass_stages() == 3
+
+
 def test_kernel_warps_of_a_tile_win_over_those_of_the_kernel(monkeypatch):
     monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward_chunks": 8, "backward_chunks@128x128": 4})
     meta = {"BD": 128, "BV": 128, "num_warps": 2}
