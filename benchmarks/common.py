@@ -197,7 +197,8 @@ def set_qkv_form(form: str | None) -> None:
 
 
 def parse_kernel_warps(text: str | None, library: dict) -> dict:
-    """``"backward_chunks=8,forward=8"`` -> ``{"backward_chunks": 8, "forward": 8}``; None or ``"none"``: ``library``."""
+    """``"backward_chunks=8,forward=8"`` -> ``{"backward_chunks": 8, "forward": 8}``; None or ``"none"``:
+    ``library``."""
     if text is None or text == "none":
         return dict(library)
     return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}

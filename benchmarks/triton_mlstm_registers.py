@@ -73,8 +73,8 @@ def compile_kernel(fn, signature: dict, constexprs: dict, warps: int, arch: int,
 
 
 def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | None, arch: int) -> list[dict]:
-    """The mLSTM kernels the library launches for training at one call shape (head dims of q/k and v equal), as ``mlstm_chunkwise_triton``
-    launches them in bf16."""
+    """The mLSTM kernels the library launches for training at one call shape (head dims of q/k and v equal), as
+    ``mlstm_chunkwise_triton`` launches them in bf16."""
     import torch
 
     from seisbench_xlstm import triton_mlstm as tm

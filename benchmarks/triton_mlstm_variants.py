@@ -55,7 +55,8 @@ def load_module(name: str, path: str):
         return _load(f"seisbench_xlstm._triton_mlstm_variant_{name}", folder)
     key = "seisbench_xlstm.triton_mlstm_kernels"
     library = sys.modules.get(key)
-    sys.modules[key] = _load(f"seisbench_xlstm._triton_mlstm_kernels_variant_{name}", folder / "triton_mlstm_kernels.py")
+    kernels = folder / "triton_mlstm_kernels.py"
+    sys.modules[key] = _load(f"seisbench_xlstm._triton_mlstm_kernels_variant_{name}", kernels)
     try:
         return _load(f"seisbench_xlstm._triton_mlstm_variant_{name}", folder / "triton_mlstm.py")
     finally:

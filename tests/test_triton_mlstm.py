@@ -219,7 +219,8 @@ def test_per_kernel_warps_leave_the_results_unchanged(monkeypatch):
     errors = rel_errors(got["per kernel"], got["library"])
     assert max(errors.values()) < 1e-5, errors
     monkeypatch.setattr(triton_mlstm, "KERNEL_WARPS", {"backward": 8})
-    with pytest.raises(ValueError, match="must be among forward, forward_states, forward_chunks, backward_states, backward_chunks"):
+    with pytest.raises(ValueError, match="must be among forward, forward_states, forward_chunks, backward_states, "
+                                         "backward_chunks"):
         kernel(16)(*inputs)
 
 
