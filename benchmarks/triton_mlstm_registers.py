@@ -90,7 +90,7 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     part = bf if -(-head_dim // BV) == 1 else f32  # dq, dk: float32 parts with several value blocks
     scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
     later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
-    two_pass = later and BD * BV >= tm.TWO_PASS_FORWARD_MIN_STATE
+    two_pass = tm._two_pass_forward(ints["NC"], BD, BV)
     stages = {"STAGES": tm.STATE_PASS_STAGES}  # as the library launches the state passes on a GPU
     kernels = [
         ("forward_states", tm._mlstm_fwd_states_kernel, dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32,

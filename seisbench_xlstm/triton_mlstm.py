@@ -175,6 +175,12 @@ def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
     return max(16, _next_pow2(dqk)), block_v or _default_block_v(dv, dqk)
 
 
+def _two_pass_forward(chunks: int, BD: int, BV: int) -> bool:
+    """Whether a forward of ``chunks`` chunks at tiles ``(BD, BV)`` runs in two passes
+    (:data:`TWO_PASS_FORWARD_MIN_STATE`)."""
+    return chunks > 1 and BD * BV >= TWO_PASS_FORWARD_MIN_STATE
+
+
 def _state_pass_stages() -> int:
     """:data:`STATE_PASS_STAGES`, or 1 under Triton's interpreter (which cannot run ``tl.range`` of a run-time
     bound)."""
@@ -218,7 +224,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         h = torch.empty_like(v)
         f32 = dict(dtype=torch.float32, device=q.device)
         m = ntil = c_states = n_states = h  # never written unless needed
-        two_pass = NC > 1 and BD * BV >= TWO_PASS_FORWARD_MIN_STATE
+        two_pass = _two_pass_forward(NC, BD, BV)
         if save:
             m, ntil = torch.empty(B, NH, S, **f32), torch.empty(B, NH, S, **f32)
         if save or two_pass:
