@@ -8,8 +8,9 @@ concatenated to a ``(..., codevector_dim)`` vector. The hard choice is never bui
 one-hot tensor: the forward gathers the chosen codevectors and the backward gives the soft probabilities the
 gradient of the one-hot product (:class:`_StraightThroughLookup`); the values and gradients are those of torch's
 ``gumbel_softmax(hard=True)`` times the codebook with the same noise (test), with fewer passes over the
-``(N, groups, codes)`` tensors (1.15x faster forward+backward on this project's 2-core CPU at 16,384 vectors; not yet
-timed on a GPU).
+``(N, groups, codes)`` tensors (1.15x faster forward+backward on this project's 2-core CPU at 16,384 vectors; on an
+H200 timed only together with the contrastive loss's flat gather and the mLSTM kernel's changes of 2026-11-30: recipe
+2 at batch 256 1.10x, ``benchmarks/results/pretrain_gpu.md``).
 
 Statistics (over the vectors given in ``mask``, or all vectors):
 
