@@ -27,7 +27,8 @@
 # "--kernel-warps none backward_chunks=4"), A_TESTS_K (pytest -k of lane A's tests: "not
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
-# PROFILE (1: lane B profiles recipe 1; 0: not), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
+# PROFILE (1: lane B profiles recipe 1; 0: not), INDUCTOR_CODE (1: the code inductor generated for the profiled
+# steps to $OUT/inductor_code.tar.gz), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
 # (NAME=PATH words: lane A runs triton_mlstm_variants.py on these versions of the kernel module first and writes
 # $R/$VARIANTS_REPORT.md, default triton_mlstm_variants), AB_REV1 / AB_REV2 (lane B times recipe 1 / recipe 2 against
 # that revision with ab_revisions.sh, AB_ROUNDS / AB_ROUNDS2 rounds (2 / 1), rows in $R/ab_REV.md, instead of
@@ -111,8 +112,13 @@ lane_b() {
     step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
     step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
   fi
-  [ "${PROFILE:-1}" = 1 ] && step B 80 $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" \
-    --label "$LABEL, profiled" --profile "$OUT/profile"
+  if [ "${PROFILE:-1}" = 1 ]; then  # its own inductor cache: its generated code goes to $OUT with INDUCTOR_CODE=1
+    local cache=/tmp/gpu_measure_inductor; rm -rf "$cache"
+    step B 80 env TORCHINDUCTOR_CACHE_DIR=$cache $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" \
+      --label "$LABEL, profiled" --profile "$OUT/profile"
+    [ "${INDUCTOR_CODE:-0}" = 1 ] && (cd "$cache" && find . -name '*.py' -print0 |
+      tar czf "$OUT/inductor_code.tar.gz" --null -T -)
+  fi
 }
 trap 'echo "gpu_measure.sh: stopped by a signal" | tee -a "$LOG"; collect; exit 143' TERM INT
 echo "gpu_measure.sh: $NGPU GPU(s), deadline ${DEADLINE}s, $(date -u +%FT%TZ)" | tee -a "$LOG"

@@ -260,8 +260,15 @@ def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
     functions = [e for e in averages if ".py(" in e.key and ("pretrain/" in e.key or "seisbench_xlstm/" in e.key)]
     by_function = "\n".join(f"{getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:6d} calls a step  "
                             f"{e.key[-110:]}" for e in sorted(functions, key=lambda e: -getattr(e, sort_by))[:rows])
+    # the device kernels by their whole names (the first table cuts them), to find them in inductor's generated code
+    kernels = [e for e in averages if cuda and e.device_type == torch.autograd.DeviceType.CUDA
+               and e.self_device_time_total > 0]
+    kernels = sorted(kernels, key=lambda e: -e.self_device_time_total)[:2 * rows]
+    by_kernel = "\n".join(f"{e.self_device_time_total / 1e3 / steps:9.2f} ms a step {e.count // steps:5d} calls "
+                          f"a step  {e.key}" for e in kernels)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{steps} training steps\n{table}\n\nMatrix products by input shapes (device time incl. "
+    path.write_text(f"{steps} training steps\n{table}\n\nDevice kernels by self time\n{by_kernel}\n\n"
+                    f"Matrix products by input shapes (device time incl. "
                     f"children)\n{by_shape}\n\nThis project's Python functions by device time (incl. everything "
                     f"they ran; nested calls count in each caller; forward passes only: autograd runs the backward "
                     f"outside them)\n{by_function}\n")

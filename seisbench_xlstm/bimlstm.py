@@ -501,20 +501,34 @@ class BiMLSTMLayer(nn.Module):
         inner, d = self.config.inner_dim, self.config.embedding_dim
         x_norm = self.norm(x)
         both = torch.stack([x_norm, x_norm.flip(1)])  # (2, batch, steps, d): each direction in its own time order
+        x_mlstm, z = self._up_projections(both)
         if self.config.share_projections:
-            up = _token_matmul(both.flatten(0, 2), self.proj_up.weight.t()).view(*both.shape[:3], -1)
-            if self.proj_up.bias is not None:
-                up = up + self.proj_up.bias
             w_down = self.proj_down.weight.expand(2, d, inner)
         else:
-            up = _batched_linear(both, self.proj_up.weight.view(2, 2 * inner, d))
-            if self.proj_up.bias is not None:
-                up = up + self.proj_up.bias.view(2, 1, 1, 2 * inner)
             w_down = self.proj_down.weight.view(d, 2, inner).transpose(0, 1)
-        x_mlstm, z = up.split(inner, dim=-1)
         h = mlstm_branches(x_mlstm, z, [self.forward_direction, self.backward_direction], kernel)
         out = _batched_linear(h, w_down)
         out = out[0] + out[1].flip(1)
         if self.proj_down.bias is not None:
             out = out + self.proj_down.bias
         return x + self.dropout(out)
+
+    def _up_projections(self, both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The up-projection of ``both`` ``(2, batch, steps, d_model)`` (each direction in its own time order) to the
+        mLSTM branch input and the output-gate branch, each ``(2, batch, steps, inner)``.
+
+        Two products, one per branch, rather than one product split afterwards: the gradients of the two branches
+        then flow into the weights and the input without being copied into one ``2 * inner`` wide tensor first (on
+        GPUs that copy read and wrote four activation-sized tensors a layer)."""
+        inner, d = self.config.inner_dim, self.config.embedding_dim
+        weight = self.proj_up.weight.view(-1, 2, inner, d)  # (projections, branch, inner, d_model)
+        bias = None if self.proj_up.bias is None else self.proj_up.bias.view(-1, 2, 1, 1, inner)
+        branches = []
+        for branch in range(2):
+            if self.config.share_projections:  # one product over both directions' tokens
+                tokens = both.flatten(0, 2)
+                out = _token_matmul(tokens, weight[0, branch].t()).view(*both.shape[:3], inner)
+            else:
+                out = _batched_linear(both, weight[:, branch])
+            branches.append(out if bias is None else out + bias[:, branch])
+        return branches[0], branches[1]

@@ -4,9 +4,10 @@ import torch
 from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig
 
 
-def _layer(share=False, d=32, seed=0):
+def _layer(share=False, d=32, seed=0, bias=False):
     torch.manual_seed(seed)
-    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=d, qkv_proj_blocksize=4, share_projections=share))
+    config = BiMLSTMLayerConfig(embedding_dim=d, qkv_proj_blocksize=4, share_projections=share, bias=bias)
+    layer = BiMLSTMLayer(config)
     # Random gates and norms so that both directions contribute visibly.
     with torch.no_grad():
         for p in layer.parameters():
@@ -114,11 +115,13 @@ def test_dense_gemms_with_folded_gates_match_headwise_projections():
         torch.testing.assert_close(dense, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("share", [False, True])
-def test_layer_matches_two_directions_of_xlstm_components(share):
+def test_layer_matches_two_directions_of_xlstm_components(share, bias):
     """The stacked two-direction computation equals the plain definition: each direction with the xlstm
-    components' own forward on its own time order, the backward one reversed back, then the down-projection."""
-    layer = _layer(share)
+    components' own forward on its own time order, the backward one reversed back, then the down-projection
+    (with and without the projections' biases)."""
+    layer = _layer(share, bias=bias)
     x = torch.randn(2, 40, 32)
     inner = layer.config.inner_dim
     with torch.no_grad():
@@ -128,7 +131,8 @@ def test_layer_matches_two_directions_of_xlstm_components(share):
             up_bw = up_fw.flip(1)
         else:
             w_fw, w_bw = layer.proj_up.weight.split(2 * inner)
-            up_fw, up_bw = x_norm @ w_fw.T, x_norm.flip(1) @ w_bw.T
+            b_fw, b_bw = layer.proj_up.bias.split(2 * inner) if bias else (0.0, 0.0)
+            up_fw, up_bw = x_norm @ w_fw.T + b_fw, x_norm.flip(1) @ w_bw.T + b_bw
         h_fw = _xlstm_reference_direction(layer.forward_direction, *up_fw.split(inner, -1))
         h_bw = _xlstm_reference_direction(layer.backward_direction, *up_bw.split(inner, -1)).flip(1)
         h = h_fw + h_bw if share else torch.cat([h_fw, h_bw], -1)
