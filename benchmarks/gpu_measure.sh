@@ -27,8 +27,8 @@
 # "--kernel-warps none backward_chunks=4"), A_TESTS_K (pytest -k of lane A's tests: "not
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
-# PROFILE (1: lane B profiles recipe 1; 0: not), INDUCTOR_CODE (1: the code inductor generated for the profiled
-# steps to $OUT/inductor_code.tar.gz), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
+# PROFILE (1: lane B profiles the recipes PROFILE_RECIPES, default "masked" (batch 128; contrastive: 256); 0: not),
+# INDUCTOR_CODE (1: the code inductor generated for each profiled recipe to $OUT/inductor_code_RECIPE.tar.gz), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
 # (NAME=PATH words: lane A runs triton_mlstm_variants.py on these versions of the kernel module first and writes
 # $R/$VARIANTS_REPORT.md, default triton_mlstm_variants), AB_REV1 / AB_REV2 (lane B times recipe 1 / recipe 2 against
 # that revision with ab_revisions.sh, AB_ROUNDS / AB_ROUNDS2 rounds (2 / 1), rows in $R/ab_REV.md, instead of
@@ -98,7 +98,7 @@ lane_b() {
   # shellcheck disable=SC2206  # PRETRAIN_ARGS: several words
   local settings=(${PRETRAIN_ARGS:---scalar-work torch triton})
   local r1=(--batch 128 --compile yes "${settings[@]}") r2=(--batch 256 --compile yes "${settings[@]}")
-  local prof=(--batch 128 --compile yes)
+  local prof=(--compile yes)
   [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
   [ "${B_TESTS:-1}" = 1 ] && step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py \
@@ -112,12 +112,16 @@ lane_b() {
     step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
     step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
   fi
-  if [ "${PROFILE:-1}" = 1 ]; then  # its own inductor cache: its generated code goes to $OUT with INDUCTOR_CODE=1
-    local cache=/tmp/gpu_measure_inductor; rm -rf "$cache"
-    step B 80 env TORCHINDUCTOR_CACHE_DIR=$cache $PY benchmarks/pretrain_speed.py --recipe masked "${prof[@]}" \
-      --label "$LABEL, profiled" --profile "$OUT/profile"
-    [ "${INDUCTOR_CODE:-0}" = 1 ] && (cd "$cache" && find . -name '*.py' -print0 |
-      tar czf "$OUT/inductor_code.tar.gz" --null -T -)
+  if [ "${PROFILE:-1}" = 1 ]; then  # each recipe with its own inductor cache, whose code goes to $OUT (INDUCTOR_CODE=1)
+    local recipe cache
+    for recipe in ${PROFILE_RECIPES:-masked}; do
+      cache=/tmp/gpu_measure_inductor_$recipe; rm -rf "$cache"
+      local batch=(--batch 128); [ "$recipe" = contrastive ] && batch=(--batch 256); [ "$DRY" = 1 ] && batch=()
+      step B 80 env TORCHINDUCTOR_CACHE_DIR=$cache $PY benchmarks/pretrain_speed.py --recipe $recipe "${prof[@]}" \
+        "${batch[@]}" --label "$LABEL, profiled" --profile "$OUT/profile"
+      [ "${INDUCTOR_CODE:-0}" = 1 ] && (cd "$cache" && find . -name '*.py' -print0 |
+        tar czf "$OUT/inductor_code_$recipe.tar.gz" --null -T -)
+    done
   fi
 }
 trap 'echo "gpu_measure.sh: stopped by a signal" | tee -a "$LOG"; collect; exit 143' TERM INT
