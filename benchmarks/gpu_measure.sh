@@ -24,7 +24,8 @@
 # two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed),
 # GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
-# "--kernel-warps none backward_chunks=4"), A_TESTS_K (pytest -k of lane A's tests: "not
+# "--kernel-warps none backward_chunks=4"), SPEED_CHUNKS (the chunk sizes it runs at: 64), A_TESTS (0: lane A
+# skips its tests), PRETRAIN (0: lane B skips pretrain_speed.py), A_TESTS_K (pytest -k of lane A's tests: "not
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
 # PROFILE (1: lane B profiles the recipes PROFILE_RECIPES, default "masked" (batch 128; contrastive: 256); 0: not),
@@ -76,7 +77,7 @@ lane_a() {
   local hours=24 tests=(tests/test_triton_mlstm.py tests/test_triton_mlstm_scalars.py -k "${A_TESTS_K:-not test_grid}")
   local grid=(tests/test_triton_mlstm.py -k test_grid)
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
-  step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
+  [ "${A_TESTS:-1}" = 1 ] && step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
   [ "${GRID:-1}" = 1 ] && step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
   if [ -n "${VARIANTS:-}" ] && [ "$DRY" != 1 ]; then  # versions of the kernel module side by side
     local variant_args=() v
@@ -85,9 +86,13 @@ lane_a() {
     step A 10 $PY benchmarks/triton_mlstm_variants.py --report "$OUT/variants.jsonl" \
       --out "$R/${VARIANTS_REPORT:-triton_mlstm_variants}.md"
   fi
-  # shellcheck disable=SC2086  # SPEED_ARGS: several words
-  [ "$DRY" = 1 ] || [ "${SPEED:-1}" = 0 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py ${SPEED_ARGS:-} \
-    --out $R/triton_mlstm_speed.md
+  local chunk suffix
+  for chunk in ${SPEED_CHUNKS:-64}; do  # the library's chunk (64) writes triton_mlstm_speed.md, others _chunkN.md
+    suffix=""; [ "$chunk" = 64 ] || suffix=_chunk$chunk
+    # shellcheck disable=SC2086  # SPEED_ARGS: several words
+    [ "$DRY" = 1 ] || [ "${SPEED:-1}" = 0 ] || step A 80 $PY benchmarks/triton_mlstm_speed.py ${SPEED_ARGS:-} \
+      --chunk-size "$chunk" --out $R/triton_mlstm_speed$suffix.md
+  done
   if [ "${ANNOTATE:-0}" = 1 ]; then
     step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 \
       --overlaps 512 --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" --out $R/annotate_gpu.md
@@ -108,7 +113,7 @@ lane_b() {
       --recipe masked "${r1[@]}"
     [ -n "${AB_REV2:-}" ] && step B 150 env OUT="$R" bash benchmarks/ab_revisions.sh run "$AB_REV2" "${AB_ROUNDS2:-1}" \
       --recipe contrastive "${r2[@]}"
-  else
+  elif [ "${PRETRAIN:-1}" = 1 ]; then
     step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
     step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
   fi
