@@ -40,6 +40,7 @@ from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwis
 from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
 from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
+from .triton_output_gate import normed_output_gate, triton
 
 
 #: How q/k/v and the gates are computed on GPUs; all forms give the same values (tests compare them):
@@ -82,6 +83,14 @@ CPU_TOKENS_PER_GROUP = 0
 #: TFLA, 2026-11-30): with q/k/v form dense the kernel-call padding was faster (400.1 against 423.4 ms a step), with
 #: per_head the layout padding (349.8 against 382.6 ms). This project's own kernel needs no padding.
 HEAD_PAD_IN_LAYOUT = True
+#: Where the mLSTM branches' output stage runs (each head's norm of the cell outputs, the norm's weight, the learnable
+#: skip and the SiLU output gate): ``"triton"`` (:mod:`seisbench_xlstm.triton_output_gate`: one kernel forward, one
+#: backward; on CPU tensors only under Triton's interpreter), ``"torch"`` (PyTorch operations, which
+#: ``torch.compile`` fuses where the model is compiled), or ``"auto"``: Triton on CUDA where it is installed, else
+#: PyTorch. Norms with a bias or without a weight always run in PyTorch. Same function; the kernels compute in float32
+#: and round once, PyTorch rounds the normalised outputs to the activations' dtype first.
+OUTPUT_STAGE = "auto"
+OUTPUT_STAGES = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -207,13 +216,10 @@ def mlstm_branches(
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
     form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
-    eps = directions[0].outnorm.eps
     if form == "per_head":
         q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim)
         h = mlstm_sequence(q, k, v, i, f, kernel=kernel)[..., :head_dim]  # (directions * heads, batch, steps, hd)
-        h = F.layer_norm(h, (head_dim,), eps=eps).to(x_conv.dtype).view(n_dir, heads, batch, steps, -1)
-        h = h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, inner)
-        return _output_gate(h, x_conv, z, directions)
+        return _output_stage(h.unflatten(0, (n_dir, heads)), x_conv, z, directions)
     if form == "fused":
         q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
     elif form == "dense":
@@ -234,8 +240,11 @@ def mlstm_branches(
 
     q = split_heads(q, query_scale(head_dim, kernel_dim))
     h = mlstm_sequence(q, split_heads(k), split_heads(v), i, f, kernel=kernel)[..., :head_dim]
-    h = multihead_norm(h, eps).to(x_conv.dtype).view(n_dir, batch, steps, inner)
-    return _output_gate(h, x_conv, z, directions)
+    return _output_stage(h.unflatten(0, (n_dir, batch)).transpose(1, 2), x_conv, z, directions)
+
+
+#: :func:`normed_output_gate` hidden from ``torch.compile`` (its Triton kernels run as they are)
+_opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
 
 
 def _stacked(directions: list[MLSTMDirection], get) -> torch.Tensor:
@@ -252,6 +261,28 @@ def _qkv_form(x: torch.Tensor, heads: int, blocksize: int) -> str:
     if form == "per_head" and (x.shape[-1] // heads) % blocksize:
         return "dense"  # projection blocks that straddle two heads
     return form
+
+
+def _output_stage(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection]):
+    """Cell outputs ``h`` ``(directions, heads, batch, steps, head_dim)`` (any strides) to the gated hidden states
+    ``(directions, batch, steps, inner)``: each head's norm, then :func:`_output_gate`; in Triton where
+    :data:`OUTPUT_STAGE` says so."""
+    n_dir, heads, batch, steps, head_dim = h.shape
+    eps = directions[0].outnorm.eps
+    if _triton_output_stage(x_conv, directions):
+        norm_w = torch.stack([d.outnorm.weight_proxy for d in directions])
+        return _opaque_normed_output_gate(h, x_conv, z, norm_w, _stacked(directions, lambda d: d.learnable_skip), eps)
+    h = F.layer_norm(h, (head_dim,), eps=eps).to(x_conv.dtype)
+    return _output_gate(h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, heads * head_dim), x_conv, z, directions)
+
+
+def _triton_output_stage(x: torch.Tensor, directions: list[MLSTMDirection]) -> bool:
+    if OUTPUT_STAGE not in OUTPUT_STAGES:
+        raise ValueError(f"Unknown output stage {OUTPUT_STAGE!r}; known: {', '.join(OUTPUT_STAGES)}")
+    norm = directions[0].outnorm
+    if OUTPUT_STAGE == "torch" or norm.weight is None or norm.bias is not None:  # the kernels take a weight, no bias
+        return False
+    return OUTPUT_STAGE == "triton" or (x.is_cuda and triton is not None)
 
 
 def _output_gate(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection]):
@@ -448,17 +479,6 @@ def _block_diagonal(weight: torch.Tensor) -> torch.Tensor:
     n_dir, heads, d_out, d_in = weight.shape
     eye = torch.eye(heads, dtype=weight.dtype, device=weight.device)
     return (weight[:, :, :, None, :] * eye[:, None, :, None]).reshape(n_dir, heads * d_out, heads * d_in)
-
-
-def multihead_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
-    """xlstm's ``MultiHeadLayerNorm`` (group norm, one group per head) without its affine part, as a layer norm
-    over each head's features.
-
-    :param h: ``(batch, heads, steps, head_dim)``
-    :return: ``(batch, steps, heads * head_dim)``
-    """
-    batch, heads, steps, head_dim = h.shape
-    return F.layer_norm(h.transpose(1, 2), (head_dim,), eps=eps).reshape(batch, steps, heads * head_dim)
 
 
 class BiMLSTMLayer(nn.Module):

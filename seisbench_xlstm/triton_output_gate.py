@@ -1,0 +1,214 @@
+"""The output stage of the mLSTM branches in Triton: each head's layer norm of the cell outputs, the norm's weight,
+the learnable skip of the conv output and the SiLU output gate, forward and backward, each in one pass over memory.
+
+Per direction ``d``, head ``j``, step ``t`` and feature ``c`` of the head (``u = j * head_dim + c``, the feature in
+the branch's inner width)::
+
+    xhat = (h[d, j, t, c] - mean_c) * rstd          (mean, biased variance over the head's features; rstd with eps)
+    y[d, t, u] = (xhat * w[d, u] + skip[d, u] * x_conv[d, t, u]) * silu(z[d, t, u])
+
+which is :func:`seisbench_xlstm.bimlstm.multihead_norm` followed by ``bimlstm._output_gate`` (xLSTM's
+``MultiHeadLayerNorm`` without bias, ``learnable_skip`` and the ``z`` gate), the reference the tests compare with.
+
+Why. Compiled by ``torch.compile``, the backward pass of that PyTorch code ran as four kernels on an H200 that read
+13 and wrote 3 activation-sized tensors (the head's features lie strided in ``x_conv``'s layout, so the row sums of
+the norm's gradient went to kernels of their own): 1.34 ms a layer of recipe 1 at batch 128 (2026-11-30 profile,
+``benchmarks/results/pretrain_profile_recipe1_b128.txt``). Here the backward reads ``dy``, ``h``, ``x_conv`` and
+``z`` once and writes ``dh``, ``dx_conv`` and ``dz`` once; the weights' gradients are summed per program (deterministic
+partial sums, added up afterwards). The forward reads ``h``, ``x_conv``, ``z`` and writes ``y`` and the per-row mean
+and rstd (float32) for the backward.
+
+Layouts: ``h`` ``(directions, heads, batch, steps, head_dim)`` with any strides whose last is 1 (the mLSTM kernel's
+output, viewed); ``x_conv``, ``z`` ``(directions, batch, steps, heads * head_dim)``, last stride 1; ``w`` and
+``skip`` ``(directions, heads * head_dim)``. Arithmetic in float32; ``y`` in the dtype of ``x_conv``, each gradient
+in the dtype of its input.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .triton_mlstm_kernels import tl, triton
+
+#: Warps per program, chosen by Triton's autotuner per head dim on the first call of each kernel (not under the
+#: interpreter, which cannot time them).
+TUNING_WARPS = (4, 8)
+
+
+#: Steps per program (a fixed size, not tuned: the backward pass's partial sums of the weights' gradients are laid
+#: out by it). Compiled for sm_90 (``ptxas -v``, bf16), 16 steps of head dim 96 take 64 (8 warps) to 92 (4 warps)
+#: registers forward and 105 to 149 backward; 32 steps take 127 to 255 and 189 to 255 (spilling at 4 warps); 64
+#: steps spill at head dims 96 and 128.
+BLOCK_STEPS = 16
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tile(pid_row, pid_t, batch, heads, steps, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's (direction, head, window), its steps and features, and their masks."""
+        b = pid_row % batch
+        j = (pid_row // batch) % heads
+        d = pid_row // (batch * heads)
+        t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        c = tl.arange(0, BLOCK_D)
+        mask = (t < steps)[:, None] & (c < HD)[None, :]
+        return d, j, b, t, c, mask
+
+    @triton.jit
+    def _output_gate_fwd_kernel(
+        H, XC, Z, W, SKIP, Y, MEAN, RSTD,
+        sh_d, sh_j, sh_b, sh_t, sx_d, sx_b, sx_t, sz_d, sz_b, sz_t, sy_d, sy_b, sy_t,
+        batch, heads, steps, inner, eps,
+        HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_row = tl.program_id(0).to(tl.int64)
+        d, j, b, t, c, mask = _tile(pid_row, tl.program_id(1), batch, heads, steps, HD, BLOCK_T, BLOCK_D)
+        h = tl.load(H + d * sh_d + j * sh_j + b * sh_b + t[:, None] * sh_t + c[None, :], mask=mask, other=0.0)
+        h = h.to(tl.float32)
+        mean = tl.sum(h, axis=1) / HD
+        diff = tl.where(mask, h - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / HD + eps)
+        u = j * HD + c  # the features in the inner width
+        w = tl.load(W + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
+        skip = tl.load(SKIP + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
+        xc = tl.load(XC + d * sx_d + b * sx_b + t[:, None] * sx_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(Z + d * sz_d + b * sz_b + t[:, None] * sz_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = (diff * rstd[:, None] * w[None, :] + skip[None, :] * xc) * (z * tl.sigmoid(z))
+        tl.store(Y + d * sy_d + b * sy_b + t[:, None] * sy_t + u[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        rows = pid_row * steps + t
+        tl.store(MEAN + rows, mean, mask=t < steps)
+        tl.store(RSTD + rows, rstd, mask=t < steps)
+
+    @triton.jit
+    def _output_gate_bwd_kernel(
+        DY, H, XC, Z, W, SKIP, MEAN, RSTD, DH, DXC, DZ, DW_PART, DSKIP_PART,
+        sh_d, sh_j, sh_b, sh_t, sx_d, sx_b, sx_t, sz_d, sz_b, sz_t, sdy_d, sdy_b, sdy_t,
+        sdh_d, sdh_j, sdh_b, sdh_t, sdx_d, sdx_b, sdx_t, sdz_d, sdz_b, sdz_t,
+        batch, heads, steps, inner, blocks,
+        HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_row = tl.program_id(0).to(tl.int64)
+        pid_t = tl.program_id(1)
+        d, j, b, t, c, mask = _tile(pid_row, pid_t, batch, heads, steps, HD, BLOCK_T, BLOCK_D)
+        u = j * HD + c
+        rows = pid_row * steps + t
+        mean = tl.load(MEAN + rows, mask=t < steps, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=t < steps, other=0.0)
+        h = tl.load(H + d * sh_d + j * sh_j + b * sh_b + t[:, None] * sh_t + c[None, :], mask=mask, other=0.0)
+        xhat = tl.where(mask, (h.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+        w = tl.load(W + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
+        skip = tl.load(SKIP + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
+        xc = tl.load(XC + d * sx_d + b * sx_b + t[:, None] * sx_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(Z + d * sz_d + b * sz_b + t[:, None] * sz_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + d * sdy_d + b * sdy_b + t[:, None] * sdy_t + u[None, :], mask=mask, other=0.0)
+        dy = dy.to(tl.float32)
+        sig = tl.sigmoid(z)
+        gated = dy * z * sig  # the gradient of the gate's input (xhat * w + skip * x_conv)
+        dz = dy * (xhat * w[None, :] + skip[None, :] * xc) * sig * (1.0 + z * (1.0 - sig))
+        tl.store(DZ + d * sdz_d + b * sdz_b + t[:, None] * sdz_t + u[None, :], dz.to(DZ.dtype.element_ty), mask=mask)
+        dxc = gated * skip[None, :]
+        tl.store(DXC + d * sdx_d + b * sdx_b + t[:, None] * sdx_t + u[None, :], dxc.to(DXC.dtype.element_ty),
+                 mask=mask)
+        dxhat = gated * w[None, :]
+        row_mean = tl.sum(dxhat, axis=1) / HD
+        row_proj = tl.sum(dxhat * xhat, axis=1) / HD
+        dh = rstd[:, None] * (dxhat - row_mean[:, None] - xhat * row_proj[:, None])
+        tl.store(DH + d * sdh_d + j * sdh_j + b * sdh_b + t[:, None] * sdh_t + c[None, :], dh.to(DH.dtype.element_ty),
+                 mask=mask)
+        part = (pid_row * blocks + pid_t) * HD + c  # this program's partial sums of the weights' gradients
+        tl.store(DW_PART + part, tl.sum(gated * xhat, axis=0), mask=c < HD)
+        tl.store(DSKIP_PART + part, tl.sum(gated * xc, axis=0), mask=c < HD)
+
+    def _tuned(kernel):
+        if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter cannot time configurations
+            return kernel
+        return triton.autotune([triton.Config({}, num_warps=w) for w in TUNING_WARPS], key=["HD"])(kernel)
+
+    _fwd_launcher = _tuned(_output_gate_fwd_kernel)
+    _bwd_launcher = _tuned(_output_gate_bwd_kernel)
+
+
+def _strides(x: torch.Tensor, dims: int) -> list[int]:
+    """The strides of ``x``'s ``dims`` leading axes (its last axis must be contiguous)."""
+    if x.stride(-1) != 1:
+        raise ValueError(f"the last axis must be contiguous, got strides {x.stride()}")
+    return list(x.stride()[:dims])
+
+
+def _launch_shape(h: torch.Tensor) -> tuple[tuple[int, int], dict]:
+    """The grid (one program per (direction, head, window) and block of steps) and the tile sizes."""
+    directions, heads, batch, steps, hd = h.shape
+    block_t = BLOCK_STEPS
+    grid = (directions * heads * batch, triton.cdiv(steps, block_t))
+    return grid, {"HD": hd, "BLOCK_T": block_t, "BLOCK_D": max(16, triton.next_power_of_2(hd))}
+
+
+class _NormedOutputGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, x_conv, z, w, skip, eps):
+        directions, heads, batch, steps, hd = h.shape
+        inner = heads * hd
+        y = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
+        stats = torch.empty(2, directions * heads * batch * steps, dtype=torch.float32, device=h.device)
+        w32, skip32 = w.float().contiguous(), skip.float().contiguous()
+        grid, tiles = _launch_shape(h)
+        _fwd_launcher[grid](
+            h, x_conv, z, w32, skip32, y, stats[0], stats[1],
+            *_strides(h, 4), *_strides(x_conv, 3), *_strides(z, 3), *_strides(y, 3),
+            batch, heads, steps, inner, eps, **tiles,
+        )
+        ctx.save_for_backward(h, x_conv, z, w32, skip32, stats)
+        ctx.dtypes = (w.dtype, skip.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, x_conv, z, w32, skip32, stats = ctx.saved_tensors
+        directions, heads, batch, steps, hd = h.shape
+        inner = heads * hd
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        dh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        dxc = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
+        dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+        grid, tiles = _launch_shape(h)
+        blocks = grid[1]
+        # each program's partial sums of the weights' gradients, at ((direction, head, window) * blocks + block):
+        # one sum over axis 3 gives each direction's gradient per feature
+        parts = torch.empty(2, directions, heads, batch * blocks, hd, dtype=torch.float32, device=h.device)
+        _bwd_launcher[grid](
+            dy, h, x_conv, z, w32, skip32, stats[0], stats[1], dh, dxc, dz, parts[0], parts[1],
+            *_strides(h, 4), *_strides(x_conv, 3), *_strides(z, 3), *_strides(dy, 3),
+            *_strides(dh, 4), *_strides(dxc, 3), *_strides(dz, 3),
+            batch, heads, steps, inner, blocks, **tiles,
+        )
+        dw, dskip = parts.sum(3).view(2, directions, inner)
+        return dh, dxc, dz, dw.to(ctx.dtypes[0]), dskip.to(ctx.dtypes[1]), None
+
+
+def normed_output_gate(
+    h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, w: torch.Tensor, skip: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """``(LN_head(h) * w + skip * x_conv) * silu(z)`` (module docstring) in two Triton kernels.
+
+    :param h: cell outputs ``(directions, heads, batch, steps, head_dim)``
+    :param x_conv: conv outputs ``(directions, batch, steps, heads * head_dim)``
+    :param z: output-gate branch ``(directions, batch, steps, heads * head_dim)``
+    :param w: the norm's weights ``(directions, heads * head_dim)``
+    :param skip: the learnable skip ``(directions, heads * head_dim)``
+    :param eps: the norm's eps
+    :return: ``(directions, batch, steps, heads * head_dim)`` in the dtype of ``x_conv``
+    """
+    if triton is None:
+        raise RuntimeError("normed_output_gate needs the triton package")
+    directions, heads, batch, steps, hd = h.shape
+    if x_conv.shape != (directions, batch, steps, heads * hd) or z.shape != x_conv.shape:
+        raise ValueError(f"x_conv and z must be (directions, batch, steps, heads * head_dim) = "
+                         f"{(directions, batch, steps, heads * hd)}, got {tuple(x_conv.shape)}, {tuple(z.shape)}")
+    if w.shape != (directions, heads * hd) or skip.shape != w.shape:
+        raise ValueError(f"w and skip must be (directions, inner) = {(directions, heads * hd)}, got "
+                         f"{tuple(w.shape)}, {tuple(skip.shape)}")
+    h, x_conv, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (h, x_conv, z))
+    return _NormedOutputGate.apply(h, x_conv, z, w, skip, eps)
