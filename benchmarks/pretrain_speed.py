@@ -452,6 +452,33 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
     return rows
 
 
+def library_constants(specs: list[str]) -> list[tuple]:
+    """Every combination of the ``--setting`` values: a list of ``((module, name, value), ...)``; values are Python
+    literals where they parse as one, else strings. An unknown module or constant is an error that names it."""
+    import ast
+    import importlib
+    import itertools
+
+    choices = []
+    for spec in specs:
+        target, _, values = spec.partition("=")
+        module_name, _, name = target.rpartition(".")
+        if not values or not module_name:
+            raise SystemExit(f"--setting {spec!r}: expected MODULE.NAME=VALUE[,VALUE], e.g. bimlstm.OUTPUT_STAGE=torch")
+        module = importlib.import_module(f"seisbench_xlstm.{module_name}")
+        if not hasattr(module, name):
+            raise SystemExit(f"--setting {spec!r}: seisbench_xlstm.{module_name} has no {name}")
+
+        def literal(text):
+            try:
+                return ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return text
+
+        choices.append([(module, name, literal(v)) for v in values.split(",")])
+    return [tuple(c) for c in itertools.product(*choices)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=["masked", "contrastive", "both"], default="both")
@@ -477,6 +504,9 @@ def main(argv=None):
     parser.add_argument("--tokens-per-group", type=int, nargs="+", default=None,
                         help="tokens per group of the projections' products on GPUs (seisbench_xlstm.bimlstm."
                              "GPU_TOKENS_PER_GROUP; 0: one product), measured one after the other")
+    parser.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE[,VALUE]",
+                        help="a constant of a seisbench_xlstm module (e.g. bimlstm.OUTPUT_STAGE=torch,triton), each "
+                             "value measured one after the other for every other setting; repeatable")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every setting this many times, in turns (A B A B ...), so that a difference "
                              "between settings can be told from an order effect")
@@ -531,11 +561,16 @@ def main(argv=None):
     library_scalars, library_warps = triton_mlstm_scalars.IMPLEMENTATION, dict(triton_mlstm.KERNEL_WARPS)
     library_groups = bimlstm.GPU_TOKENS_PER_GROUP
     pads, scalar_work = args.head_pad or [None], args.scalar_work or [None]
+    stack = contextlib.ExitStack()  # the --setting constants of the current setting
     try:  # the library's settings come back afterwards (tests call main in their own process)
-        settings = [(f, p, w, kw, g) for f in forms for p in pads for w in scalar_work
-                    for kw in args.kernel_warps or [None] for g in args.tokens_per_group or [None]]
+        settings = [(f, p, w, kw, g, c) for f in forms for p in pads for w in scalar_work
+                    for kw in args.kernel_warps or [None] for g in args.tokens_per_group or [None]
+                    for c in library_constants(args.setting)]
         rounds = [(r, s) for r in range(args.rounds) for s in settings] if not args.regenerate else []
-        for round_, (form, pad, work, warps, groups) in rounds:
+        for round_, (form, pad, work, warps, groups, constants) in rounds:
+            stack.close()
+            for module, name, value in constants:
+                stack.enter_context(mock.patch.object(module, name, value))
             if form:
                 set_qkv_form(form)
             bimlstm.HEAD_PAD_IN_LAYOUT = library_pad if pad is None else pad == "layout"
@@ -545,6 +580,7 @@ def main(argv=None):
             suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}",
                                            work and f"scalar work {work}", warps and f"kernel warps {warps}",
                                            groups is not None and f"tokens per group {groups}",
+                                           *(f"{m.__name__.rsplit('.', 1)[-1]}.{n} {v}" for m, n, v in constants),
                                            args.rounds > 1 and f"round {round_ + 1}") if x)
             args.label = f"{label} ({suffix})" if suffix else label
             for recipe in recipes:
@@ -553,6 +589,7 @@ def main(argv=None):
                         for compiled in modes_compile:
                             rows.append(measure(args, recipe, batch, ckpt, device, compiled))
     finally:
+        stack.close()
         set_qkv_form(None)
         bimlstm.HEAD_PAD_IN_LAYOUT = library_pad
         triton_mlstm_scalars.IMPLEMENTATION = library_scalars
