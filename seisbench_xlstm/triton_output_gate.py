@@ -32,55 +32,54 @@ import torch
 
 from .triton_mlstm_kernels import tl, triton
 
-#: Warps per program, chosen by Triton's autotuner per head dim on the first call of each kernel (not under the
-#: interpreter, which cannot time them).
-TUNING_WARPS = (4, 8)
-
-
-#: Steps per program (a fixed size, not tuned: the backward pass's partial sums of the weights' gradients are laid
-#: out by it). Compiled for sm_90 (``ptxas -v``, bf16), 16 steps of head dim 96 take 64 (8 warps) to 92 (4 warps)
-#: registers forward and 105 to 149 backward; 32 steps take 127 to 255 and 189 to 255 (spilling at 4 warps); 64
-#: steps spill at head dims 96 and 128.
-BLOCK_STEPS = 16
+#: Launch settings the autotuner chooses from per head dim on the first call of each kernel (not under the
+#: interpreter, which cannot time them and runs the first): rows per loop step (``BLOCK_T``), warps, and the
+#: software-pipelining stages of the loop over a program's rows.
+TUNING = [{"BLOCK_T": t, "num_warps": w, "num_stages": 2} for t in (16, 8) for w in (8, 4)]
+#: Steps per program, looped over in blocks of ``BLOCK_T`` (fixed, not tuned: the backward pass's partial sums of
+#: the weights' gradients are laid out by it).
+ROWS_PER_PROGRAM = 64
 
 
 if triton is not None:
 
     @triton.jit
-    def _tile(pid_row, pid_t, batch, heads, steps, HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-        """This program's (direction, head, window), its steps and features, and their masks."""
+    def _program(batch, heads, steps, HD: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's (direction, head, window) and row block, its features and their mask."""
+        pid_row = tl.program_id(0).to(tl.int64)
         b = pid_row % batch
         j = (pid_row // batch) % heads
         d = pid_row // (batch * heads)
-        t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         c = tl.arange(0, BLOCK_D)
-        mask = (t < steps)[:, None] & (c < HD)[None, :]
-        return d, j, b, t, c, mask
+        return pid_row, tl.program_id(1), d, j, b, c, c < HD
 
     @triton.jit
     def _output_gate_fwd_kernel(
         H, XC, Z, W, SKIP, Y, MEAN, RSTD,
         sh_d, sh_j, sh_b, sh_t, sx_d, sx_b, sx_t, sz_d, sz_b, sz_t, sy_d, sy_b, sy_t,
         batch, heads, steps, inner, eps,
-        HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+        HD: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr,
     ):
-        pid_row = tl.program_id(0).to(tl.int64)
-        d, j, b, t, c, mask = _tile(pid_row, tl.program_id(1), batch, heads, steps, HD, BLOCK_T, BLOCK_D)
-        h = tl.load(H + d * sh_d + j * sh_j + b * sh_b + t[:, None] * sh_t + c[None, :], mask=mask, other=0.0)
-        h = h.to(tl.float32)
-        mean = tl.sum(h, axis=1) / HD
-        diff = tl.where(mask, h - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / HD + eps)
+        pid_row, pid_t, d, j, b, c, cmask = _program(batch, heads, steps, HD, BLOCK_D)
         u = j * HD + c  # the features in the inner width
-        w = tl.load(W + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
-        skip = tl.load(SKIP + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
-        xc = tl.load(XC + d * sx_d + b * sx_b + t[:, None] * sx_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(Z + d * sz_d + b * sz_b + t[:, None] * sz_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
-        y = (diff * rstd[:, None] * w[None, :] + skip[None, :] * xc) * (z * tl.sigmoid(z))
-        tl.store(Y + d * sy_d + b * sy_b + t[:, None] * sy_t + u[None, :], y.to(Y.dtype.element_ty), mask=mask)
-        rows = pid_row * steps + t
-        tl.store(MEAN + rows, mean, mask=t < steps)
-        tl.store(RSTD + rows, rstd, mask=t < steps)
+        w = tl.load(W + d * inner + u, mask=cmask, other=0.0).to(tl.float32)
+        skip = tl.load(SKIP + d * inner + u, mask=cmask, other=0.0).to(tl.float32)
+        for r in tl.range(0, ROWS, BLOCK_T):
+            t = pid_t * ROWS + r + tl.arange(0, BLOCK_T)
+            mask = (t < steps)[:, None] & cmask[None, :]
+            h = tl.load(H + d * sh_d + j * sh_j + b * sh_b + t[:, None] * sh_t + c[None, :], mask=mask, other=0.0)
+            h = h.to(tl.float32)
+            mean = tl.sum(h, axis=1) / HD
+            diff = tl.where(mask, h - mean[:, None], 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / HD + eps)
+            xc = tl.load(XC + d * sx_d + b * sx_b + t[:, None] * sx_t + u[None, :], mask=mask, other=0.0)
+            z = tl.load(Z + d * sz_d + b * sz_b + t[:, None] * sz_t + u[None, :], mask=mask, other=0.0)
+            z = z.to(tl.float32)
+            y = (diff * rstd[:, None] * w[None, :] + skip[None, :] * xc.to(tl.float32)) * (z * tl.sigmoid(z))
+            tl.store(Y + d * sy_d + b * sy_b + t[:, None] * sy_t + u[None, :], y.to(Y.dtype.element_ty), mask=mask)
+            rows = pid_row * steps + t
+            tl.store(MEAN + rows, mean, mask=t < steps)
+            tl.store(RSTD + rows, rstd, mask=t < steps)
 
     @triton.jit
     def _output_gate_bwd_kernel(
@@ -88,44 +87,54 @@ if triton is not None:
         sh_d, sh_j, sh_b, sh_t, sx_d, sx_b, sx_t, sz_d, sz_b, sz_t, sdy_d, sdy_b, sdy_t,
         sdh_d, sdh_j, sdh_b, sdh_t, sdx_d, sdx_b, sdx_t, sdz_d, sdz_b, sdz_t,
         batch, heads, steps, inner, blocks,
-        HD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+        HD: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr,
     ):
-        pid_row = tl.program_id(0).to(tl.int64)
-        pid_t = tl.program_id(1)
-        d, j, b, t, c, mask = _tile(pid_row, pid_t, batch, heads, steps, HD, BLOCK_T, BLOCK_D)
+        pid_row, pid_t, d, j, b, c, cmask = _program(batch, heads, steps, HD, BLOCK_D)
         u = j * HD + c
-        rows = pid_row * steps + t
-        mean = tl.load(MEAN + rows, mask=t < steps, other=0.0)
-        rstd = tl.load(RSTD + rows, mask=t < steps, other=0.0)
-        h = tl.load(H + d * sh_d + j * sh_j + b * sh_b + t[:, None] * sh_t + c[None, :], mask=mask, other=0.0)
-        xhat = tl.where(mask, (h.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-        w = tl.load(W + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
-        skip = tl.load(SKIP + d * inner + u, mask=c < HD, other=0.0).to(tl.float32)
-        xc = tl.load(XC + d * sx_d + b * sx_b + t[:, None] * sx_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(Z + d * sz_d + b * sz_b + t[:, None] * sz_t + u[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + d * sdy_d + b * sdy_b + t[:, None] * sdy_t + u[None, :], mask=mask, other=0.0)
-        dy = dy.to(tl.float32)
-        sig = tl.sigmoid(z)
-        gated = dy * z * sig  # the gradient of the gate's input (xhat * w + skip * x_conv)
-        dz = dy * (xhat * w[None, :] + skip[None, :] * xc) * sig * (1.0 + z * (1.0 - sig))
-        tl.store(DZ + d * sdz_d + b * sdz_b + t[:, None] * sdz_t + u[None, :], dz.to(DZ.dtype.element_ty), mask=mask)
-        dxc = gated * skip[None, :]
-        tl.store(DXC + d * sdx_d + b * sdx_b + t[:, None] * sdx_t + u[None, :], dxc.to(DXC.dtype.element_ty),
-                 mask=mask)
-        dxhat = gated * w[None, :]
-        row_mean = tl.sum(dxhat, axis=1) / HD
-        row_proj = tl.sum(dxhat * xhat, axis=1) / HD
-        dh = rstd[:, None] * (dxhat - row_mean[:, None] - xhat * row_proj[:, None])
-        tl.store(DH + d * sdh_d + j * sdh_j + b * sdh_b + t[:, None] * sdh_t + c[None, :], dh.to(DH.dtype.element_ty),
-                 mask=mask)
+        w = tl.load(W + d * inner + u, mask=cmask, other=0.0).to(tl.float32)
+        skip = tl.load(SKIP + d * inner + u, mask=cmask, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for r in tl.range(0, ROWS, BLOCK_T):
+            t = pid_t * ROWS + r + tl.arange(0, BLOCK_T)
+            mask = (t < steps)[:, None] & cmask[None, :]
+            rows = pid_row * steps + t
+            mean = tl.load(MEAN + rows, mask=t < steps, other=0.0)
+            rstd = tl.load(RSTD + rows, mask=t < steps, other=0.0)
+            h = tl.load(H + d * sh_d + j * sh_j + b * sh_b + t[:, None] * sh_t + c[None, :], mask=mask, other=0.0)
+            xhat = tl.where(mask, (h.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+            xc = tl.load(XC + d * sx_d + b * sx_b + t[:, None] * sx_t + u[None, :], mask=mask, other=0.0)
+            xc = xc.to(tl.float32)
+            z = tl.load(Z + d * sz_d + b * sz_b + t[:, None] * sz_t + u[None, :], mask=mask, other=0.0)
+            z = z.to(tl.float32)
+            dy = tl.load(DY + d * sdy_d + b * sdy_b + t[:, None] * sdy_t + u[None, :], mask=mask, other=0.0)
+            dy = dy.to(tl.float32)
+            sig = tl.sigmoid(z)
+            gated = dy * z * sig  # the gradient of the gate's input (xhat * w + skip * x_conv)
+            dz = dy * (xhat * w[None, :] + skip[None, :] * xc) * sig * (1.0 + z * (1.0 - sig))
+            tl.store(DZ + d * sdz_d + b * sdz_b + t[:, None] * sdz_t + u[None, :], dz.to(DZ.dtype.element_ty),
+                     mask=mask)
+            dxc = gated * skip[None, :]
+            tl.store(DXC + d * sdx_d + b * sdx_b + t[:, None] * sdx_t + u[None, :], dxc.to(DXC.dtype.element_ty),
+                     mask=mask)
+            dxhat = gated * w[None, :]
+            row_mean = tl.sum(dxhat, axis=1) / HD
+            row_proj = tl.sum(dxhat * xhat, axis=1) / HD
+            dh = rstd[:, None] * (dxhat - row_mean[:, None] - xhat * row_proj[:, None])
+            tl.store(DH + d * sdh_d + j * sdh_j + b * sdh_b + t[:, None] * sdh_t + c[None, :],
+                     dh.to(DH.dtype.element_ty), mask=mask)
+            dw += tl.sum(gated * xhat, axis=0)
+            dskip += tl.sum(gated * xc, axis=0)
         part = (pid_row * blocks + pid_t) * HD + c  # this program's partial sums of the weights' gradients
-        tl.store(DW_PART + part, tl.sum(gated * xhat, axis=0), mask=c < HD)
-        tl.store(DSKIP_PART + part, tl.sum(gated * xc, axis=0), mask=c < HD)
+        tl.store(DW_PART + part, dw, mask=cmask)
+        tl.store(DSKIP_PART + part, dskip, mask=cmask)
 
     def _tuned(kernel):
-        if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter cannot time configurations
+        if os.environ.get("TRITON_INTERPRET") == "1":
             return kernel
-        return triton.autotune([triton.Config({}, num_warps=w) for w in TUNING_WARPS], key=["HD"])(kernel)
+        configs = [triton.Config({"BLOCK_T": s["BLOCK_T"]}, num_warps=s["num_warps"], num_stages=s["num_stages"])
+                   for s in TUNING]
+        return triton.autotune(configs, key=["HD"])(kernel)
 
     _fwd_launcher = _tuned(_output_gate_fwd_kernel)
     _bwd_launcher = _tuned(_output_gate_bwd_kernel)
@@ -139,11 +148,14 @@ def _strides(x: torch.Tensor, dims: int) -> list[int]:
 
 
 def _launch_shape(h: torch.Tensor) -> tuple[tuple[int, int], dict]:
-    """The grid (one program per (direction, head, window) and block of steps) and the tile sizes."""
+    """The grid (one program per (direction, head, window) and :data:`ROWS_PER_PROGRAM` steps) and the tile sizes;
+    under the interpreter also the row block the autotuner chooses elsewhere."""
     directions, heads, batch, steps, hd = h.shape
-    block_t = BLOCK_STEPS
-    grid = (directions * heads * batch, triton.cdiv(steps, block_t))
-    return grid, {"HD": hd, "BLOCK_T": block_t, "BLOCK_D": max(16, triton.next_power_of_2(hd))}
+    grid = (directions * heads * batch, triton.cdiv(steps, ROWS_PER_PROGRAM))
+    tiles = {"HD": hd, "BLOCK_D": max(16, triton.next_power_of_2(hd)), "ROWS": ROWS_PER_PROGRAM}
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        tiles["BLOCK_T"] = TUNING[0]["BLOCK_T"]
+    return grid, tiles
 
 
 class _NormedOutputGate(torch.autograd.Function):

@@ -1,0 +1,131 @@
+"""Speed of the mLSTM branches' output stage (each head's norm, its weight, the skip and the SiLU gate) on a GPU: the
+PyTorch stage compiled by ``torch.compile`` (``bimlstm.OUTPUT_STAGE = "torch"``, as the compiled layers run it)
+against the Triton kernels (``seisbench_xlstm.triton_output_gate``), each of its launch settings forced in turn and
+the autotuner's choice.
+
+Run on a CUDA machine (writes ``benchmarks/results/output_stage_speed.md``)::
+
+    python benchmarks/output_stage_speed.py
+    python benchmarks/output_stage_speed.py --shapes 2x4x128x1024x96 --only triton   # e.g. under ncu
+
+Shapes: directions x heads x batch x steps x head dim, bf16 ``h`` (the kernel's layout), ``x_conv``, ``z`` and
+upstream gradient, the norm weights and skips as the layer holds them (float32). Times: median ms of
+``triton.testing.do_bench`` of a forward under ``torch.no_grad`` and of forward+backward (``y.backward(dy)``);
+``GB/s``: the bytes the fused kernels must move (forward: read h, x_conv, z, write y; backward: read dy, h, x_conv, z,
+write the three gradients) over the forward+backward time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine, write_report  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from seisbench_xlstm import bimlstm, triton_output_gate  # noqa: E402
+
+#: the recipe-1 layer (batch 128) and the U-Net's three levels at recipe 2's batch 256
+SHAPES = [(2, 4, 128, 1024, 96), (2, 4, 256, 1024, 64), (2, 4, 256, 256, 128), (2, 4, 256, 64, 256)]
+
+
+def stage_inputs(shape, device):
+    """``h``, ``x_conv``, ``z``, the upstream gradient and two directions' modules for one shape."""
+    n_dir, heads, batch, steps, hd = shape
+    config = bimlstm.BiMLSTMLayerConfig(embedding_dim=heads * hd // 2, num_heads=heads, round_inner_to=16)
+    assert config.inner_dim == heads * hd, (config.inner_dim, heads * hd)
+    directions = [bimlstm.MLSTMDirection(config).to(device) for _ in range(n_dir)]
+    g = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    h = torch.randn(n_dir * heads, batch, steps, hd, device=device, generator=g, dtype=dtype)
+    x_conv, z, dy = (torch.randn(n_dir, batch, steps, heads * hd, device=device, generator=g, dtype=dtype)
+                     for _ in range(3))
+    return h, x_conv, z, dy, directions
+
+
+def timings(stage, h, x_conv, z, dy, directions, warmup: int, rep: int) -> tuple[float, float]:
+    if h.is_cuda:
+        from triton.testing import do_bench
+    else:  # the wiring check on a CPU under Triton's interpreter: one call each
+        def do_bench(fn, warmup, rep):
+            start = time.perf_counter()
+            fn()
+            return 1e3 * (time.perf_counter() - start)
+
+    heads = h.shape[0] // x_conv.shape[0]
+    args = [t.detach().requires_grad_() for t in (h, x_conv, z)]
+
+    def forward():
+        with torch.no_grad():
+            stage(args[0].unflatten(0, (-1, heads)), args[1], args[2], directions)
+
+    def forward_backward():
+        stage(args[0].unflatten(0, (-1, heads)), args[1], args[2], directions).backward(dy)
+
+    return do_bench(forward, warmup=warmup, rep=rep), do_bench(forward_backward, warmup=warmup, rep=rep)
+
+
+def settings(only: str, rows_per_program: list[int]) -> list[tuple[str, int | None, list | None]]:
+    """(name, ROWS_PER_PROGRAM, TUNING to force; None, None for PyTorch) of every stage to time."""
+    rows = [] if only == "triton" else [("torch (compiled)", None, None)]
+    for n in rows_per_program if only != "torch" else []:
+        rows.append((f"triton, {n} rows a program, autotuned", n, list(triton_output_gate.TUNING)))
+        rows += [(f"triton, {n} rows a program, {s['BLOCK_T']} a step, {s['num_warps']} warps, {s['num_stages']} "
+                  f"stages", n, [s]) for s in triton_output_gate.TUNING]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="*", metavar="DxHxBxSxD", help="directions x heads x batch x steps x dim")
+    parser.add_argument("--only", choices=["torch", "triton", "both"], default="both")
+    parser.add_argument("--rows", type=int, nargs="+", default=[triton_output_gate.ROWS_PER_PROGRAM],
+                        help="ROWS_PER_PROGRAM values to time")
+    parser.add_argument("--warmup", type=int, default=25)
+    parser.add_argument("--rep", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "output_stage_speed.md")
+    args = parser.parse_args(argv)
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not (torch.cuda.is_available() or interpreted):
+        raise SystemExit("output_stage_speed.py needs a CUDA GPU (or TRITON_INTERPRET=1 and tiny --shapes, a check)")
+    device = torch.device("cpu" if interpreted else "cuda")
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    if any(len(s) != 5 for s in shapes):
+        raise SystemExit("shapes are directions x heads x batch x steps x head_dim, e.g. 2x4x128x1024x96")
+    library = bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM
+    compiled = torch.compile(bimlstm._output_stage)
+    lines = ["# Output stage of the mLSTM branches: PyTorch (compiled) against the Triton kernels", "",
+             f"`benchmarks/output_stage_speed.py` (see its docstring), {machine()}.", "",
+             "| shape | stage | fwd ms | fwd+bwd ms | GB/s (fwd+bwd, fused bytes) |", "|---|---|---|---|---|"]
+    try:
+        for shape in shapes:
+            h, x_conv, z, dy, directions = stage_inputs(shape, device)
+            moved = 11 * x_conv.numel() * x_conv.element_size()  # 4 + 7 activation-sized tensors
+            for name, rows, tuning in settings(args.only, args.rows):
+                bimlstm.OUTPUT_STAGE = "torch" if tuning is None else "triton"
+                if tuning is not None:  # the launchers as the library builds them, from this setting list
+                    triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = tuning, rows
+                    triton_output_gate._fwd_launcher = triton_output_gate._tuned(
+                        triton_output_gate._output_gate_fwd_kernel)
+                    triton_output_gate._bwd_launcher = triton_output_gate._tuned(
+                        triton_output_gate._output_gate_bwd_kernel)
+                stage = compiled if tuning is None else bimlstm._output_stage
+                fwd, fwbw = timings(stage, h, x_conv, z, dy, directions, args.warmup, args.rep)
+                shape_text = "x".join(map(str, shape))
+                lines.append(f"| {shape_text} | {name} | {fwd:.3f} | {fwbw:.3f} | {moved / fwbw / 1e6:.0f} |")
+                print(lines[-1], flush=True)
+    finally:
+        bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = library
+        triton_output_gate._fwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_fwd_kernel)
+        triton_output_gate._bwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_bwd_kernel)
+    write_report(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
