@@ -35,7 +35,8 @@ from .triton_mlstm_kernels import tl, triton
 #: Launch settings the autotuner chooses from per head dim on the first call of each kernel (not under the
 #: interpreter, which cannot time them and runs the first): rows per loop step (``BLOCK_T``), warps, and the
 #: software-pipelining stages of the loop over a program's rows.
-TUNING = [{"BLOCK_T": t, "num_warps": w, "num_stages": 2} for t in (16, 8) for w in (8, 4)]
+TUNING = [{"BLOCK_T": 16, "num_warps": 4, "num_stages": 2}, {"BLOCK_T": 8, "num_warps": 4, "num_stages": 2},
+          {"BLOCK_T": 16, "num_warps": 8, "num_stages": 2}]
 #: Steps per program, looped over in blocks of ``BLOCK_T`` (fixed, not tuned: the backward pass's partial sums of
 #: the weights' gradients are laid out by it).
 ROWS_PER_PROGRAM = 64
@@ -93,8 +94,10 @@ if triton is not None:
         u = j * HD + c
         w = tl.load(W + d * inner + u, mask=cmask, other=0.0).to(tl.float32)
         skip = tl.load(SKIP + d * inner + u, mask=cmask, other=0.0).to(tl.float32)
-        dw = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        # the weights' gradients summed element-wise over the loop and over rows once at the end: a sum over rows
+        # spans warps (shared memory), which bounded the kernel when it ran every step (ncu on an H200, 2026-11-30)
+        dw = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        dskip = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         for r in tl.range(0, ROWS, BLOCK_T):
             t = pid_t * ROWS + r + tl.arange(0, BLOCK_T)
             mask = (t < steps)[:, None] & cmask[None, :]
@@ -123,11 +126,11 @@ if triton is not None:
             dh = rstd[:, None] * (dxhat - row_mean[:, None] - xhat * row_proj[:, None])
             tl.store(DH + d * sdh_d + j * sdh_j + b * sdh_b + t[:, None] * sdh_t + c[None, :],
                      dh.to(DH.dtype.element_ty), mask=mask)
-            dw += tl.sum(gated * xhat, axis=0)
-            dskip += tl.sum(gated * xc, axis=0)
+            dw += gated * xhat
+            dskip += gated * xc
         part = (pid_row * blocks + pid_t) * HD + c  # this program's partial sums of the weights' gradients
-        tl.store(DW_PART + part, dw, mask=cmask)
-        tl.store(DSKIP_PART + part, dskip, mask=cmask)
+        tl.store(DW_PART + part, tl.sum(dw, axis=0), mask=cmask)
+        tl.store(DSKIP_PART + part, tl.sum(dskip, axis=0), mask=cmask)
 
     def _tuned(kernel):
         if os.environ.get("TRITON_INTERPRET") == "1":
