@@ -91,6 +91,11 @@ HEAD_PAD_IN_LAYOUT = True
 #: and round once, PyTorch rounds the normalised outputs to the activations' dtype first.
 OUTPUT_STAGE = "auto"
 OUTPUT_STAGES = ("auto", "torch", "triton")
+#: Largest head dim for which ``"auto"`` takes the Triton output stage. Forward+backward of one layer's stage on an
+#: H200 (``benchmarks/output_stage_speed.py``, 2026-11-30, ``benchmarks/results/output_stage_speed.md``), Triton
+#: against compiled PyTorch: head dim 96 (recipe 1) 1.29 against 1.77 ms, 64 1.72 against 2.15, 128 0.93 against 1.15,
+#: but 256 (64 steps) 1.22 against 0.81 ms.
+OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
 
 
 @dataclass
@@ -269,20 +274,22 @@ def _output_stage(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, direct
     :data:`OUTPUT_STAGE` says so."""
     n_dir, heads, batch, steps, head_dim = h.shape
     eps = directions[0].outnorm.eps
-    if _triton_output_stage(x_conv, directions):
+    if _triton_output_stage(x_conv, directions, head_dim):
         norm_w = torch.stack([d.outnorm.weight_proxy for d in directions])
         return _opaque_normed_output_gate(h, x_conv, z, norm_w, _stacked(directions, lambda d: d.learnable_skip), eps)
     h = F.layer_norm(h, (head_dim,), eps=eps).to(x_conv.dtype)
     return _output_gate(h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, heads * head_dim), x_conv, z, directions)
 
 
-def _triton_output_stage(x: torch.Tensor, directions: list[MLSTMDirection]) -> bool:
+def _triton_output_stage(x: torch.Tensor, directions: list[MLSTMDirection], head_dim: int) -> bool:
     if OUTPUT_STAGE not in OUTPUT_STAGES:
         raise ValueError(f"Unknown output stage {OUTPUT_STAGE!r}; known: {', '.join(OUTPUT_STAGES)}")
     norm = directions[0].outnorm
     if OUTPUT_STAGE == "torch" or norm.weight is None or norm.bias is not None:  # the kernels take a weight, no bias
         return False
-    return OUTPUT_STAGE == "triton" or (x.is_cuda and triton is not None)
+    if OUTPUT_STAGE == "triton":
+        return True
+    return x.is_cuda and triton is not None and head_dim <= OUTPUT_STAGE_MAX_AUTO_HEAD_DIM
 
 
 def _output_gate(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection]):
