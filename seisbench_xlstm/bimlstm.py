@@ -40,6 +40,7 @@ from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwis
 from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
 from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
+from .triton_conv import causal_conv_silu
 from .triton_output_gate import normed_output_gate, triton
 
 
@@ -90,12 +91,18 @@ HEAD_PAD_IN_LAYOUT = True
 #: PyTorch. Norms with a bias or without a weight always run in PyTorch. Same function; the kernels compute in float32
 #: and round once, PyTorch rounds the normalised outputs to the activations' dtype first.
 OUTPUT_STAGE = "auto"
-OUTPUT_STAGES = ("auto", "torch", "triton")
+#: The values of :data:`OUTPUT_STAGE` and :data:`CONV_STAGE`.
+STAGE_SETTINGS = ("auto", "torch", "triton")
 #: Largest head dim for which ``"auto"`` takes the Triton output stage. Forward+backward of one layer's stage on an
 #: H200 (``benchmarks/output_stage_speed.py``, 2026-11-30, ``benchmarks/results/output_stage_speed.md``), Triton
 #: against compiled PyTorch: head dim 96 (recipe 1) 1.29 against 1.77 ms, 64 1.72 against 2.15, 128 0.93 against 1.15,
 #: but 256 (64 steps) 1.22 against 0.81 ms.
 OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
+#: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
+#: forward, one backward, no padded copy), ``"torch"`` (:func:`causal_depthwise_conv`, fused by ``torch.compile``
+#: where the model is compiled) or ``"auto"`` (Triton on CUDA). ``"torch"`` until the Triton form is timed on a GPU
+#: (written 2026-11-30 after the device time ran out; tested against PyTorch under Triton's interpreter).
+CONV_STAGE = "torch"
 
 
 @dataclass
@@ -214,9 +221,7 @@ def mlstm_branches(
     def stacked(get):
         return _stacked(directions, get)
 
-    x_conv = F.silu(
-        causal_depthwise_conv(x_mlstm, stacked(lambda d: d.conv1d.conv.weight[:, 0]), stacked(lambda d: d.conv1d.conv.bias))
-    )
+    x_conv = _conv_stage(x_mlstm, directions)
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
@@ -250,6 +255,7 @@ def mlstm_branches(
 
 #: :func:`normed_output_gate` hidden from ``torch.compile`` (its Triton kernels run as they are)
 _opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
+_opaque_causal_conv_silu = torch.compiler.disable(causal_conv_silu)
 
 
 def _stacked(directions: list[MLSTMDirection], get) -> torch.Tensor:
@@ -282,14 +288,28 @@ def _output_stage(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, direct
 
 
 def _triton_output_stage(x: torch.Tensor, directions: list[MLSTMDirection], head_dim: int) -> bool:
-    if OUTPUT_STAGE not in OUTPUT_STAGES:
-        raise ValueError(f"Unknown output stage {OUTPUT_STAGE!r}; known: {', '.join(OUTPUT_STAGES)}")
     norm = directions[0].outnorm
-    if OUTPUT_STAGE == "torch" or norm.weight is None or norm.bias is not None:  # the kernels take a weight, no bias
+    if norm.weight is None or norm.bias is not None:  # the kernels take a weight and no bias
         return False
-    if OUTPUT_STAGE == "triton":
-        return True
-    return x.is_cuda and triton is not None and head_dim <= OUTPUT_STAGE_MAX_AUTO_HEAD_DIM
+    return _in_triton(OUTPUT_STAGE, "output stage", x) and (
+        OUTPUT_STAGE == "triton" or head_dim <= OUTPUT_STAGE_MAX_AUTO_HEAD_DIM)
+
+
+def _in_triton(setting: str, what: str, x: torch.Tensor) -> bool:
+    """Whether a stage set to ``setting`` (one of :data:`STAGE_SETTINGS`) runs in Triton for inputs like ``x``."""
+    if setting not in STAGE_SETTINGS:
+        raise ValueError(f"Unknown {what} {setting!r}; known: {', '.join(STAGE_SETTINGS)}")
+    return setting == "triton" or (setting == "auto" and x.is_cuda and triton is not None)
+
+
+def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection]) -> torch.Tensor:
+    """The causal depthwise conv of each direction and its SiLU, ``(directions, batch, steps, inner)``; in Triton
+    where :data:`CONV_STAGE` says so."""
+    weight = _stacked(directions, lambda d: d.conv1d.conv.weight[:, 0])  # (directions, inner, kernel)
+    bias = None if directions[0].conv1d.conv.bias is None else _stacked(directions, lambda d: d.conv1d.conv.bias)
+    if bias is not None and _in_triton(CONV_STAGE, "conv stage", x_mlstm):
+        return _opaque_causal_conv_silu(x_mlstm, weight, bias)
+    return F.silu(causal_depthwise_conv(x_mlstm, weight, bias))
 
 
 def _output_gate(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection]):

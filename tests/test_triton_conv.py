@@ -1,0 +1,105 @@
+"""The mLSTM branches' causal conv and SiLU in Triton (``seisbench_xlstm.triton_conv``) against the PyTorch form it
+replaces (``bimlstm.causal_depthwise_conv`` and ``F.silu``): the output and the gradients of the input, the weights
+and the bias.
+
+Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``). Tolerances: float32 against the PyTorch
+form in float64, ``1e-5`` relative L2 per tensor (both compute in float32; the weight and bias gradients sum over
+steps in another order); bfloat16 (CUDA) ``1e-2`` (one rounding of each output to 8 significant bits).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlstm_calls import triton_device_or_skip
+
+DEVICE = triton_device_or_skip("the Triton conv stage")
+
+from seisbench_xlstm import bimlstm  # noqa: E402
+from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig, causal_depthwise_conv  # noqa: E402
+from seisbench_xlstm.triton_conv import causal_conv_silu  # noqa: E402
+
+
+def reference(x, w, b):
+    return F.silu(causal_depthwise_conv(x, w, b))
+
+
+def inputs(steps, channels, size=4, dtype=torch.float32, n_dir=2, batch=3, strided=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if strided:  # a view whose leading axes are not contiguous (the channels are)
+        x = torch.randn(n_dir, batch, steps, channels + 8, generator=g)[..., :channels]
+    else:
+        x = torch.randn(n_dir, batch, steps, channels, generator=g)
+    w = 0.5 * torch.randn(n_dir, channels, size, generator=g)
+    b = 0.3 * torch.randn(n_dir, channels, generator=g)
+    dy = torch.randn(n_dir, batch, steps, channels, generator=g)
+    return [x.to(DEVICE, dtype), w.to(DEVICE), b.to(DEVICE)], dy.to(DEVICE, dtype)
+
+
+def output_and_grads(fn, args, dy):
+    args = [a.detach().requires_grad_() for a in args]
+    y = fn(*args)
+    y.backward(dy)
+    return [y.detach()] + [a.grad for a in args]
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("steps,channels,size,strided", [
+    (37, 64, 4, False), (100, 200, 4, True), (5, 16, 4, False), (64, 130, 2, False), (1, 8, 4, False),
+])
+def test_float32_matches_the_pytorch_conv(steps, channels, size, strided):
+    args, dy = inputs(steps, channels, size, strided=strided)
+    got = output_and_grads(causal_conv_silu, args, dy)
+    want = output_and_grads(reference, [a.double() for a in args], dy.double())
+    assert [g.dtype for g in got[1:]] == [a.dtype for a in args]
+    for name, g, w in zip(["y", "dx", "dw", "db"], got, want):
+        assert rel_err(g, w) < 1e-5, (name, rel_err(g, w))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="bfloat16: CUDA only (the interpreter's bf16 is not the GPU's)")
+def test_bfloat16_matches_the_pytorch_conv_in_float64():
+    args, dy = inputs(1024, 384, dtype=torch.bfloat16, batch=8)
+    got = output_and_grads(causal_conv_silu, args, dy)
+    want = output_and_grads(reference, [a.double() for a in args], dy.double())
+    for name, g, w in zip(["y", "dx", "dw", "db"], got, want):
+        assert rel_err(g, w) < 1e-2, (name, rel_err(g, w))
+
+
+@pytest.mark.parametrize("form", ["per_head", "dense"])
+def test_layer_gives_the_same_output_and_gradients_with_either_conv(form, monkeypatch):
+    """The whole layer (native mLSTM kernel, float32) with the Triton conv equals the layer with the PyTorch conv:
+    output, input gradient and every parameter's gradient, within ``1e-5`` relative L2 per tensor."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
+    monkeypatch.setattr(bimlstm, "GPU_QKV_FORM", form)
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(DEVICE)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 40, 32, device=DEVICE)
+    results = {}
+    for stage in ("torch", "triton"):
+        monkeypatch.setattr(bimlstm, "CONV_STAGE", stage)
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = layer(xg, kernel="chunkwise--native_autograd")
+        out.square().sum().backward()
+        results[stage] = [out.detach(), xg.grad] + [p.grad.clone() for p in layer.parameters()]
+    names = ["out", "dx"] + [n for n, _ in layer.named_parameters()]
+    for name, t, r in zip(names, results["triton"], results["torch"]):
+        assert rel_err(t, r) < 1e-5, (name, rel_err(t, r))
+
+
+def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
+    (x, w, b), _ = inputs(8, 16)
+    with pytest.raises(ValueError, match="weight must be"):
+        causal_conv_silu(x, w[:, :8], b)
+    with pytest.raises(ValueError, match="weight must be"):
+        causal_conv_silu(x, w, b[:1])
+    monkeypatch.setattr(bimlstm, "CONV_STAGE", "cuda")
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4)).to(DEVICE)
+    with pytest.raises(ValueError, match="Unknown conv stage 'cuda'"):
+        layer(torch.randn(1, 8, 32, device=DEVICE), kernel="chunkwise--native_autograd")
