@@ -1,5 +1,6 @@
 """Outputs and input gradients of one mLSTM call, and their relative errors, shared by the kernel tests
-(``test_kernels.py``, ``test_triton_mlstm.py``, ``test_triton_mlstm_scalars.py``)."""
+(``test_kernels.py``, ``test_triton_mlstm.py``, ``test_triton_mlstm_scalars.py``, ``test_triton_output_gate.py``,
+``test_triton_conv.py``)."""
 
 import torch
 
@@ -44,3 +45,38 @@ def triton_device_or_skip(what: str) -> str:
     if not (torch.cuda.is_available() or interpret):
         pytest.skip(f"{what} needs CUDA, or TRITON_INTERPRET=1 to run on CPU", allow_module_level=True)
     return "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error ``|a - b| / |b|`` in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def assert_layer_unchanged_by_setting(monkeypatch, name: str, values: tuple, form: str, share: bool, device: str):
+    """A bidirectional mLSTM layer (float32, native mLSTM kernel, random weights, loss ``sum(out ** 2)``) gives the
+    same output, input gradient and parameter gradients, within ``1e-5`` relative L2 per tensor (float32 rounding,
+    amplified by the loss's square), with ``seisbench_xlstm.bimlstm.<name>`` set to each of ``values`` (q/k/v form
+    ``form`` on both device kinds, projections shared or not)."""
+    from seisbench_xlstm import bimlstm
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
+    monkeypatch.setattr(bimlstm, "GPU_QKV_FORM", form)
+    config = bimlstm.BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, share_projections=share, dropout=0.0)
+    layer = bimlstm.BiMLSTMLayer(config).to(device)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 40, 32, device=device)
+    names = ["out", "dx"] + [n for n, _ in layer.named_parameters()]
+    results = []
+    for value in values:
+        monkeypatch.setattr(bimlstm, name, value)
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = layer(xg, kernel="chunkwise--native_autograd")
+        out.square().sum().backward()
+        results.append([out.detach(), xg.grad] + [p.grad.clone() for p in layer.parameters()])
+    for other in results[1:]:
+        for n, got, want in zip(names, other, results[0]):
+            assert rel_err(got, want) < 1e-5, (name, n, rel_err(got, want))

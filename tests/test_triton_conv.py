@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlstm_calls import triton_device_or_skip
+from mlstm_calls import assert_layer_unchanged_by_setting, output_and_grads, rel_err, triton_device_or_skip
 
 DEVICE = triton_device_or_skip("the Triton conv stage")
 
@@ -34,17 +34,6 @@ def inputs(steps, channels, size=4, dtype=torch.float32, n_dir=2, batch=3, strid
     b = 0.3 * torch.randn(n_dir, channels, generator=g)
     dy = torch.randn(n_dir, batch, steps, channels, generator=g)
     return [x.to(DEVICE, dtype), w.to(DEVICE), b.to(DEVICE)], dy.to(DEVICE, dtype)
-
-
-def output_and_grads(fn, args, dy):
-    args = [a.detach().requires_grad_() for a in args]
-    y = fn(*args)
-    y.backward(dy)
-    return [y.detach()] + [a.grad for a in args]
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("steps,channels,size,strided", [
@@ -72,25 +61,7 @@ def test_bfloat16_matches_the_pytorch_conv_in_float64():
 def test_layer_gives_the_same_output_and_gradients_with_either_conv(form, monkeypatch):
     """The whole layer (native mLSTM kernel, float32) with the Triton conv equals the layer with the PyTorch conv:
     output, input gradient and every parameter's gradient, within ``1e-5`` relative L2 per tensor."""
-    torch.manual_seed(0)
-    monkeypatch.setattr(bimlstm, "CPU_QKV_FORM", form)
-    monkeypatch.setattr(bimlstm, "GPU_QKV_FORM", form)
-    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(DEVICE)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    x = torch.randn(2, 40, 32, device=DEVICE)
-    results = {}
-    for stage in ("torch", "triton"):
-        monkeypatch.setattr(bimlstm, "CONV_STAGE", stage)
-        layer.zero_grad()
-        xg = x.clone().requires_grad_()
-        out = layer(xg, kernel="chunkwise--native_autograd")
-        out.square().sum().backward()
-        results[stage] = [out.detach(), xg.grad] + [p.grad.clone() for p in layer.parameters()]
-    names = ["out", "dx"] + [n for n, _ in layer.named_parameters()]
-    for name, t, r in zip(names, results["triton"], results["torch"]):
-        assert rel_err(t, r) < 1e-5, (name, rel_err(t, r))
+    assert_layer_unchanged_by_setting(monkeypatch, "CONV_STAGE", ("torch", "triton"), form, False, DEVICE)
 
 
 def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
