@@ -1,11 +1,13 @@
 """Speed of the mLSTM branches' output stage (each head's norm, its weight, the skip and the SiLU gate) on a GPU: the
 PyTorch stage compiled by ``torch.compile`` (``bimlstm.OUTPUT_STAGE = "torch"``, as the compiled layers run it)
 against the Triton kernels (``seisbench_xlstm.triton_output_gate``), each of its launch settings forced in turn and
-the autotuner's choice.
+the autotuner's choice; with ``--stage conv`` the same for the causal conv and its SiLU (``bimlstm.CONV_STAGE``,
+``seisbench_xlstm.triton_conv``).
 
-Run on a CUDA machine (writes ``benchmarks/results/output_stage_speed.md``)::
+Run on a CUDA machine (writes ``benchmarks/results/output_stage_speed.md``, ``conv_stage_speed.md``)::
 
     python benchmarks/output_stage_speed.py
+    python benchmarks/output_stage_speed.py --stage conv
     python benchmarks/output_stage_speed.py --shapes 2x4x128x1024x96 --only triton   # e.g. under ncu
 
 Shapes: directions x heads x batch x steps x head dim, bf16 ``h`` (the kernel's layout), ``x_conv``, ``z`` and
@@ -49,8 +51,9 @@ def stage_inputs(shape, device):
     return h, x_conv, z, dy, directions
 
 
-def timings(stage, h, x_conv, z, dy, directions, warmup: int, rep: int) -> tuple[float, float]:
-    if h.is_cuda:
+def timings(call, inputs, dy, warmup: int, rep: int) -> tuple[float, float]:
+    """Median ms of ``call(*inputs)`` without gradients and of it with ``.backward(dy)``."""
+    if dy.is_cuda:
         from triton.testing import do_bench
     else:  # the wiring check on a CPU under Triton's interpreter: one call each
         def do_bench(fn, warmup, rep):
@@ -58,17 +61,13 @@ def timings(stage, h, x_conv, z, dy, directions, warmup: int, rep: int) -> tuple
             fn()
             return 1e3 * (time.perf_counter() - start)
 
-    heads = h.shape[0] // x_conv.shape[0]
-    args = [t.detach().requires_grad_() for t in (h, x_conv, z)]
+    args = [t.detach().requires_grad_() for t in inputs]
 
     def forward():
         with torch.no_grad():
-            stage(args[0].unflatten(0, (-1, heads)), args[1], args[2], directions)
+            call(*args)
 
-    def forward_backward():
-        stage(args[0].unflatten(0, (-1, heads)), args[1], args[2], directions).backward(dy)
-
-    return do_bench(forward, warmup=warmup, rep=rep), do_bench(forward_backward, warmup=warmup, rep=rep)
+    return do_bench(forward, warmup=warmup, rep=rep), do_bench(lambda: call(*args).backward(dy), warmup=warmup, rep=rep)
 
 
 def settings(only: str, rows_per_program: list[int]) -> list[tuple[str, int | None, list | None]]:
@@ -81,16 +80,71 @@ def settings(only: str, rows_per_program: list[int]) -> list[tuple[str, int | No
     return rows
 
 
+def output_rows(shape, device, args):
+    """(setting, fwd ms, fwd+bwd ms, bytes a fused stage moves) of the output stage at one shape."""
+    h, x_conv, z, dy, directions = stage_inputs(shape, device)
+    heads = shape[1]
+    moved = 11 * x_conv.numel() * x_conv.element_size()  # 4 + 7 activation-sized tensors
+    compiled = torch.compile(bimlstm._output_stage)
+    library = bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM
+    rows = []
+    try:
+        for name, per_program, tuning in settings(args.only, args.rows):
+            bimlstm.OUTPUT_STAGE = "torch" if tuning is None else "triton"
+            if tuning is not None:  # the launchers as the library builds them, from this setting list
+                triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = tuning, per_program
+                _rebuild_launchers()
+            stage = compiled if tuning is None else bimlstm._output_stage
+            fwd, fwbw = timings(lambda a, b, c: stage(a.unflatten(0, (-1, heads)), b, c, directions), (h, x_conv, z),
+                                dy, args.warmup, args.rep)
+            rows.append((name, fwd, fwbw, moved))
+    finally:
+        bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = library
+        _rebuild_launchers()
+    return rows
+
+
+def _rebuild_launchers():
+    triton_output_gate._fwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_fwd_kernel)
+    triton_output_gate._bwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_bwd_kernel)
+
+
+def conv_rows(shape, device, args):
+    """The same for the causal conv and its SiLU (``bimlstm.CONV_STAGE``): input ``(directions, batch, steps, heads *
+    head_dim)``; a fused stage reads x, writes y, then reads dy and x and writes dx."""
+    _, x_conv, _, dy, directions = stage_inputs(shape, device)
+    moved = 5 * x_conv.numel() * x_conv.element_size()
+    compiled = torch.compile(bimlstm._conv_stage)
+    library = bimlstm.CONV_STAGE
+    rows = []
+    try:
+        for name, setting in (("torch (compiled)", "torch"), ("triton", "triton")):
+            if args.only not in ("both", setting):
+                continue
+            bimlstm.CONV_STAGE = setting
+            stage = compiled if setting == "torch" else bimlstm._conv_stage
+            fwd, fwbw = timings(lambda x: stage(x, directions), (x_conv,), dy, args.warmup, args.rep)
+            rows.append((name, fwd, fwbw, moved))
+    finally:
+        bimlstm.CONV_STAGE = library
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", metavar="DxHxBxSxD", help="directions x heads x batch x steps x dim")
+    parser.add_argument("--stage", choices=["output", "conv"], default="output",
+                        help="the output stage (default) or the causal conv and SiLU")
     parser.add_argument("--only", choices=["torch", "triton", "both"], default="both")
     parser.add_argument("--rows", type=int, nargs="+", default=[triton_output_gate.ROWS_PER_PROGRAM],
                         help="ROWS_PER_PROGRAM values to time")
     parser.add_argument("--warmup", type=int, default=25)
     parser.add_argument("--rep", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "output_stage_speed.md")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/output_stage_speed.md (--stage conv: "
+                        "conv_stage_speed.md)")
     args = parser.parse_args(argv)
+    results = REPO / "benchmarks" / "results"
+    args.out = args.out or results / ("conv_stage_speed.md" if args.stage == "conv" else "output_stage_speed.md")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if not (torch.cuda.is_available() or interpreted):
         raise SystemExit("output_stage_speed.py needs a CUDA GPU (or TRITON_INTERPRET=1 and tiny --shapes, a check)")
@@ -98,32 +152,16 @@ def main(argv=None):
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
     if any(len(s) != 5 for s in shapes):
         raise SystemExit("shapes are directions x heads x batch x steps x head_dim, e.g. 2x4x128x1024x96")
-    library = bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM
-    compiled = torch.compile(bimlstm._output_stage)
-    lines = ["# Output stage of the mLSTM branches: PyTorch (compiled) against the Triton kernels", "",
-             f"`benchmarks/output_stage_speed.py` (see its docstring), {machine()}.", "",
+    lines = [f"# {'Causal conv and SiLU' if args.stage == 'conv' else 'Output stage'} of the mLSTM branches: "
+             "PyTorch (compiled) against the Triton kernels", "",
+             f"`benchmarks/output_stage_speed.py --stage {args.stage}` (see its docstring), {machine()}.", "",
              "| shape | stage | fwd ms | fwd+bwd ms | GB/s (fwd+bwd, fused bytes) |", "|---|---|---|---|---|"]
-    try:
-        for shape in shapes:
-            h, x_conv, z, dy, directions = stage_inputs(shape, device)
-            moved = 11 * x_conv.numel() * x_conv.element_size()  # 4 + 7 activation-sized tensors
-            for name, rows, tuning in settings(args.only, args.rows):
-                bimlstm.OUTPUT_STAGE = "torch" if tuning is None else "triton"
-                if tuning is not None:  # the launchers as the library builds them, from this setting list
-                    triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = tuning, rows
-                    triton_output_gate._fwd_launcher = triton_output_gate._tuned(
-                        triton_output_gate._output_gate_fwd_kernel)
-                    triton_output_gate._bwd_launcher = triton_output_gate._tuned(
-                        triton_output_gate._output_gate_bwd_kernel)
-                stage = compiled if tuning is None else bimlstm._output_stage
-                fwd, fwbw = timings(stage, h, x_conv, z, dy, directions, args.warmup, args.rep)
-                shape_text = "x".join(map(str, shape))
-                lines.append(f"| {shape_text} | {name} | {fwd:.3f} | {fwbw:.3f} | {moved / fwbw / 1e6:.0f} |")
-                print(lines[-1], flush=True)
-    finally:
-        bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = library
-        triton_output_gate._fwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_fwd_kernel)
-        triton_output_gate._bwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_bwd_kernel)
+    measure = conv_rows if args.stage == "conv" else output_rows
+    for shape in shapes:
+        for name, fwd, fwbw, moved in measure(shape, device, args):
+            shape_text = "x".join(map(str, shape))
+            lines.append(f"| {shape_text} | {name} | {fwd:.3f} | {fwbw:.3f} | {moved / fwbw / 1e6:.0f} |")
+            print(lines[-1], flush=True)
     write_report(lines, args.out)
 
 
