@@ -87,8 +87,8 @@ HEAD_PAD_IN_LAYOUT = True
 #: Where the mLSTM branches' output stage runs (each head's norm of the cell outputs, the norm's weight, the learnable
 #: skip and the SiLU output gate): ``"triton"`` (:mod:`seisbench_xlstm.triton_output_gate`: one kernel forward, one
 #: backward; on CPU tensors only under Triton's interpreter), ``"torch"`` (PyTorch operations, which
-#: ``torch.compile`` fuses where the model is compiled), or ``"auto"``: Triton on CUDA where it is installed, else
-#: PyTorch. Norms with a bias or without a weight always run in PyTorch. Same function; the kernels compute in float32
+#: ``torch.compile`` fuses where the model is compiled), or ``"auto"``: Triton on CUDA where it is installed (up to
+#: :data:`OUTPUT_STAGE_MAX_AUTO_HEAD_DIM`), else PyTorch. Norms with a bias or without a weight always run in PyTorch. Same function; the kernels compute in float32
 #: and round once, PyTorch rounds the normalised outputs to the activations' dtype first.
 OUTPUT_STAGE = "auto"
 #: The values of :data:`OUTPUT_STAGE` and :data:`CONV_STAGE`.
@@ -253,7 +253,7 @@ def mlstm_branches(
     return _output_stage(h.unflatten(0, (n_dir, batch)).transpose(1, 2), x_conv, z, directions)
 
 
-#: :func:`normed_output_gate` hidden from ``torch.compile`` (its Triton kernels run as they are)
+#: The Triton stages hidden from ``torch.compile`` (their kernels run as they are; the code around them is compiled)
 _opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
 _opaque_causal_conv_silu = torch.compiler.disable(causal_conv_silu)
 

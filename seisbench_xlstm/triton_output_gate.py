@@ -7,8 +7,9 @@ the branch's inner width)::
     xhat = (h[d, j, t, c] - mean_c) * rstd          (mean, biased variance over the head's features; rstd with eps)
     y[d, t, u] = (xhat * w[d, u] + skip[d, u] * x_conv[d, t, u]) * silu(z[d, t, u])
 
-which is :func:`seisbench_xlstm.bimlstm.multihead_norm` followed by ``bimlstm._output_gate`` (xLSTM's
-``MultiHeadLayerNorm`` without bias, ``learnable_skip`` and the ``z`` gate), the reference the tests compare with.
+which is the PyTorch branch of ``seisbench_xlstm.bimlstm._output_stage`` (each head's ``F.layer_norm``, then
+``bimlstm._output_gate``: xLSTM's ``MultiHeadLayerNorm`` without bias, ``learnable_skip`` and the ``z`` gate), the
+reference the tests compare with.
 
 Why. Compiled by ``torch.compile``, the backward pass of that PyTorch code ran as four kernels on an H200 that read
 13 and wrote 3 activation-sized tensors (the head's features lie strided in ``x_conv``'s layout, so the row sums of
