@@ -14,7 +14,8 @@ reference the tests compare with.
 Why. Compiled by ``torch.compile``, the backward pass of that PyTorch code ran as four kernels on an H200 that read
 13 and wrote 3 activation-sized tensors (the head's features lie strided in ``x_conv``'s layout, so the row sums of
 the norm's gradient went to kernels of their own): 1.34 ms a layer of recipe 1 at batch 128 (2026-11-30 profile,
-``benchmarks/results/pretrain_profile_recipe1_b128.txt``). Here the backward reads ``dy``, ``h``, ``x_conv`` and
+``benchmarks/results/pretrain_profile_recipe1_b128_e7681f9.txt``). Measured per layer on the H200, forward and
+backward (``benchmarks/results/output_stage_speed.md``): 1.29 against 1.77 ms at recipe 1's shape. Here the backward reads ``dy``, ``h``, ``x_conv`` and
 ``z`` once and writes ``dh``, ``dx_conv`` and ``dz`` once; the weights' gradients are summed per program (deterministic
 partial sums, added up afterwards). The forward reads ``h``, ``x_conv``, ``z`` and writes ``y`` and the per-row mean
 and rstd (float32) for the backward.
