@@ -50,6 +50,25 @@ def test_variants_are_labelled_and_the_library_settings_restored(bench, tmp_path
     assert (bimlstm.GPU_QKV_FORM, bimlstm.CPU_QKV_FORM, bimlstm.HEAD_PAD_IN_LAYOUT) == before
 
 
+def test_library_settings_are_measured_labelled_and_restored(bench, tmp_path):
+    """--setting MODULE.NAME=V1,V2 runs each value (every combination of several), labels the rows with it and puts
+    the constant back; a constant the module lacks or a malformed setting is an error that names it."""
+    from seisbench_xlstm import bimlstm
+
+    before = (bimlstm.OUTPUT_STAGE, bimlstm.CONV_STAGE)
+    rows = bench.main(["--tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--samples", "1024", "--recipe",
+                       "masked", "--setting", "bimlstm.OUTPUT_STAGE=torch,auto", "--setting",
+                       "bimlstm.GPU_TOKENS_PER_GROUP=0", "--label", "s", "--out", str(tmp_path / "speed.md")])
+    assert [r["label"] for r in rows] == ["s (bimlstm.OUTPUT_STAGE torch, bimlstm.GPU_TOKENS_PER_GROUP 0)",
+                                          "s (bimlstm.OUTPUT_STAGE auto, bimlstm.GPU_TOKENS_PER_GROUP 0)"]
+    assert (bimlstm.OUTPUT_STAGE, bimlstm.CONV_STAGE) == before
+    with pytest.raises(SystemExit, match="seisbench_xlstm.bimlstm has no OUTPUT_STAGES"):
+        bench.library_constants(["bimlstm.OUTPUT_STAGES=torch"])
+    with pytest.raises(SystemExit, match="expected MODULE.NAME=VALUE"):
+        bench.library_constants(["OUTPUT_STAGE"])
+    assert bench.library_constants([]) == [()]
+
+
 def test_cell_flops_formula_and_standin(bench):
     # one call: batch 2, 4 heads, 1024 steps, head width 96, TFLA chunk 128
     forward = 4 * 1024 * 96**2 + 4 * 1024 * 128 * 96
