@@ -253,9 +253,9 @@ def mlstm_branches(
     return _output_stage(h.unflatten(0, (n_dir, batch)).transpose(1, 2), x_conv, z, directions)
 
 
-#: The Triton stages hidden from ``torch.compile`` (their kernels run as they are; the code around them is compiled)
+#: :func:`normed_output_gate` hidden from ``torch.compile`` (its kernels run as they are; the code around them is
+#: compiled). :func:`causal_conv_silu` needs no such wrapper: it is a registered operator that compiled graphs keep.
 _opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
-_opaque_causal_conv_silu = torch.compiler.disable(causal_conv_silu)
 
 
 def _stacked(directions: list[MLSTMDirection], get) -> torch.Tensor:
@@ -308,7 +308,7 @@ def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection]) -> torc
     weight = _stacked(directions, lambda d: d.conv1d.conv.weight[:, 0])  # (directions, inner, kernel)
     bias = None if directions[0].conv1d.conv.bias is None else _stacked(directions, lambda d: d.conv1d.conv.bias)
     if bias is not None and _in_triton(CONV_STAGE, "conv stage", x_mlstm):
-        return _opaque_causal_conv_silu(x_mlstm, weight, bias)
+        return causal_conv_silu(x_mlstm, weight, bias)
     return F.silu(causal_depthwise_conv(x_mlstm, weight, bias))
 
 

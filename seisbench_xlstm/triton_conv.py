@@ -16,6 +16,10 @@ and the output stage: about 45 ms of recipe 1's 235 ms step with the layout copi
 each block, which the gradient of ``x`` needs) and writes the gradient of ``x``; the weights' and biases' gradients
 are summed per program (deterministic partial sums, added up afterwards). Nothing is saved but ``x``.
 
+The two kernels are registered operators (``torch.ops.seisbench_xlstm.causal_conv_silu`` and its backward, with
+compile-time shapes), so ``torch.compile`` keeps them inside its graphs: no graph break, and the gradients that reach
+the conv's output from q, k, the gates and the output stage are summed by compiled code before the backward kernel.
+
 Layouts: ``x`` ``(directions, batch, steps, channels)`` with the last stride 1; ``w`` ``(directions, channels, K)``,
 ``bias`` ``(directions, channels)``. Arithmetic in float32; ``y`` and the gradient of ``x`` in the dtype of ``x``.
 Not yet timed on a GPU: :data:`seisbench_xlstm.bimlstm.CONV_STAGE` keeps PyTorch until it is.
@@ -113,37 +117,62 @@ def _grid(x: torch.Tensor) -> tuple[int, int, int]:
     return directions * batch, triton.cdiv(steps, BLOCK_STEPS), triton.cdiv(channels, BLOCK_CHANNELS)
 
 
-class _CausalConvSilu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        directions, batch, steps, channels = x.shape
-        w32, b32 = weight.float().contiguous(), bias.float().contiguous()
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        _conv_silu_fwd_kernel[_grid(x)](
-            x, w32, b32, y, *_strides(x), *_strides(y), batch, steps, channels,
-            K=weight.shape[-1], BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS, num_warps=FORWARD_WARPS,
-        )
-        ctx.save_for_backward(x, w32, b32)
-        ctx.dtypes = (weight.dtype, bias.dtype)
-        return y
+@torch.library.custom_op("seisbench_xlstm::causal_conv_silu", mutates_args=())
+def _conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The forward kernel as an operator that ``torch.compile`` keeps inside its graphs (no graph break: the gradients
+    arriving at ``y`` from several consumers are summed by the compiled code before the backward operator)."""
+    directions, batch, steps, channels = x.shape
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _conv_silu_fwd_kernel[_grid(x)](
+        x, weight.float().contiguous(), bias.float().contiguous(), y, *_strides(x), *_strides(y), batch, steps,
+        channels, K=weight.shape[-1], BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS, num_warps=FORWARD_WARPS,
+    )
+    return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, w32, b32 = ctx.saved_tensors
-        directions, batch, steps, channels = x.shape
-        size = w32.shape[-1]
-        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        grid = _grid(x)
-        # per program (direction, window, step block): K weight rows and the bias row over all channels
-        parts = torch.empty(directions, batch * grid[1], size + 1, channels, dtype=torch.float32, device=x.device)
-        _conv_silu_bwd_kernel[grid](
-            x, w32, b32, dy, dx, parts, parts, *_strides(x), *_strides(dy), *_strides(dx), batch, steps, channels,
-            K=size, BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS, num_warps=BACKWARD_WARPS,
-        )
-        sums = parts.sum(1)  # (directions, K + 1, channels)
-        dw = sums[:, :size].transpose(1, 2).to(ctx.dtypes[0])
-        return dx, dw, sums[:, size].to(ctx.dtypes[1])
+
+@_conv_silu.register_fake
+def _(x, weight, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("seisbench_xlstm::causal_conv_silu_backward", mutates_args=())
+def _conv_silu_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``x``, ``weight`` and ``bias`` (each in its dtype) from the gradient ``dy`` of the output."""
+    directions, batch, steps, channels = x.shape
+    size = weight.shape[-1]
+    dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    grid = _grid(x)
+    # per program (direction, window, step block): K weight rows and the bias row over all channels
+    parts = torch.empty(directions, batch * grid[1], size + 1, channels, dtype=torch.float32, device=x.device)
+    _conv_silu_bwd_kernel[grid](
+        x, weight.float().contiguous(), bias.float().contiguous(), dy, dx, parts, parts, *_strides(x), *_strides(dy),
+        *_strides(dx), batch, steps, channels, K=size, BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS,
+        num_warps=BACKWARD_WARPS,
+    )
+    sums = parts.sum(1)  # (directions, K + 1, channels)
+    # contiguous, as the fake (compile-time) outputs below
+    return dx, sums[:, :size].transpose(1, 2).to(weight.dtype).contiguous(), sums[:, size].to(bias.dtype).contiguous()
+
+
+@_conv_silu_backward.register_fake
+def _(dy, x, weight, bias):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+            torch.empty(bias.shape, dtype=bias.dtype, device=bias.device))
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dy):
+    return _conv_silu_backward(dy, *ctx.saved_tensors)
+
+
+_conv_silu.register_autograd(_backward, setup_context=_save_inputs)
 
 
 def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -161,4 +190,4 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
         raise ValueError(f"weight must be (directions, channels, kernel_size) and bias (directions, channels) with "
                          f"(directions, channels) = {(directions, channels)}, got {tuple(weight.shape)}, "
                          f"{tuple(bias.shape)}")
-    return _CausalConvSilu.apply(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
+    return _conv_silu(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)

@@ -64,6 +64,38 @@ def test_layer_gives_the_same_output_and_gradients_with_either_conv(form, monkey
     assert_layer_unchanged_by_setting(monkeypatch, "CONV_STAGE", ("torch", "triton"), form, False, DEVICE)
 
 
+def test_operator_passes_opcheck():
+    """The registered operators' schema, fake (compile-time) outputs and autograd registration
+    (``torch.library.opcheck``)."""
+    args, _ = inputs(37, 64)
+    torch.library.opcheck(torch.ops.seisbench_xlstm.causal_conv_silu.default, [a.requires_grad_() for a in args])
+
+
+def test_compiled_layer_keeps_the_conv_in_its_graph(monkeypatch):
+    """Under ``torch.compile`` the Triton conv adds no graph break (the gradients reaching its output from several
+    consumers are then summed by compiled code), and the compiled layer equals the eager one with the PyTorch conv."""
+    torch.manual_seed(0)
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(DEVICE)
+    x = torch.randn(2, 40, 32, device=DEVICE)
+
+    def call(a):
+        return layer(a, kernel="chunkwise--native_autograd")
+
+    breaks = {}
+    for stage in ("torch", "triton"):
+        monkeypatch.setattr(bimlstm, "CONV_STAGE", stage)
+        torch._dynamo.reset()
+        breaks[stage] = torch._dynamo.explain(call)(x).graph_break_count
+    assert breaks["triton"] == breaks["torch"]
+    monkeypatch.setattr(bimlstm, "CONV_STAGE", "torch")
+    want = output_and_grads(call, [x], torch.ones(2, 40, 32, device=DEVICE))
+    monkeypatch.setattr(bimlstm, "CONV_STAGE", "triton")
+    torch._dynamo.reset()
+    got = output_and_grads(torch.compile(call), [x], torch.ones(2, 40, 32, device=DEVICE))
+    for name, g, w in zip(["out", "dx"], got, want):
+        assert rel_err(g, w) < 1e-5, (name, rel_err(g, w))
+
+
 def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
     (x, w, b), _ = inputs(8, 16)
     with pytest.raises(ValueError, match="weight must be"):
