@@ -202,3 +202,30 @@ def parse_kernel_warps(text: str | None, library: dict) -> dict:
     if text is None or text == "none":
         return dict(library)
     return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+
+
+def library_constants(specs: list[str]) -> list[tuple]:
+    """Every combination of the ``--setting`` values: a list of ``((module, name, value), ...)``; values are Python
+    literals where they parse as one, else strings. An unknown module or constant is an error that names it."""
+    import ast
+    import importlib
+    import itertools
+
+    choices = []
+    for spec in specs:
+        target, _, values = spec.partition("=")
+        module_name, _, name = target.rpartition(".")
+        if not values or not module_name:
+            raise SystemExit(f"--setting {spec!r}: expected MODULE.NAME=VALUE[,VALUE], e.g. bimlstm.OUTPUT_STAGE=torch")
+        module = importlib.import_module(f"seisbench_xlstm.{module_name}")
+        if not hasattr(module, name):
+            raise SystemExit(f"--setting {spec!r}: seisbench_xlstm.{module_name} has no {name}")
+
+        def literal(text):
+            try:
+                return ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return text
+
+        choices.append([(module, name, literal(v)) for v in values.split(",")])
+    return [tuple(c) for c in itertools.product(*choices)]

@@ -30,7 +30,8 @@
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
 # PROFILE (1: lane B profiles the recipes PROFILE_RECIPES, default "masked" (batch 128; contrastive: 256); 0: not),
-# INDUCTOR_CODE (1: the code inductor generated for each profiled recipe to $OUT/inductor_code_RECIPE.tar.gz), SPEED (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
+# INDUCTOR_CODE (1: the code inductor generated for each profiled recipe to $OUT/inductor_code_RECIPE.tar.gz), SPEED
+# (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
 # (NAME=PATH words: lane A runs triton_mlstm_variants.py on these versions of the kernel module first and writes
 # $R/$VARIANTS_REPORT.md, default triton_mlstm_variants), AB_REV1 / AB_REV2 (lane B times recipe 1 / recipe 2 against
 # that revision with ab_revisions.sh, AB_ROUNDS / AB_ROUNDS2 rounds (2 / 1), rows in $R/ab_REV.md, instead of

@@ -93,20 +93,15 @@ def output_rows(shape, device, args):
             bimlstm.OUTPUT_STAGE = "torch" if tuning is None else "triton"
             if tuning is not None:  # the launchers as the library builds them, from this setting list
                 triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = tuning, per_program
-                _rebuild_launchers()
+                triton_output_gate.build_launchers()
             stage = compiled if tuning is None else bimlstm._output_stage
             fwd, fwbw = timings(lambda a, b, c: stage(a.unflatten(0, (-1, heads)), b, c, directions), (h, x_conv, z),
                                 dy, args.warmup, args.rep)
             rows.append((name, fwd, fwbw, moved))
     finally:
         bimlstm.OUTPUT_STAGE, triton_output_gate.TUNING, triton_output_gate.ROWS_PER_PROGRAM = library
-        _rebuild_launchers()
+        triton_output_gate.build_launchers()
     return rows
-
-
-def _rebuild_launchers():
-    triton_output_gate._fwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_fwd_kernel)
-    triton_output_gate._bwd_launcher = triton_output_gate._tuned(triton_output_gate._output_gate_bwd_kernel)
 
 
 def conv_rows(shape, device, args):

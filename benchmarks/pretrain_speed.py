@@ -70,7 +70,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    REPO, backbone_kernel, machine, parse_kernel_warps, set_qkv_form, synchronize, write_report,
+    REPO, backbone_kernel, library_constants, machine, parse_kernel_warps, set_qkv_form, synchronize, write_report,
 )
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
 
@@ -450,33 +450,6 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
             })
             print(rows[-1], flush=True)
     return rows
-
-
-def library_constants(specs: list[str]) -> list[tuple]:
-    """Every combination of the ``--setting`` values: a list of ``((module, name, value), ...)``; values are Python
-    literals where they parse as one, else strings. An unknown module or constant is an error that names it."""
-    import ast
-    import importlib
-    import itertools
-
-    choices = []
-    for spec in specs:
-        target, _, values = spec.partition("=")
-        module_name, _, name = target.rpartition(".")
-        if not values or not module_name:
-            raise SystemExit(f"--setting {spec!r}: expected MODULE.NAME=VALUE[,VALUE], e.g. bimlstm.OUTPUT_STAGE=torch")
-        module = importlib.import_module(f"seisbench_xlstm.{module_name}")
-        if not hasattr(module, name):
-            raise SystemExit(f"--setting {spec!r}: seisbench_xlstm.{module_name} has no {name}")
-
-        def literal(text):
-            try:
-                return ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                return text
-
-        choices.append([(module, name, literal(v)) for v in values.split(",")])
-    return [tuple(c) for c in itertools.product(*choices)]
 
 
 def main(argv=None):

@@ -86,10 +86,11 @@ CPU_TOKENS_PER_GROUP = 0
 HEAD_PAD_IN_LAYOUT = True
 #: Where the mLSTM branches' output stage runs (each head's norm of the cell outputs, the norm's weight, the learnable
 #: skip and the SiLU output gate): ``"triton"`` (:mod:`seisbench_xlstm.triton_output_gate`: one kernel forward, one
-#: backward; on CPU tensors only under Triton's interpreter), ``"torch"`` (PyTorch operations, which
-#: ``torch.compile`` fuses where the model is compiled), or ``"auto"``: Triton on CUDA where it is installed (up to
-#: :data:`OUTPUT_STAGE_MAX_AUTO_HEAD_DIM`), else PyTorch. Norms with a bias or without a weight always run in PyTorch. Same function; the kernels compute in float32
-#: and round once, PyTorch rounds the normalised outputs to the activations' dtype first.
+#: backward; on CPU tensors only under Triton's interpreter), ``"torch"`` (PyTorch operations, which ``torch.compile``
+#: fuses where the model is compiled), or ``"auto"``: Triton on CUDA where it is installed (up to
+#: :data:`OUTPUT_STAGE_MAX_AUTO_HEAD_DIM`), else PyTorch. Norms with a bias or without a weight always run in PyTorch.
+#: Same function; the kernels compute in float32 and round once, PyTorch rounds the normalised outputs to the
+#: activations' dtype first.
 OUTPUT_STAGE = "auto"
 #: The values of :data:`OUTPUT_STAGE` and :data:`CONV_STAGE`.
 STAGE_SETTINGS = ("auto", "torch", "triton")
@@ -570,10 +571,10 @@ class BiMLSTMLayer(nn.Module):
         inner, d = self.config.inner_dim, self.config.embedding_dim
         weight = self.proj_up.weight.view(-1, 2, inner, d)  # (projections, branch, inner, d_model)
         bias = None if self.proj_up.bias is None else self.proj_up.bias.view(-1, 2, 1, 1, inner)
+        tokens = both.flatten(0, 2)  # shared projections: one product over both directions' tokens
         branches = []
         for branch in range(2):
-            if self.config.share_projections:  # one product over both directions' tokens
-                tokens = both.flatten(0, 2)
+            if self.config.share_projections:
                 out = _token_matmul(tokens, weight[0, branch].t()).view(*both.shape[:3], inner)
             else:
                 out = _batched_linear(both, weight[:, branch])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .triton_layout import last_axis_contiguous, leading_strides
 from .triton_mlstm_kernels import tl, triton
 
 #: Steps and channels per program, and warps of each kernel; not timed on a GPU yet. Compiled for sm_90 (``ptxas
@@ -106,12 +107,6 @@ if triton is not None:
         tl.store(DB_PART + part + K * channels + c, tl.sum(dpre, axis=0), mask=cmask)
 
 
-def _strides(x: torch.Tensor) -> list[int]:
-    if x.stride(-1) != 1:
-        raise ValueError(f"the channel axis must be contiguous, got strides {x.stride()}")
-    return list(x.stride()[:3])
-
-
 def _grid(x: torch.Tensor) -> tuple[int, int, int]:
     directions, batch, steps, channels = x.shape
     return directions * batch, triton.cdiv(steps, BLOCK_STEPS), triton.cdiv(channels, BLOCK_CHANNELS)
@@ -124,8 +119,9 @@ def _conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     directions, batch, steps, channels = x.shape
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     _conv_silu_fwd_kernel[_grid(x)](
-        x, weight.float().contiguous(), bias.float().contiguous(), y, *_strides(x), *_strides(y), batch, steps,
-        channels, K=weight.shape[-1], BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS, num_warps=FORWARD_WARPS,
+        x, weight.float().contiguous(), bias.float().contiguous(), y, *leading_strides(x, 3), *leading_strides(y, 3),
+        batch, steps, channels, K=weight.shape[-1], BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS,
+        num_warps=FORWARD_WARPS,
     )
     return y
 
@@ -142,15 +138,15 @@ def _conv_silu_backward(
     """Gradients of ``x``, ``weight`` and ``bias`` (each in its dtype) from the gradient ``dy`` of the output."""
     directions, batch, steps, channels = x.shape
     size = weight.shape[-1]
-    dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+    dy = last_axis_contiguous(dy)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     grid = _grid(x)
     # per program (direction, window, step block): K weight rows and the bias row over all channels
     parts = torch.empty(directions, batch * grid[1], size + 1, channels, dtype=torch.float32, device=x.device)
     _conv_silu_bwd_kernel[grid](
-        x, weight.float().contiguous(), bias.float().contiguous(), dy, dx, parts, parts, *_strides(x), *_strides(dy),
-        *_strides(dx), batch, steps, channels, K=size, BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS,
-        num_warps=BACKWARD_WARPS,
+        x, weight.float().contiguous(), bias.float().contiguous(), dy, dx, parts, parts, *leading_strides(x, 3),
+        *leading_strides(dy, 3), *leading_strides(dx, 3), batch, steps, channels, K=size, BLOCK_T=BLOCK_STEPS,
+        BLOCK_C=BLOCK_CHANNELS, num_warps=BACKWARD_WARPS,
     )
     sums = parts.sum(1)  # (directions, K + 1, channels)
     # contiguous, as the fake (compile-time) outputs below
@@ -190,4 +186,4 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
         raise ValueError(f"weight must be (directions, channels, kernel_size) and bias (directions, channels) with "
                          f"(directions, channels) = {(directions, channels)}, got {tuple(weight.shape)}, "
                          f"{tuple(bias.shape)}")
-    return _conv_silu(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
+    return _conv_silu(last_axis_contiguous(x), weight, bias)

@@ -15,10 +15,10 @@ Why. Compiled by ``torch.compile``, the backward pass of that PyTorch code ran a
 13 and wrote 3 activation-sized tensors (the head's features lie strided in ``x_conv``'s layout, so the row sums of
 the norm's gradient went to kernels of their own): 1.34 ms a layer of recipe 1 at batch 128 (2026-11-30 profile,
 ``benchmarks/results/pretrain_profile_recipe1_b128_e7681f9.txt``). Measured per layer on the H200, forward and
-backward (``benchmarks/results/output_stage_speed.md``): 1.29 against 1.77 ms at recipe 1's shape. Here the backward reads ``dy``, ``h``, ``x_conv`` and
-``z`` once and writes ``dh``, ``dx_conv`` and ``dz`` once; the weights' gradients are summed per program (deterministic
-partial sums, added up afterwards). The forward reads ``h``, ``x_conv``, ``z`` and writes ``y`` and the per-row mean
-and rstd (float32) for the backward.
+backward (``benchmarks/results/output_stage_speed.md``): 1.29 against 1.77 ms at recipe 1's shape. Here the backward
+reads ``dy``, ``h``, ``x_conv`` and ``z`` once and writes ``dh``, ``dx_conv`` and ``dz`` once; the weights'
+gradients are summed per program (deterministic partial sums, added up afterwards). The forward reads ``h``,
+``x_conv``, ``z`` and writes ``y`` and the per-row mean and rstd (float32) for the backward.
 
 Layouts: ``h`` ``(directions, heads, batch, steps, head_dim)`` with any strides whose last is 1 (the mLSTM kernel's
 output, viewed); ``x_conv``, ``z`` ``(directions, batch, steps, heads * head_dim)``, last stride 1; ``w`` and
@@ -32,6 +32,7 @@ import os
 
 import torch
 
+from .triton_layout import last_axis_contiguous, leading_strides
 from .triton_mlstm_kernels import tl, triton
 
 #: Launch settings the autotuner chooses from per head dim on the first call of each kernel (not under the
@@ -134,22 +135,22 @@ if triton is not None:
         tl.store(DW_PART + part, tl.sum(dw, axis=0), mask=cmask)
         tl.store(DSKIP_PART + part, tl.sum(dskip, axis=0), mask=cmask)
 
-    def _tuned(kernel):
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            return kernel
-        configs = [triton.Config({"BLOCK_T": s["BLOCK_T"]}, num_warps=s["num_warps"], num_stages=s["num_stages"])
-                   for s in TUNING]
-        return triton.autotune(configs, key=["HD"])(kernel)
 
-    _fwd_launcher = _tuned(_output_gate_fwd_kernel)
-    _bwd_launcher = _tuned(_output_gate_bwd_kernel)
+def build_launchers() -> None:
+    """(Re)builds the two kernels' launchers from :data:`TUNING`: autotuned, or the kernels themselves under the
+    interpreter. Runs at import; benchmarks that change :data:`TUNING` call it again."""
+    global _fwd_launcher, _bwd_launcher
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        _fwd_launcher, _bwd_launcher = _output_gate_fwd_kernel, _output_gate_bwd_kernel
+        return
+    configs = [triton.Config({"BLOCK_T": s["BLOCK_T"]}, num_warps=s["num_warps"], num_stages=s["num_stages"])
+               for s in TUNING]
+    _fwd_launcher = triton.autotune(configs, key=["HD"])(_output_gate_fwd_kernel)
+    _bwd_launcher = triton.autotune(configs, key=["HD"])(_output_gate_bwd_kernel)
 
 
-def _strides(x: torch.Tensor, dims: int) -> list[int]:
-    """The strides of ``x``'s ``dims`` leading axes (its last axis must be contiguous)."""
-    if x.stride(-1) != 1:
-        raise ValueError(f"the last axis must be contiguous, got strides {x.stride()}")
-    return list(x.stride()[:dims])
+if triton is not None:
+    build_launchers()
 
 
 def _launch_shape(h: torch.Tensor) -> tuple[tuple[int, int], dict]:
@@ -174,7 +175,7 @@ class _NormedOutputGate(torch.autograd.Function):
         grid, tiles = _launch_shape(h)
         _fwd_launcher[grid](
             h, x_conv, z, w32, skip32, y, stats[0], stats[1],
-            *_strides(h, 4), *_strides(x_conv, 3), *_strides(z, 3), *_strides(y, 3),
+            *leading_strides(h, 4), *leading_strides(x_conv, 3), *leading_strides(z, 3), *leading_strides(y, 3),
             batch, heads, steps, inner, eps, **tiles,
         )
         ctx.save_for_backward(h, x_conv, z, w32, skip32, stats)
@@ -186,7 +187,7 @@ class _NormedOutputGate(torch.autograd.Function):
         h, x_conv, z, w32, skip32, stats = ctx.saved_tensors
         directions, heads, batch, steps, hd = h.shape
         inner = heads * hd
-        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        dy = last_axis_contiguous(dy)
         dh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         dxc = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
         dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
@@ -197,8 +198,8 @@ class _NormedOutputGate(torch.autograd.Function):
         parts = torch.empty(2, directions, heads, batch * blocks, hd, dtype=torch.float32, device=h.device)
         _bwd_launcher[grid](
             dy, h, x_conv, z, w32, skip32, stats[0], stats[1], dh, dxc, dz, parts[0], parts[1],
-            *_strides(h, 4), *_strides(x_conv, 3), *_strides(z, 3), *_strides(dy, 3),
-            *_strides(dh, 4), *_strides(dxc, 3), *_strides(dz, 3),
+            *leading_strides(h, 4), *leading_strides(x_conv, 3), *leading_strides(z, 3), *leading_strides(dy, 3),
+            *leading_strides(dh, 4), *leading_strides(dxc, 3), *leading_strides(dz, 3),
             batch, heads, steps, inner, blocks, **tiles,
         )
         dw, dskip = parts.sum(3).view(2, directions, inner)
@@ -227,5 +228,5 @@ def normed_output_gate(
     if w.shape != (directions, heads * hd) or skip.shape != w.shape:
         raise ValueError(f"w and skip must be (directions, inner) = {(directions, heads * hd)}, got "
                          f"{tuple(w.shape)}, {tuple(skip.shape)}")
-    h, x_conv, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (h, x_conv, z))
+    h, x_conv, z = (last_axis_contiguous(t) for t in (h, x_conv, z))
     return _NormedOutputGate.apply(h, x_conv, z, w, skip, eps)
