@@ -30,7 +30,8 @@
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
 # PROFILE (1: lane B profiles the recipes PROFILE_RECIPES, default "masked" (batch 128; contrastive: 256); 0: not),
-# INDUCTOR_CODE (1: the code inductor generated for each profiled recipe to $OUT/inductor_code_RECIPE.tar.gz), SPEED
+# STAGE_SPEED ("output conv": lane A times those Triton stages against compiled PyTorch with output_stage_speed.py,
+# before the grid), INDUCTOR_CODE (1: the code inductor generated for each profiled recipe to $OUT/inductor_code_RECIPE.tar.gz), SPEED
 # (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
 # (NAME=PATH words: lane A runs triton_mlstm_variants.py on these versions of the kernel module first and writes
 # $R/$VARIANTS_REPORT.md, default triton_mlstm_variants), AB_REV1 / AB_REV2 (lane B times recipe 1 / recipe 2 against
@@ -81,6 +82,10 @@ lane_a() {
   local grid=(tests/test_triton_mlstm.py -k test_grid)
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   [ "${A_TESTS:-1}" = 1 ] && step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
+  local stage
+  for stage in ${STAGE_SPEED:-}; do  # output / conv: output_stage_speed.py -> output_stage_speed.md, conv_stage_speed.md
+    [ "$DRY" = 1 ] || step A 40 $PY benchmarks/output_stage_speed.py --stage "$stage"
+  done
   [ "${GRID:-1}" = 1 ] && step A 270 $PY -m pytest -q -p no:cacheprovider --tb=short "${grid[@]}"
   if [ -n "${VARIANTS:-}" ] && [ "$DRY" != 1 ]; then  # versions of the kernel module side by side
     local variant_args=() v
