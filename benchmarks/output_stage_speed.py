@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from seisbench_xlstm import bimlstm, triton_output_gate  # noqa: E402
+from seisbench_xlstm import bimlstm, triton_conv, triton_output_gate  # noqa: E402
 
 #: the recipe-1 layer (batch 128) and the U-Net's three levels at recipe 2's batch 256
 SHAPES = [(2, 4, 128, 1024, 96), (2, 4, 256, 1024, 64), (2, 4, 256, 256, 128), (2, 4, 256, 64, 256)]
@@ -106,22 +106,30 @@ def output_rows(shape, device, args):
 
 def conv_rows(shape, device, args):
     """The same for the causal conv and its SiLU (``bimlstm.CONV_STAGE``): input ``(directions, batch, steps, heads *
-    head_dim)``; a fused stage reads x, writes y, then reads dy and x and writes dx."""
+    head_dim)``; a fused stage reads x, writes y, then reads dy and x and writes dx. The Triton stage autotuned and
+    with each of its backward kernel's launch settings forced."""
     _, x_conv, _, dy, directions = stage_inputs(shape, device)
     moved = 5 * x_conv.numel() * x_conv.element_size()
     compiled = torch.compile(bimlstm._conv_stage)
-    library = bimlstm.CONV_STAGE
+    library = bimlstm.CONV_STAGE, triton_conv.BACKWARD_TUNING
+    tunings = [("torch (compiled)", None), ("triton, backward autotuned", list(library[1]))]
+    tunings += [(f"triton, backward {s['BLOCK_T']} steps x {s['BLOCK_C']} channels, {s['num_warps']} warps", [s])
+                for s in library[1]]
     rows = []
     try:
-        for name, setting in (("torch (compiled)", "torch"), ("triton", "triton")):
-            if args.only not in ("both", setting):
+        for name, tuning in tunings:
+            if args.only not in ("both", "torch" if tuning is None else "triton"):
                 continue
-            bimlstm.CONV_STAGE = setting
-            stage = compiled if setting == "torch" else bimlstm._conv_stage
+            bimlstm.CONV_STAGE = "torch" if tuning is None else "triton"
+            if tuning is not None:
+                triton_conv.BACKWARD_TUNING = tuning
+                triton_conv.build_launchers()
+            stage = compiled if tuning is None else bimlstm._conv_stage
             fwd, fwbw = timings(lambda x: stage(x, directions), (x_conv,), dy, args.warmup, args.rep)
             rows.append((name, fwd, fwbw, moved))
     finally:
-        bimlstm.CONV_STAGE = library
+        bimlstm.CONV_STAGE, triton_conv.BACKWARD_TUNING = library
+        triton_conv.build_launchers()
     return rows
 
 

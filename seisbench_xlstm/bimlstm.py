@@ -40,6 +40,7 @@ from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwis
 from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
 from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
+from .triton_conv import TAPS as CONV_TRITON_TAPS
 from .triton_conv import causal_conv_silu
 from .triton_output_gate import normed_output_gate, triton
 
@@ -308,7 +309,7 @@ def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection]) -> torc
     where :data:`CONV_STAGE` says so."""
     weight = _stacked(directions, lambda d: d.conv1d.conv.weight[:, 0])  # (directions, inner, kernel)
     bias = None if directions[0].conv1d.conv.bias is None else _stacked(directions, lambda d: d.conv1d.conv.bias)
-    if bias is not None and _in_triton(CONV_STAGE, "conv stage", x_mlstm):
+    if bias is not None and weight.shape[-1] <= CONV_TRITON_TAPS and _in_triton(CONV_STAGE, "conv stage", x_mlstm):
         return causal_conv_silu(x_mlstm, weight, bias)
     return F.silu(causal_depthwise_conv(x_mlstm, weight, bias))
 

@@ -12,9 +12,12 @@ Why. Compiled by ``torch.compile``, the PyTorch form wrote a zero-padded copy of
 (saved for the backward), and its backward ran as four kernels, which also summed the gradients arriving from q, k
 and the output stage: about 45 ms of recipe 1's 235 ms step with the layout copies (2026-11-30 profile,
 ``benchmarks/results/pretrain_profile_recipe1_b128_output_stage.txt``). Here the forward reads ``x`` and writes
-``y``; the backward reads the summed gradient of ``y`` and ``x`` (recomputing ``pre`` for the ``K - 1`` steps after
-each block, which the gradient of ``x`` needs) and writes the gradient of ``x``; the weights' and biases' gradients
-are summed per program (deterministic partial sums, added up afterwards). Nothing is saved but ``x``.
+``y``. The backward (kernel sizes up to :data:`TAPS`) reads the summed gradient of ``y`` and ``x`` and writes the
+gradient of ``x``: each program loops over :data:`BACKWARD_ROWS` steps, loading the seven shifted inputs of a block
+once and recomputing ``pre`` at the block's rows and the three after it (the gradient of ``x`` needs them); the
+weights' and biases' gradients are summed element-wise over the loop and once over rows at its end, one partial sum
+per program, added up afterwards (deterministic). Nothing is saved but ``x``. (A first backward recomputed ``pre``
+once per tap and summed over rows at every block: 2.6 ms against compiled PyTorch's 1.25 at recipe 1's shape.)
 
 The two kernels are registered operators (``torch.ops.seisbench_xlstm.causal_conv_silu`` and its backward, with
 compile-time shapes), so ``torch.compile`` keeps them inside its graphs: no graph break, and the gradients that reach
@@ -22,22 +25,40 @@ the conv's output from q, k, the gates and the output stage are summed by compil
 
 Layouts: ``x`` ``(directions, batch, steps, channels)`` with the last stride 1; ``w`` ``(directions, channels, K)``,
 ``bias`` ``(directions, channels)``. Arithmetic in float32; ``y`` and the gradient of ``x`` in the dtype of ``x``.
-Not yet timed on a GPU: :data:`seisbench_xlstm.bimlstm.CONV_STAGE` keeps PyTorch until it is.
+Which stage the layers run: :data:`seisbench_xlstm.bimlstm.CONV_STAGE`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .triton_layout import last_axis_contiguous, leading_strides
+from .triton_layout import autotuned, interpreter_setting, last_axis_contiguous, leading_strides
 from .triton_mlstm_kernels import tl, triton
 
-#: Steps and channels per program, and warps of each kernel; not timed on a GPU yet. Compiled for sm_90 (``ptxas
-#: -v``, bf16, kernel size 4): the forward at 4 warps 86 registers, the backward at 8 warps 148 (at 4 it spills).
+#: The forward kernel's steps and channels per program and its warps. Compiled for sm_90 (``ptxas -v``, bf16, kernel
+#: size 4): 86 registers. On an H200 0.17 against 0.51 ms for compiled PyTorch at recipe 1's shape (2026-11-30,
+#: ``benchmarks/results/conv_stage_speed.md``).
 BLOCK_STEPS = 32
 BLOCK_CHANNELS = 128
 FORWARD_WARPS = 4
-BACKWARD_WARPS = 8
+#: The backward kernel's taps: kernel sizes up to this are zero-padded in front (same function); larger ones run in
+#: PyTorch (:func:`seisbench_xlstm.bimlstm._conv_stage`).
+TAPS = 4
+#: Steps per program of the backward kernel, looped over in blocks of ``BLOCK_T`` (fixed: the weights' partial sums
+#: are laid out by it).
+BACKWARD_ROWS = 128
+#: Launch settings the autotuner chooses from for the backward kernel (per channel count; not under the
+#: interpreter, which runs the first): steps a loop step, channels a program, warps, pipelining stages. Compiled
+#: for sm_90 (``ptxas -v``, bf16), none spills: 255 registers at 8 warps and at 16 x 64 with 4, 168 at 8 x 128
+#: with 4 and 8 x 64 with 2 (32 x 128 with 8 warps spilled).
+BACKWARD_TUNING = [
+    {"BLOCK_T": 16, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_T": 32, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_T": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_T": 8, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_T": 8, "BLOCK_C": 64, "num_warps": 2, "num_stages": 2},
+]
 
 
 if triton is not None:
@@ -77,34 +98,75 @@ if triton is not None:
         tl.store(Y + d * sy_d + b * sy_b + t[:, None] * sy_t + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _rows(X, rows, c, cmask, steps, s_t):
+        """``X[rows * s_t + c]`` in float32 (32-bit offsets from the window's start ``X``), zero at rows outside
+        ``[0, steps)``."""
+        mask = ((rows >= 0) & (rows < steps))[:, None] & cmask[None, :]
+        return tl.load(X + rows[:, None] * s_t + c[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _silu_grad(pre, dy):
+        sig = tl.sigmoid(pre)
+        return dy * sig * (1.0 + pre * (1.0 - sig))
+
+    @triton.jit
     def _conv_silu_bwd_kernel(
-        X, W, BIAS, DY, DX, DW_PART, DB_PART,
-        sx_d, sx_b, sx_t, sdy_d, sdy_b, sdy_t, sdx_d, sdx_b, sdx_t, batch, steps, channels,
-        K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+        X, W, BIAS, DY, DX, PART, sx_d, sx_b, sx_t, sdy_d, sdy_b, sdy_t, sdx_d, sdx_b, sdx_t, batch, steps, channels,
+        ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        pid_row, d, b, t, c, cmask = _conv_program(batch, steps, channels, BLOCK_T, BLOCK_C)
-        dx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-        # x[s] feeds pre[s + (K - 1) - j] through w[j]: the gradient of pre at the K shifted row blocks
-        for j in tl.static_range(K):
-            rows = t + (K - 1 - j)
-            pre = _pre_activation(X, W, BIAS, d, b, rows, c, cmask, steps, channels, sx_d, sx_b, sx_t, K, BLOCK_T,
-                                  BLOCK_C)
-            mask = (rows < steps)[:, None] & cmask[None, :]
-            dy = tl.load(DY + d * sdy_d + b * sdy_b + rows[:, None] * sdy_t + c[None, :], mask=mask, other=0.0)
-            sig = tl.sigmoid(pre)
-            dpre = dy.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
-            w = tl.load(W + (d * channels + c) * K + j, mask=cmask, other=0.0).to(tl.float32)
-            dx += dpre * w[None, :]
-        # the last shift (j = K - 1) has rows == t: dpre is this block's own gradient of pre, for the weights and bias
-        mask = (t < steps)[:, None] & cmask[None, :]
-        tl.store(DX + d * sdx_d + b * sdx_b + t[:, None] * sdx_t + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-        part = ((pid_row * tl.num_programs(1) + tl.program_id(1)) * (K + 1)) * channels
-        for j in tl.static_range(K):  # dw[c, j] = sum_t dpre[t] * x[t + j - (K - 1)]
-            src = t + (j - (K - 1))
-            xmask = ((src >= 0) & (src < steps))[:, None] & cmask[None, :]
-            x = tl.load(X + d * sx_d + b * sx_b + src[:, None] * sx_t + c[None, :], mask=xmask, other=0.0)
-            tl.store(DW_PART + part + j * channels + c, tl.sum(dpre * x.to(tl.float32), axis=0), mask=cmask)
-        tl.store(DB_PART + part + K * channels + c, tl.sum(dpre, axis=0), mask=cmask)
+        # Four taps (TAPS; smaller kernels arrive zero-padded in front). Over the program's ROWS steps, a block of
+        # BLOCK_T steps t at a time: the seven shifted inputs x[t - 3] .. x[t + 3] are loaded once, pre and the
+        # gradient of pre at rows t .. t + 3 recomputed from them; dx[t] = sum_j dpre[t + 3 - j] w[j]. The weights'
+        # and bias' gradients (from the block's own rows) are summed element-wise in registers and over the rows
+        # once at the end: one partial sum per program, added up afterwards.
+        pid_row = tl.program_id(0).to(tl.int64)
+        d, b = pid_row // batch, pid_row % batch
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < channels
+        w0 = tl.load(W + (d * channels + c) * 4, mask=cmask, other=0.0)[None, :]
+        w1 = tl.load(W + (d * channels + c) * 4 + 1, mask=cmask, other=0.0)[None, :]
+        w2 = tl.load(W + (d * channels + c) * 4 + 2, mask=cmask, other=0.0)[None, :]
+        w3 = tl.load(W + (d * channels + c) * 4 + 3, mask=cmask, other=0.0)[None, :]
+        bias = tl.load(BIAS + d * channels + c, mask=cmask, other=0.0)[None, :]
+        xw, dyw, dxw = X + d * sx_d + b * sx_b, DY + d * sdy_d + b * sdy_b, DX + d * sdx_d + b * sdx_b
+        dw0 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        dw1 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        dw2 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        dw3 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        db = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        t0 = tl.program_id(1) * ROWS
+        end = tl.minimum(t0 + ROWS, steps)
+        while t0 < end:  # while, not range(): see triton_mlstm_kernels (the interpreter and run-time bounds)
+            t = t0 + tl.arange(0, BLOCK_T)
+            xm3 = _rows(xw, t - 3, c, cmask, steps, sx_t)
+            xm2 = _rows(xw, t - 2, c, cmask, steps, sx_t)
+            xm1 = _rows(xw, t - 1, c, cmask, steps, sx_t)
+            x0 = _rows(xw, t, c, cmask, steps, sx_t)
+            xp1 = _rows(xw, t + 1, c, cmask, steps, sx_t)
+            xp2 = _rows(xw, t + 2, c, cmask, steps, sx_t)
+            xp3 = _rows(xw, t + 3, c, cmask, steps, sx_t)
+            dp0 = _silu_grad(bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, _rows(dyw, t, c, cmask, steps, sdy_t))
+            dp1 = _silu_grad(bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1,
+                             _rows(dyw, t + 1, c, cmask, steps, sdy_t))
+            dp2 = _silu_grad(bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2,
+                             _rows(dyw, t + 2, c, cmask, steps, sdy_t))
+            dp3 = _silu_grad(bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3,
+                             _rows(dyw, t + 3, c, cmask, steps, sdy_t))
+            mask = (t < steps)[:, None] & cmask[None, :]
+            dx = w3 * dp0 + w2 * dp1 + w1 * dp2 + w0 * dp3
+            tl.store(dxw + t[:, None] * sdx_t + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+            dw0 += dp0 * xm3
+            dw1 += dp0 * xm2
+            dw2 += dp0 * xm1
+            dw3 += dp0 * x0
+            db += dp0
+            t0 += BLOCK_T
+        part = PART + (pid_row * tl.num_programs(1) + tl.program_id(1)) * 5 * channels + c
+        tl.store(part, tl.sum(dw0, axis=0), mask=cmask)
+        tl.store(part + channels, tl.sum(dw1, axis=0), mask=cmask)
+        tl.store(part + 2 * channels, tl.sum(dw2, axis=0), mask=cmask)
+        tl.store(part + 3 * channels, tl.sum(dw3, axis=0), mask=cmask)
+        tl.store(part + 4 * channels, tl.sum(db, axis=0), mask=cmask)
 
 
 def _grid(x: torch.Tensor) -> tuple[int, int, int]:
@@ -131,6 +193,17 @@ def _(x, weight, bias):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def build_launchers() -> None:
+    """(Re)builds the backward kernel's launcher from :data:`BACKWARD_TUNING`: autotuned, or the kernel itself under
+    the interpreter. Runs at import; benchmarks that change :data:`BACKWARD_TUNING` call it again."""
+    global _bwd_launcher
+    _bwd_launcher = autotuned(_conv_silu_bwd_kernel, BACKWARD_TUNING, key=["channels"])
+
+
+if triton is not None:
+    build_launchers()
+
+
 @torch.library.custom_op("seisbench_xlstm::causal_conv_silu_backward", mutates_args=())
 def _conv_silu_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
@@ -140,17 +213,18 @@ def _conv_silu_backward(
     size = weight.shape[-1]
     dy = last_axis_contiguous(dy)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grid = _grid(x)
-    # per program (direction, window, step block): K weight rows and the bias row over all channels
-    parts = torch.empty(directions, batch * grid[1], size + 1, channels, dtype=torch.float32, device=x.device)
-    _conv_silu_bwd_kernel[grid](
-        x, weight.float().contiguous(), bias.float().contiguous(), dy, dx, parts, parts, *leading_strides(x, 3),
-        *leading_strides(dy, 3), *leading_strides(dx, 3), batch, steps, channels, K=size, BLOCK_T=BLOCK_STEPS,
-        BLOCK_C=BLOCK_CHANNELS, num_warps=BACKWARD_WARPS,
+    blocks = triton.cdiv(steps, BACKWARD_ROWS)
+    # per program (direction, window, step block): the TAPS weight rows and the bias row over all channels
+    parts = torch.empty(directions, batch * blocks, TAPS + 1, channels, dtype=torch.float32, device=x.device)
+    taps = F.pad(weight.float(), (TAPS - size, 0)).contiguous()  # zero taps in front: the same causal conv
+    _bwd_launcher[lambda meta: (directions * batch, blocks, triton.cdiv(channels, meta["BLOCK_C"]))](
+        x, taps, bias.float().contiguous(), dy, dx, parts, *leading_strides(x, 3), *leading_strides(dy, 3),
+        *leading_strides(dx, 3), batch, steps, channels, ROWS=BACKWARD_ROWS, **interpreter_setting(BACKWARD_TUNING),
     )
-    sums = parts.sum(1)  # (directions, K + 1, channels)
+    sums = parts.sum(1)  # (directions, TAPS + 1, channels)
     # contiguous, as the fake (compile-time) outputs below
-    return dx, sums[:, :size].transpose(1, 2).to(weight.dtype).contiguous(), sums[:, size].to(bias.dtype).contiguous()
+    dw = sums[:, TAPS - size:TAPS].transpose(1, 2).to(weight.dtype).contiguous()
+    return dx, dw, sums[:, TAPS].to(bias.dtype).contiguous()
 
 
 @_conv_silu_backward.register_fake
@@ -182,8 +256,9 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     if triton is None:
         raise RuntimeError("causal_conv_silu needs the triton package")
     directions, batch, steps, channels = x.shape
-    if weight.dim() != 3 or weight.shape[:2] != (directions, channels) or bias.shape != (directions, channels):
-        raise ValueError(f"weight must be (directions, channels, kernel_size) and bias (directions, channels) with "
-                         f"(directions, channels) = {(directions, channels)}, got {tuple(weight.shape)}, "
+    if weight.dim() != 3 or weight.shape[:2] != (directions, channels) or bias.shape != (directions, channels) or (
+            weight.shape[-1] > TAPS):
+        raise ValueError(f"weight must be (directions, channels, kernel_size <= {TAPS}) and bias (directions, "
+                         f"channels) with (directions, channels) = {(directions, channels)}, got {tuple(weight.shape)}, "
                          f"{tuple(bias.shape)}")
     return _conv_silu(last_axis_contiguous(x), weight, bias)

@@ -1,9 +1,38 @@
-"""Layout helpers for the tensors this project's Triton stages hand to their kernels (:mod:`triton_output_gate`,
-:mod:`triton_conv`): the kernels take any strides but need the last axis contiguous."""
+"""Helpers of this project's Triton stages (:mod:`triton_output_gate`, :mod:`triton_conv`): the layout of the tensors
+they hand to their kernels (any strides, the last axis contiguous) and their kernels' autotuned launchers."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+#: keys of a launch setting that are not the kernel's compile-time constants
+_LAUNCH_KEYS = ("num_warps", "num_stages")
+
+
+def interpreted() -> bool:
+    """Whether Triton's interpreter runs the kernels (``TRITON_INTERPRET=1``: on CPU tensors, no timing)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotuned(kernel, tuning: list[dict], key: list[str]):
+    """``kernel`` autotuned over the launch settings ``tuning`` (dicts of its compile-time constants with
+    ``num_warps`` and ``num_stages``), retuned when the arguments ``key`` change; under the interpreter, which cannot
+    time them, the kernel itself (launch it with :func:`interpreter_setting`)."""
+    if interpreted():
+        return kernel
+    import triton
+
+    configs = [triton.Config({k: v for k, v in s.items() if k not in _LAUNCH_KEYS}, num_warps=s["num_warps"],
+                             num_stages=s["num_stages"]) for s in tuning]
+    return triton.autotune(configs, key=key)(kernel)
+
+
+def interpreter_setting(tuning: list[dict]) -> dict:
+    """The compile-time constants of the first setting of ``tuning`` under the interpreter (where
+    :func:`autotuned` returns the bare kernel), else none (the autotuner supplies them)."""
+    return {k: v for k, v in tuning[0].items() if k not in _LAUNCH_KEYS} if interpreted() else {}
 
 
 def last_axis_contiguous(x: torch.Tensor) -> torch.Tensor:

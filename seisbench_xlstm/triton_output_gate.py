@@ -28,11 +28,9 @@ in the dtype of its input.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .triton_layout import last_axis_contiguous, leading_strides
+from .triton_layout import autotuned, interpreter_setting, last_axis_contiguous, leading_strides
 from .triton_mlstm_kernels import tl, triton
 
 #: Launch settings the autotuner chooses from per head dim on the first call of each kernel (not under the
@@ -140,13 +138,8 @@ def build_launchers() -> None:
     """(Re)builds the two kernels' launchers from :data:`TUNING`: autotuned, or the kernels themselves under the
     interpreter. Runs at import; benchmarks that change :data:`TUNING` call it again."""
     global _fwd_launcher, _bwd_launcher
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        _fwd_launcher, _bwd_launcher = _output_gate_fwd_kernel, _output_gate_bwd_kernel
-        return
-    configs = [triton.Config({"BLOCK_T": s["BLOCK_T"]}, num_warps=s["num_warps"], num_stages=s["num_stages"])
-               for s in TUNING]
-    _fwd_launcher = triton.autotune(configs, key=["HD"])(_output_gate_fwd_kernel)
-    _bwd_launcher = triton.autotune(configs, key=["HD"])(_output_gate_bwd_kernel)
+    _fwd_launcher = autotuned(_output_gate_fwd_kernel, TUNING, key=["HD"])
+    _bwd_launcher = autotuned(_output_gate_bwd_kernel, TUNING, key=["HD"])
 
 
 if triton is not None:
@@ -159,9 +152,7 @@ def _launch_shape(h: torch.Tensor) -> tuple[tuple[int, int], dict]:
     directions, heads, batch, steps, hd = h.shape
     grid = (directions * heads * batch, triton.cdiv(steps, ROWS_PER_PROGRAM))
     tiles = {"HD": hd, "BLOCK_D": max(16, triton.next_power_of_2(hd)), "ROWS": ROWS_PER_PROGRAM}
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        tiles["BLOCK_T"] = TUNING[0]["BLOCK_T"]
-    return grid, tiles
+    return grid, {**tiles, **interpreter_setting(TUNING)}
 
 
 class _NormedOutputGate(torch.autograd.Function):

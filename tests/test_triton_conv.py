@@ -38,6 +38,7 @@ def inputs(steps, channels, size=4, dtype=torch.float32, n_dir=2, batch=3, strid
 
 @pytest.mark.parametrize("steps,channels,size,strided", [
     (37, 64, 4, False), (100, 200, 4, True), (5, 16, 4, False), (64, 130, 2, False), (1, 8, 4, False),
+    (300, 40, 3, False), (257, 16, 1, True),  # several programs' step ranges (triton_conv.BACKWARD_ROWS = 128)
 ])
 def test_float32_matches_the_pytorch_conv(steps, channels, size, strided):
     args, dy = inputs(steps, channels, size, strided=strided)
@@ -78,8 +79,12 @@ def test_compiled_layer_keeps_the_conv_in_its_graph(monkeypatch):
     layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(DEVICE)
     x = torch.randn(2, 40, 32, device=DEVICE)
 
+    # on CUDA this project's kernel (inductor's code for the native one fails to build with Triton 3.6 there:
+    # "PassManager::run failed", H200, 2026-11-30); either is a graph break, the same with both stages
+    kernel = "chunkwise--seisbench_triton" if DEVICE == "cuda" else "chunkwise--native_autograd"
+
     def call(a):
-        return layer(a, kernel="chunkwise--native_autograd")
+        return layer(a, kernel=kernel)
 
     breaks = {}
     for stage in ("torch", "triton"):
@@ -92,8 +97,9 @@ def test_compiled_layer_keeps_the_conv_in_its_graph(monkeypatch):
     monkeypatch.setattr(bimlstm, "CONV_STAGE", "triton")
     torch._dynamo.reset()
     got = output_and_grads(torch.compile(call), [x], torch.ones(2, 40, 32, device=DEVICE))
+    tolerance = 1e-5 if DEVICE == "cpu" else 1e-3  # CUDA: the kernel's products in TF32, fused in another order
     for name, g, w in zip(["out", "dx"], got, want):
-        assert rel_err(g, w) < 1e-5, (name, rel_err(g, w))
+        assert rel_err(g, w) < tolerance, (name, rel_err(g, w))
 
 
 def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
@@ -102,7 +108,24 @@ def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
         causal_conv_silu(x, w[:, :8], b)
     with pytest.raises(ValueError, match="weight must be"):
         causal_conv_silu(x, w, b[:1])
+    with pytest.raises(ValueError, match="kernel_size <= 4"):
+        causal_conv_silu(x, torch.cat([w, w[..., :1]], dim=-1), b)
     monkeypatch.setattr(bimlstm, "CONV_STAGE", "cuda")
     layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4)).to(DEVICE)
     with pytest.raises(ValueError, match="Unknown conv stage 'cuda'"):
         layer(torch.randn(1, 8, 32, device=DEVICE), kernel="chunkwise--native_autograd")
+
+
+def test_kernel_sizes_past_the_taps_run_in_pytorch(monkeypatch):
+    """A layer whose conv is longer than the backward kernel's taps runs its conv in PyTorch under any setting."""
+    torch.manual_seed(0)
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, conv1d_kernel_size=5, dropout=0.0))
+    layer = layer.to(DEVICE)
+    x = torch.randn(2, 16, 32, device=DEVICE)
+    outs = []
+    for stage in ("torch", "triton"):
+        monkeypatch.setattr(bimlstm, "CONV_STAGE", stage)
+        outs.append(output_and_grads(lambda a: layer(a, kernel="chunkwise--native_autograd"), [x],
+                                     torch.ones(2, 16, 32, device=DEVICE)))
+    for g, w in zip(*outs):
+        assert torch.equal(g, w)
