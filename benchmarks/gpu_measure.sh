@@ -29,7 +29,7 @@
 # skips its tests), PRETRAIN (0: lane B skips pretrain_speed.py), A_TESTS_K (pytest -k of lane A's tests: "not
 # test_grid"), B_TESTS (1: lane B runs its tests; 0: skips them), PRETRAIN_ARGS (the settings lane B's
 # pretrain_speed.py runs compare: "--scalar-work torch triton"; e.g. "--tokens-per-group 0 1024 --rounds 2"),
-# PROFILE (1: lane B profiles the recipes PROFILE_RECIPES, default "masked" (batch 128; contrastive: 256); 0: not),
+# PRETRAIN_RECIPES (the recipes pretrain_speed.py runs: "masked contrastive"), PROFILE (1: lane B profiles the recipes PROFILE_RECIPES, default "masked" (batch 128; contrastive: 256); 0: not),
 # STAGE_SPEED ("output conv": lane A times those Triton stages against compiled PyTorch with output_stage_speed.py,
 # before the grid), INDUCTOR_CODE (1: the code inductor generated for each profiled recipe to $OUT/inductor_code_RECIPE.tar.gz), SPEED
 # (1: lane A runs triton_mlstm_speed.py; 0: not), VARIANTS
@@ -122,8 +122,10 @@ lane_b() {
     [ -n "${AB_REV2:-}" ] && step B 150 env OUT="$R" bash benchmarks/ab_revisions.sh run "$AB_REV2" "${AB_ROUNDS2:-1}" \
       --recipe contrastive "${r2[@]}"
   elif [ "${PRETRAIN:-1}" = 1 ]; then
-    step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL"
-    step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL"
+    case " ${PRETRAIN_RECIPES:-masked contrastive} " in *" masked "*)
+      step B 150 $PY benchmarks/pretrain_speed.py --recipe masked "${r1[@]}" --label "$LABEL" ;; esac
+    case " ${PRETRAIN_RECIPES:-masked contrastive} " in *" contrastive "*)
+      step B 150 $PY benchmarks/pretrain_speed.py --recipe contrastive "${r2[@]}" --label "$LABEL" ;; esac
   fi
   if [ "${PROFILE:-1}" = 1 ]; then  # each recipe with its own inductor cache, whose code goes to $OUT (INDUCTOR_CODE=1)
     local recipe cache

@@ -327,15 +327,26 @@ def allow_recompiles() -> None:
         torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
 
 
-@lru_cache(maxsize=None)
+#: ``torch.compile``'s mode for the layers: ``"default"``, or e.g. ``"max-autotune-no-cudagraphs"`` (inductor times
+#: its matrix-product templates against cuBLAS and tunes the launch settings of its element-wise and reduction
+#: kernels; compiles take minutes). A benchmark switch (``pretrain_speed.py --setting backbones.COMPILE_MODE=...``).
+COMPILE_MODE = "default"
+
+
 def compiled_layer_forward():
-    """``BiMLSTMLayer.forward`` through ``torch.compile``, shared by every layer of every backbone.
+    """``BiMLSTMLayer.forward`` through ``torch.compile`` in :data:`COMPILE_MODE`, shared by every layer of every
+    backbone.
 
     Shapes are static (``dynamic=False``: the fastest kernels; training and annotate use few shapes). Each layer
     width, batch shape and grad mode is one compiled variant (callers raise the recompile limit with
     :func:`allow_recompiles`).
     """
-    return torch.compile(BiMLSTMLayer.forward, dynamic=False)
+    return _compiled_layer_forward(COMPILE_MODE)
+
+
+@lru_cache(maxsize=None)
+def _compiled_layer_forward(mode: str):
+    return torch.compile(BiMLSTMLayer.forward, dynamic=False, mode=mode)
 
 
 BACKBONES: dict[str, type[_Backbone]] = {"sequential": SequentialBackbone, "unet": UNetBackbone}
