@@ -42,6 +42,10 @@ from .triton_mlstm_kernels import tl, triton
 BLOCK_STEPS = 32
 BLOCK_CHANNELS = 128
 FORWARD_WARPS = 4
+#: The backward pass of the Triton stage: ``"triton"`` (the kernel below) or ``"pytorch"`` (:func:`_pytorch_backward`,
+#: compiled with the layer where the layer is compiled).
+BACKWARD = "triton"
+BACKWARDS = ("triton", "pytorch")
 #: The backward kernel's taps: kernel sizes up to this are zero-padded in front (same function); larger ones run in
 #: PyTorch (:func:`seisbench_xlstm.bimlstm._conv_stage`).
 TAPS = 4
@@ -238,8 +242,26 @@ def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
+def _pytorch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """The gradients of :func:`_conv_silu_backward` in PyTorch operations (float32 arithmetic), which
+    ``torch.compile`` traces into the layer's compiled backward graph: fused there with the sum of the gradients
+    arriving at ``y``, instead of that sum written out for the kernel."""
+    size, steps = weight.shape[-1], x.shape[-2]
+    w = weight.float()[:, None, None]  # (directions, 1, 1, channels, kernel)
+    padded = F.pad(x.float(), (0, 0, size - 1, 0))
+    pre = bias.float()[:, None, None] + sum(padded[:, :, j:j + steps] * w[..., j] for j in range(size))
+    sig = torch.sigmoid(pre)
+    dpre = dy.float() * sig * (1.0 + pre * (1.0 - sig))
+    after = F.pad(dpre, (0, 0, 0, size - 1))  # dx[s] = sum_j dpre[s + K - 1 - j] w[j]
+    dx = sum(after[:, :, size - 1 - j:size - 1 - j + steps] * w[..., j] for j in range(size))
+    dw = torch.stack([(dpre * padded[:, :, j:j + steps]).sum((1, 2)) for j in range(size)], dim=-1)
+    return dx.to(x.dtype), dw.to(weight.dtype), dpre.sum((1, 2)).to(bias.dtype)
+
+
 def _backward(ctx, dy):
-    return _conv_silu_backward(dy, *ctx.saved_tensors)
+    if BACKWARD not in BACKWARDS:
+        raise ValueError(f"Unknown conv backward {BACKWARD!r}; known: {', '.join(BACKWARDS)}")
+    return (_conv_silu_backward if BACKWARD == "triton" else _pytorch_backward)(dy, *ctx.saved_tensors)
 
 
 _conv_silu.register_autograd(_backward, setup_context=_save_inputs)

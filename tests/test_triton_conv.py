@@ -15,7 +15,7 @@ from mlstm_calls import assert_layer_unchanged_by_setting, output_and_grads, rel
 
 DEVICE = triton_device_or_skip("the Triton conv stage")
 
-from seisbench_xlstm import bimlstm  # noqa: E402
+from seisbench_xlstm import bimlstm, triton_conv  # noqa: E402
 from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig, causal_depthwise_conv  # noqa: E402
 from seisbench_xlstm.triton_conv import causal_conv_silu  # noqa: E402
 
@@ -40,7 +40,9 @@ def inputs(steps, channels, size=4, dtype=torch.float32, n_dir=2, batch=3, strid
     (37, 64, 4, False), (100, 200, 4, True), (5, 16, 4, False), (64, 130, 2, False), (1, 8, 4, False),
     (300, 40, 3, False), (257, 16, 1, True),  # several programs' step ranges (triton_conv.BACKWARD_ROWS = 128)
 ])
-def test_float32_matches_the_pytorch_conv(steps, channels, size, strided):
+@pytest.mark.parametrize("backward", triton_conv.BACKWARDS)
+def test_float32_matches_the_pytorch_conv(steps, channels, size, strided, backward, monkeypatch):
+    monkeypatch.setattr(triton_conv, "BACKWARD", backward)
     args, dy = inputs(steps, channels, size, strided=strided)
     got = output_and_grads(causal_conv_silu, args, dy)
     want = output_and_grads(reference, [a.double() for a in args], dy.double())
@@ -50,7 +52,9 @@ def test_float32_matches_the_pytorch_conv(steps, channels, size, strided):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="bfloat16: CUDA only (the interpreter's bf16 is not the GPU's)")
-def test_bfloat16_matches_the_pytorch_conv_in_float64():
+@pytest.mark.parametrize("backward", triton_conv.BACKWARDS)
+def test_bfloat16_matches_the_pytorch_conv_in_float64(backward, monkeypatch):
+    monkeypatch.setattr(triton_conv, "BACKWARD", backward)
     args, dy = inputs(1024, 384, dtype=torch.bfloat16, batch=8)
     got = output_and_grads(causal_conv_silu, args, dy)
     want = output_and_grads(reference, [a.double() for a in args], dy.double())
@@ -72,9 +76,11 @@ def test_operator_passes_opcheck():
     torch.library.opcheck(torch.ops.seisbench_xlstm.causal_conv_silu.default, [a.requires_grad_() for a in args])
 
 
-def test_compiled_layer_keeps_the_conv_in_its_graph(monkeypatch):
+@pytest.mark.parametrize("backward", triton_conv.BACKWARDS)
+def test_compiled_layer_keeps_the_conv_in_its_graph(backward, monkeypatch):
     """Under ``torch.compile`` the Triton conv adds no graph break (the gradients reaching its output from several
     consumers are then summed by compiled code), and the compiled layer equals the eager one with the PyTorch conv."""
+    monkeypatch.setattr(triton_conv, "BACKWARD", backward)
     torch.manual_seed(0)
     layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(DEVICE)
     x = torch.randn(2, 40, 32, device=DEVICE)
@@ -110,6 +116,10 @@ def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
         causal_conv_silu(x, w, b[:1])
     with pytest.raises(ValueError, match="kernel_size <= 4"):
         causal_conv_silu(x, torch.cat([w, w[..., :1]], dim=-1), b)
+    monkeypatch.setattr(triton_conv, "BACKWARD", "cuda")
+    args = [a.requires_grad_() for a in (x, w, b)]
+    with pytest.raises(ValueError, match="Unknown conv backward 'cuda'"):
+        causal_conv_silu(*args).sum().backward()
     monkeypatch.setattr(bimlstm, "CONV_STAGE", "cuda")
     layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4)).to(DEVICE)
     with pytest.raises(ValueError, match="Unknown conv stage 'cuda'"):
