@@ -106,29 +106,33 @@ def output_rows(shape, device, args):
 
 def conv_rows(shape, device, args):
     """The same for the causal conv and its SiLU (``bimlstm.CONV_STAGE``): input ``(directions, batch, steps, heads *
-    head_dim)``; a fused stage reads x, writes y, then reads dy and x and writes dx. The Triton stage autotuned and
-    with each of its backward kernel's launch settings forced."""
+    head_dim)``; a fused stage reads x, writes y, then reads dy and x and writes dx. The Triton forward with the
+    PyTorch backward (``triton_conv.BACKWARD = "pytorch"``, compiled), and with the backward kernel, autotuned and
+    with each of its launch settings forced."""
     _, x_conv, _, dy, directions = stage_inputs(shape, device)
     moved = 5 * x_conv.numel() * x_conv.element_size()
     compiled = torch.compile(bimlstm._conv_stage)
-    library = bimlstm.CONV_STAGE, triton_conv.BACKWARD_TUNING
-    tunings = [("torch (compiled)", None), ("triton, backward autotuned", list(library[1]))]
-    tunings += [(f"triton, backward {s['BLOCK_T']} steps x {s['BLOCK_C']} channels, {s['num_warps']} warps", [s])
-                for s in library[1]]
+    library = bimlstm.CONV_STAGE, triton_conv.BACKWARD, triton_conv.BACKWARD_TUNING
+    # (name, CONV_STAGE, BACKWARD, backward kernel settings, compiled)
+    stages = [("torch (compiled)", "torch", None, None, True),
+              ("triton forward, PyTorch backward (compiled)", "triton", "pytorch", None, True),
+              ("triton, backward kernel autotuned", "triton", "triton", list(library[2]), False)]
+    stages += [(f"triton, backward kernel {s['BLOCK_T']} steps x {s['BLOCK_C']} channels, {s['num_warps']} warps",
+                "triton", "triton", [s], False) for s in library[2]]
     rows = []
     try:
-        for name, tuning in tunings:
-            if args.only not in ("both", "torch" if tuning is None else "triton"):
+        for name, setting, backward, tuning, use_compiled in stages:
+            if args.only not in ("both", setting):
                 continue
-            bimlstm.CONV_STAGE = "torch" if tuning is None else "triton"
+            bimlstm.CONV_STAGE, triton_conv.BACKWARD = setting, backward or library[1]
             if tuning is not None:
                 triton_conv.BACKWARD_TUNING = tuning
                 triton_conv.build_launchers()
-            stage = compiled if tuning is None else bimlstm._conv_stage
+            stage = compiled if use_compiled else bimlstm._conv_stage
             fwd, fwbw = timings(lambda x: stage(x, directions), (x_conv,), dy, args.warmup, args.rep)
             rows.append((name, fwd, fwbw, moved))
     finally:
-        bimlstm.CONV_STAGE, triton_conv.BACKWARD_TUNING = library
+        bimlstm.CONV_STAGE, triton_conv.BACKWARD, triton_conv.BACKWARD_TUNING = library
         triton_conv.build_launchers()
     return rows
 

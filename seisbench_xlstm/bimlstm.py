@@ -101,10 +101,12 @@ STAGE_SETTINGS = ("auto", "torch", "triton")
 #: but 256 (64 steps) 1.22 against 0.81 ms.
 OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
-#: forward, one backward, no padded copy), ``"torch"`` (:func:`causal_depthwise_conv`, fused by ``torch.compile``
-#: where the model is compiled) or ``"auto"`` (Triton on CUDA). ``"torch"`` until the Triton form is timed on a GPU
-#: (written 2026-11-30 after the device time ran out; tested against PyTorch under Triton's interpreter).
-CONV_STAGE = "torch"
+#: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
+#: (:func:`causal_depthwise_conv`, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
+#: CUDA, kernel sizes up to :data:`seisbench_xlstm.triton_conv.TAPS`). Training steps on an H200, compiled, torch
+#: against auto with the PyTorch backward, one command (2026-11-30, ``benchmarks/results/pretrain_gpu.md``, eighth
+#: session run 4): recipe 1 221.0 -> 217.0 ms (70.5 -> 66.0 GiB), recipe 2 165.3 -> 160.8 ms (41.8 -> 39.3 GiB).
+CONV_STAGE = "auto"
 
 
 @dataclass

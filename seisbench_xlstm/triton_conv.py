@@ -43,8 +43,13 @@ BLOCK_STEPS = 32
 BLOCK_CHANNELS = 128
 FORWARD_WARPS = 4
 #: The backward pass of the Triton stage: ``"triton"`` (the kernel below) or ``"pytorch"`` (:func:`_pytorch_backward`,
-#: compiled with the layer where the layer is compiled).
-BACKWARD = "triton"
+#: compiled with the layer where the layer is compiled). On an H200 (2026-11-30, recipe 1 at batch 128, compiled,
+#: ``benchmarks/results/pretrain_gpu.md``): the kernel is faster on its own (forward+backward 1.40 against 1.76 ms
+#: for compiled PyTorch at recipe 1's shape, ``conv_stage_speed.md``) but not in the step (219.9 against 221.2 ms;
+#: recipe 2 173.5 against 167.6, slower): the gradients arriving at the conv's output must then be summed into a
+#: tensor of their own first. Forward kernel with the PyTorch backward: 217.0 against 221.0 ms, recipe 2 160.8
+#: against 165.3 (eighth session, run 4).
+BACKWARD = "pytorch"
 BACKWARDS = ("triton", "pytorch")
 #: The backward kernel's taps: kernel sizes up to this are zero-padded in front (same function); larger ones run in
 #: PyTorch (:func:`seisbench_xlstm.bimlstm._conv_stage`).
