@@ -25,9 +25,11 @@ the top operators. Writes ``OUT`` (markdown) and ``OUT`` with suffix ``.csv``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    TINY_BACKBONES, backbone_kernel, continuous_stations, load_average, machine, set_qkv_form, synchronize,
-    write_report,
+    TINY_BACKBONES, backbone_kernel, continuous_stations, library_constants, load_average, machine, set_qkv_form,
+    synchronize, write_report,
 )
 
 import seisbench.models as sbm  # noqa: E402
@@ -141,6 +143,9 @@ def parse_args(argv=None):
                              "choice; e.g. chunkwise--seisbench_triton, this project's Triton kernel)")
     parser.add_argument("--baseline-repeats", type=int, default=5, help="runs of PhaseNet and EQTransformer (fast)")
     parser.add_argument("--tiny", action="store_true", help="tiny xLSTM backbones (smoke run, not a measurement)")
+    parser.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE[,VALUE]",
+                        help="a constant of a seisbench_xlstm module (e.g. bimlstm.OUTPUT_STAGE=torch,auto): the "
+                             "xLSTM pickers run with each value in turn; repeatable (every combination)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
@@ -162,6 +167,8 @@ def main(argv=None) -> int:
 
     results = []  # dict rows
     profiles = []
+    constants = library_constants(args.setting)  # every combination of the --setting values; [()] without any
+    stack = contextlib.ExitStack()  # the constants of the current setting, restored after each
     for name in args.models:
         model = build(name, args.tiny).to(device).eval()
         xlstm = name.startswith("XLSTM")
@@ -169,18 +176,21 @@ def main(argv=None) -> int:
         natives = {"library": [None], "yes": [True], "no": [False], "both": [True, False]}[args.compile_native_kernel]
         compiles = [(c, n if c else None) for c in {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
                     for n in (natives if c else [None])] if xlstm else [(False, None)]
-        settings = [(c, o, b, f, k) for k in args.kernels for f in args.qkv_form for c in compiles
-                    for o in args.overlaps for b in batches]
+        settings = [(c, o, b, f, k, cs) for cs in constants for k in args.kernels for f in args.qkv_form
+                    for c in compiles for o in args.overlaps for b in batches]
         if not xlstm:
-            settings = [((False, None), None, baseline_batch, None, None)]
+            settings = [((False, None), None, baseline_batch, None, None, ())]
         best: dict = {}
-        for compile_setting, overlap, batch, form, kern in settings:
+        for compile_setting, overlap, batch, form, kern, cs in settings:
+            stack.close()
+            for module, constant, value in cs:
+                stack.enter_context(mock.patch.object(module, constant, value))
             if xlstm:
                 model.backbone.set_kernel(kern or "auto")
                 model.set_compile(compile_setting[0])
                 set_qkv_form(form)
                 set_native_kernel_compiled(compile_setting[1])
-            key = (compile_setting, overlap, form, kern)
+            key = (compile_setting, overlap, form, kern, cs)
             if key not in best:  # warm-up (compiles Triton kernels, and layers if compiled)
                 annotate_seconds(model, warm, repeats=1, batch_size=batches[0])
             kwargs = {"batch_size": batch} | ({"overlap": overlap} if overlap is not None else {})
@@ -189,10 +199,12 @@ def main(argv=None) -> int:
             print((name, compile_setting, overlap, batch, form, kern, round(seconds, 3)), flush=True)
             if key not in best or seconds < best[key][1]:
                 best[key] = (batch, seconds)
+        stack.close()
         set_qkv_form(None)
         set_native_kernel_compiled(None)
-        for ((compiled, native), overlap, form, kern), (batch, seconds) in best.items():
+        for ((compiled, native), overlap, form, kern, cs), (batch, seconds) in best.items():
             kernel = f", kernel {kernel_label(model, kern, batch, device)}" if xlstm else ""
+            kernel += "".join(f", {m.__name__.rsplit('.', 1)[-1]}.{n} {v}" for m, n, v in cs)
             kernel += f", q/k/v {form}" if form else ""
             kernel += ", compiled layers" if compiled else ""
             kernel += {None: "", True: " with the native kernel", False: " around the native kernel"}[native]

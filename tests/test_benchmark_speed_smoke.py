@@ -251,3 +251,30 @@ def test_ab_revisions_refuses_unknown_revisions_and_missing_trees():
                           (["sideways", "x"], "usage")):
         result = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_annotate_speed_runs_the_pickers_with_each_setting(shared_data, tmp_path, monkeypatch):
+    """``--setting MODULE.NAME=V1,V2``: the xLSTM picker runs (warm-up and timed) with each value, one row each,
+    labelled; the library's value comes back afterwards."""
+    from seisbench_xlstm import bimlstm
+
+    monkeypatch.setenv("SEISBENCH_XLSTM_SHARED_DATA", str(shared_data))
+    seen = []
+    real = annotate_speed.annotate_seconds
+
+    def annotate_seconds(model, stream, repeats=2, **kwargs):
+        if hasattr(model, "backbone"):
+            seen.append(bimlstm.OUTPUT_STAGE)
+        return real(model, stream, repeats=repeats, **kwargs)
+
+    monkeypatch.setattr(annotate_speed, "annotate_seconds", annotate_seconds)
+    library = bimlstm.OUTPUT_STAGE
+    out = tmp_path / "annotate.md"
+    assert annotate_speed.main(["--hours", "0.01", "--stations", "1", "--tiny", "--repeats", "1",
+                                "--baseline-repeats", "1", "--setting", "bimlstm.OUTPUT_STAGE=torch,auto",
+                                "--models", "XLSTMUNetPicker", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["settings"].endswith(f"bimlstm.OUTPUT_STAGE {v}") for r, v in zip(rows[1:], ["torch", "auto"])] == [
+        True, True]
+    assert seen == ["torch", "torch", "auto", "auto"]  # warm-up and timed run of each
+    assert bimlstm.OUTPUT_STAGE == library
