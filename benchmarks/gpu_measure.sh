@@ -23,6 +23,8 @@
 # Environment: OUT (/tmp/gpu_measure_out), DEADLINE (540), STATIONS (3), LABEL (a prefix for the report rows),
 # LANES (AB: both, side by side on two GPUs, else A then B; BA: B first; A or B: that lane only; with one GPU the
 # two lanes do not fit one 10-minute command), KERNELS (the mLSTM kernels annotate_speed.py times: auto),
+# ANNOTATE_ARGS (more of its arguments, e.g. "--models XLSTMUNetPicker --compile yes --setting
+# bimlstm.OUTPUT_STAGE=torch,auto"), ANNOTATE_REPORT (its report under benchmarks/results: annotate_gpu),
 # SEISBENCH_XLSTM_SHARED_DATA (default .carry/data when it exists: the continuous record for annotate_speed),
 # GRID (1: lane A runs the grid; 0: skips it), SPEED_ARGS (more arguments of triton_mlstm_speed.py, e.g.
 # "--kernel-warps none backward_chunks=4"), SPEED_CHUNKS (the chunk sizes it runs at: 64), A_TESTS (0: lane A
@@ -102,8 +104,10 @@ lane_a() {
       --chunk-size "$chunk" --out $R/triton_mlstm_speed$suffix.md
   done
   if [ "${ANNOTATE:-0}" = 1 ]; then
+    # shellcheck disable=SC2086  # ANNOTATE_ARGS: several words
     step A 150 $PY benchmarks/annotate_speed.py --hours $hours --stations "$STATIONS" --batch-sizes 256 \
-      --overlaps 512 --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" --out $R/annotate_gpu.md
+      --overlaps 512 --repeats 2 --compile both --kernels $KERNELS "${TINY[@]}" ${ANNOTATE_ARGS:-} \
+      --out "$R/${ANNOTATE_REPORT:-annotate_gpu}.md"
   fi
 }
 lane_b() {
