@@ -100,6 +100,11 @@ STAGE_SETTINGS = ("auto", "torch", "triton")
 #: against compiled PyTorch: head dim 96 (recipe 1) 1.29 against 1.77 ms, 64 1.72 against 2.15, 128 0.93 against 1.15,
 #: but 256 (64 steps) 1.22 against 0.81 ms.
 OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
+#: Whether compiled layers keep the Triton output stage inside their graphs (its kernels are registered operators, as
+#: the conv's): one graph break fewer a layer, and the code after it compiled with the code before the down
+#: projection. ``False`` (the stage outside the graphs, ``torch.compiler.disable``) is what the training steps and
+#: annotate runs of 2026-11-30 measured; ``True`` not yet timed on a GPU. The same values either way.
+OUTPUT_STAGE_IN_GRAPH = False
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
 #: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
 #: (:func:`causal_depthwise_conv`, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
@@ -258,7 +263,7 @@ def mlstm_branches(
 
 
 #: :func:`normed_output_gate` hidden from ``torch.compile`` (its kernels run as they are; the code around them is
-#: compiled). :func:`causal_conv_silu` needs no such wrapper: it is a registered operator that compiled graphs keep.
+#: compiled in graphs of their own), as the layers run it unless :data:`OUTPUT_STAGE_IN_GRAPH`.
 _opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
 
 
@@ -286,7 +291,8 @@ def _output_stage(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, direct
     eps = directions[0].outnorm.eps
     if _triton_output_stage(x_conv, directions, head_dim):
         norm_w = torch.stack([d.outnorm.weight_proxy for d in directions])
-        return _opaque_normed_output_gate(h, x_conv, z, norm_w, _stacked(directions, lambda d: d.learnable_skip), eps)
+        gate = normed_output_gate if OUTPUT_STAGE_IN_GRAPH else _opaque_normed_output_gate
+        return gate(h, x_conv, z, norm_w, _stacked(directions, lambda d: d.learnable_skip), eps)
     h = F.layer_norm(h, (head_dim,), eps=eps).to(x_conv.dtype)
     return _output_gate(h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, heads * head_dim), x_conv, z, directions)
 

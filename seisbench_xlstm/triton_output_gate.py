@@ -155,46 +155,74 @@ def _launch_shape(h: torch.Tensor) -> tuple[tuple[int, int], dict]:
     return grid, {**tiles, **interpreter_setting(TUNING)}
 
 
-class _NormedOutputGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, x_conv, z, w, skip, eps):
-        directions, heads, batch, steps, hd = h.shape
-        inner = heads * hd
-        y = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
-        stats = torch.empty(2, directions * heads * batch * steps, dtype=torch.float32, device=h.device)
-        w32, skip32 = w.float().contiguous(), skip.float().contiguous()
-        grid, tiles = _launch_shape(h)
-        _fwd_launcher[grid](
-            h, x_conv, z, w32, skip32, y, stats[0], stats[1],
-            *leading_strides(h, 4), *leading_strides(x_conv, 3), *leading_strides(z, 3), *leading_strides(y, 3),
-            batch, heads, steps, inner, eps, **tiles,
-        )
-        ctx.save_for_backward(h, x_conv, z, w32, skip32, stats)
-        ctx.dtypes = (w.dtype, skip.dtype)
-        return y
+@torch.library.custom_op("seisbench_xlstm::normed_output_gate", mutates_args=())
+def _gate(
+    h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, w: torch.Tensor, skip: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel as an operator (``torch.compile`` can keep it inside its graphs): ``y`` and each row's mean
+    and rstd ``(2, rows)``, float32, for the backward."""
+    directions, heads, batch, steps, hd = h.shape
+    y = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
+    stats = torch.empty(2, directions * heads * batch * steps, dtype=torch.float32, device=h.device)
+    grid, tiles = _launch_shape(h)
+    _fwd_launcher[grid](
+        h, x_conv, z, w.float().contiguous(), skip.float().contiguous(), y, stats[0], stats[1],
+        *leading_strides(h, 4), *leading_strides(x_conv, 3), *leading_strides(z, 3), *leading_strides(y, 3),
+        batch, heads, steps, heads * hd, eps, **tiles,
+    )
+    return y, stats
 
-    @staticmethod
-    def backward(ctx, dy):
-        h, x_conv, z, w32, skip32, stats = ctx.saved_tensors
-        directions, heads, batch, steps, hd = h.shape
-        inner = heads * hd
-        dy = last_axis_contiguous(dy)
-        dh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
-        dxc = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
-        dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
-        grid, tiles = _launch_shape(h)
-        blocks = grid[1]
-        # each program's partial sums of the weights' gradients, at ((direction, head, window) * blocks + block):
-        # one sum over axis 3 gives each direction's gradient per feature
-        parts = torch.empty(2, directions, heads, batch * blocks, hd, dtype=torch.float32, device=h.device)
-        _bwd_launcher[grid](
-            dy, h, x_conv, z, w32, skip32, stats[0], stats[1], dh, dxc, dz, parts[0], parts[1],
-            *leading_strides(h, 4), *leading_strides(x_conv, 3), *leading_strides(z, 3), *leading_strides(dy, 3),
-            *leading_strides(dh, 4), *leading_strides(dxc, 3), *leading_strides(dz, 3),
-            batch, heads, steps, inner, blocks, **tiles,
-        )
-        dw, dskip = parts.sum(3).view(2, directions, inner)
-        return dh, dxc, dz, dw.to(ctx.dtypes[0]), dskip.to(ctx.dtypes[1]), None
+
+@_gate.register_fake
+def _(h, x_conv, z, w, skip, eps):
+    rows = h.shape[0] * h.shape[1] * h.shape[2] * h.shape[3]
+    return (torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device),
+            torch.empty(2, rows, dtype=torch.float32, device=h.device))
+
+
+@torch.library.custom_op("seisbench_xlstm::normed_output_gate_backward", mutates_args=())
+def _gate_backward(
+    dy: torch.Tensor, h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, w: torch.Tensor, skip: torch.Tensor,
+    stats: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``h``, ``x_conv``, ``z``, ``w`` and ``skip`` (each in its dtype) from the gradient ``dy``."""
+    directions, heads, batch, steps, hd = h.shape
+    inner = heads * hd
+    dy = last_axis_contiguous(dy)
+    dh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    dxc = torch.empty(x_conv.shape, dtype=x_conv.dtype, device=x_conv.device)
+    dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    grid, tiles = _launch_shape(h)
+    blocks = grid[1]
+    # each program's partial sums of the weights' gradients, at ((direction, head, window) * blocks + block):
+    # one sum over axis 3 gives each direction's gradient per feature
+    parts = torch.empty(2, directions, heads, batch * blocks, hd, dtype=torch.float32, device=h.device)
+    _bwd_launcher[grid](
+        dy, h, x_conv, z, w.float().contiguous(), skip.float().contiguous(), stats[0], stats[1], dh, dxc, dz,
+        parts[0], parts[1], *leading_strides(h, 4), *leading_strides(x_conv, 3), *leading_strides(z, 3),
+        *leading_strides(dy, 3), *leading_strides(dh, 4), *leading_strides(dxc, 3), *leading_strides(dz, 3),
+        batch, heads, steps, inner, blocks, **tiles,
+    )
+    dw, dskip = parts.sum(3).view(2, directions, inner)  # views of one tensor: copied (outputs must not alias)
+    return dh, dxc, dz, dw.to(w.dtype, copy=True), dskip.to(skip.dtype, copy=True)
+
+
+@_gate_backward.register_fake
+def _(dy, h, x_conv, z, w, skip, stats):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (h, x_conv, z, w, skip))
+
+
+def _save_for_backward(ctx, inputs, output):
+    h, x_conv, z, w, skip, _ = inputs
+    ctx.save_for_backward(h, x_conv, z, w, skip, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, dy, dstats):
+    return (*_gate_backward(dy, *ctx.saved_tensors), None)
+
+
+_gate.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 def normed_output_gate(
@@ -220,4 +248,4 @@ def normed_output_gate(
         raise ValueError(f"w and skip must be (directions, inner) = {(directions, heads * hd)}, got "
                          f"{tuple(w.shape)}, {tuple(skip.shape)}")
     h, x_conv, z = (last_axis_contiguous(t) for t in (h, x_conv, z))
-    return _NormedOutputGate.apply(h, x_conv, z, w, skip, eps)
+    return _gate(h, x_conv, z, w, skip, eps)[0]

@@ -80,3 +80,38 @@ def assert_layer_unchanged_by_setting(monkeypatch, name: str, values: tuple, for
     for other in results[1:]:
         for n, got, want in zip(names, other, results[0]):
             assert rel_err(got, want) < 1e-5, (name, n, rel_err(got, want))
+
+
+def compiled_layer_graph_breaks(monkeypatch, device: str, settings: list[list[tuple]]) -> list[int]:
+    """A small bidirectional layer (dropout off) compiled with each of ``settings`` (lists of ``(module, name,
+    value)`` constants): its graph breaks, one count per settings; and its output and input gradient, which must equal
+    the eager layer's with the first settings (``1e-5`` relative L2 on CPU; ``1e-3`` on CUDA, where the mLSTM
+    kernel's products run in TF32). The mLSTM kernel: on CUDA this project's (inductor's code for the native one
+    fails to build with Triton 3.6 there: "PassManager::run failed", H200, 2026-11-30), on CPU the native one."""
+    torch.manual_seed(0)
+    from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig
+
+    layer = BiMLSTMLayer(BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(device)
+    x = torch.randn(2, 40, 32, device=device)
+    kernel = "chunkwise--seisbench_triton" if device == "cuda" else "chunkwise--native_autograd"
+
+    def call(a):
+        return layer(a, kernel=kernel)
+
+    def apply(constants):
+        for module, name, value in constants:
+            monkeypatch.setattr(module, name, value)
+        torch._dynamo.reset()
+
+    apply(settings[0])
+    want = output_and_grads(call, [x], torch.ones_like(x))
+    breaks = []
+    for constants in settings:
+        apply(constants)
+        breaks.append(torch._dynamo.explain(call)(x).graph_break_count)
+        torch._dynamo.reset()
+        got = output_and_grads(torch.compile(call), [x], torch.ones_like(x))
+        for name, g, w in zip(["out", "dx"], got, want):
+            assert rel_err(g, w) < (1e-5 if device == "cpu" else 1e-3), (constants, name, rel_err(g, w))
+    torch._dynamo.reset()
+    return breaks

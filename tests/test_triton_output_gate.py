@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlstm_calls import assert_layer_unchanged_by_setting, output_and_grads, rel_err, triton_device_or_skip
+from mlstm_calls import (
+    assert_layer_unchanged_by_setting, compiled_layer_graph_breaks, output_and_grads, rel_err, triton_device_or_skip,
+)
 
 DEVICE = triton_device_or_skip("the Triton output stage")
 
@@ -75,6 +77,25 @@ def test_layer_gives_the_same_output_and_gradients_with_either_stage(form, share
     """The whole layer (native mLSTM kernel, float32) with the Triton stage equals the layer with the PyTorch stage:
     output, input gradient and every parameter's gradient, within ``1e-5`` relative L2 per tensor."""
     assert_layer_unchanged_by_setting(monkeypatch, "OUTPUT_STAGE", ("torch", "triton"), form, share, DEVICE)
+
+
+def test_operators_pass_opcheck():
+    """The registered operators' schema, fake (compile-time) outputs and autograd registration
+    (``torch.library.opcheck``)."""
+    args, _ = inputs("sliced", 16, 8)
+    torch.library.opcheck(torch.ops.seisbench_xlstm.normed_output_gate.default,
+                          [a.requires_grad_() for a in args] + [EPS])
+
+
+def test_compiled_layer_can_keep_the_stage_in_its_graph(monkeypatch):
+    """``bimlstm.OUTPUT_STAGE_IN_GRAPH``: outside the compiled graphs the Triton stage adds a graph break, inside it
+    adds none (as many as the PyTorch stage); compiled, the layer equals the eager one with the PyTorch stage."""
+    breaks = compiled_layer_graph_breaks(monkeypatch, DEVICE, [
+        [(bimlstm, "OUTPUT_STAGE", "torch")],
+        [(bimlstm, "OUTPUT_STAGE", "triton"), (bimlstm, "OUTPUT_STAGE_IN_GRAPH", False)],
+        [(bimlstm, "OUTPUT_STAGE", "triton"), (bimlstm, "OUTPUT_STAGE_IN_GRAPH", True)],
+    ])
+    assert breaks[2] == breaks[0] < breaks[1]
 
 
 def test_bad_shapes_and_unknown_stage_are_named(monkeypatch):
