@@ -20,8 +20,11 @@ per program, added up afterwards (deterministic). Nothing is saved but ``x``. (A
 once per tap and summed over rows at every block: 2.6 ms against compiled PyTorch's 1.25 at recipe 1's shape.)
 
 The two kernels are registered operators (``torch.ops.seisbench_xlstm.causal_conv_silu`` and its backward, with
-compile-time shapes), so ``torch.compile`` keeps them inside its graphs: no graph break, and the gradients that reach
-the conv's output from q, k, the gates and the output stage are summed by compiled code before the backward kernel.
+compile-time shapes), so ``torch.compile`` keeps them inside its graphs: no graph break. Which backward runs:
+:data:`BACKWARD`. The library's default is the forward kernel with the backward in PyTorch formulas
+(:func:`_pytorch_backward`), which the compiled layer fuses with the sum of the gradients that reach the conv's output
+from q, k, the gates and the output stage: faster in the training step than the backward kernel, which needs that sum
+written out first.
 
 Layouts: ``x`` ``(directions, batch, steps, channels)`` with the last stride 1; ``w`` ``(directions, channels, K)``,
 ``bias`` ``(directions, channels)``. Arithmetic in float32; ``y`` and the gradient of ``x`` in the dtype of ``x``.

@@ -20,6 +20,10 @@ reads ``dy``, ``h``, ``x_conv`` and ``z`` once and writes ``dh``, ``dx_conv`` an
 gradients are summed per program (deterministic partial sums, added up afterwards). The forward reads ``h``,
 ``x_conv``, ``z`` and writes ``y`` and the per-row mean and rstd (float32) for the backward.
 
+The two kernels are registered operators (``torch.ops.seisbench_xlstm.normed_output_gate`` and its backward), which
+compiled graphs can keep; the layers call them outside their graphs unless
+:data:`seisbench_xlstm.bimlstm.OUTPUT_STAGE_IN_GRAPH`.
+
 Layouts: ``h`` ``(directions, heads, batch, steps, head_dim)`` with any strides whose last is 1 (the mLSTM kernel's
 output, viewed); ``x_conv``, ``z`` ``(directions, batch, steps, heads * head_dim)``, last stride 1; ``w`` and
 ``skip`` ``(directions, heads * head_dim)``. Arithmetic in float32; ``y`` in the dtype of ``x_conv``, each gradient
