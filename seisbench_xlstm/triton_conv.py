@@ -54,6 +54,11 @@ FORWARD_WARPS = 4
 #: against 165.3 (eighth session, run 4).
 BACKWARD = "pytorch"
 BACKWARDS = ("triton", "pytorch")
+#: The PyTorch backward's gradient of ``pre`` (the tensor the compiled code may write between its kernels): in
+#: ``"float32"`` (measured, 2026-11-30) or rounded to the activations' dtype (``"activations"``: bf16 under autocast,
+#: half the bytes; PyTorch's own conv backward under autocast kept it in bf16 too). Not yet timed on a GPU.
+PRE_GRAD_DTYPE = "float32"
+PRE_GRAD_DTYPES = ("float32", "activations")
 #: The backward kernel's taps: kernel sizes up to this are zero-padded in front (same function); larger ones run in
 #: PyTorch (:func:`seisbench_xlstm.bimlstm._conv_stage`).
 TAPS = 4
@@ -260,6 +265,8 @@ def _pytorch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
     pre = bias.float()[:, None, None] + sum(padded[:, :, j:j + steps] * w[..., j] for j in range(size))
     sig = torch.sigmoid(pre)
     dpre = dy.float() * sig * (1.0 + pre * (1.0 - sig))
+    if PRE_GRAD_DTYPE == "activations":  # what compiled code writes for the dx and weight-gradient kernels
+        dpre = dpre.to(x.dtype).float()
     after = F.pad(dpre, (0, 0, 0, size - 1))  # dx[s] = sum_j dpre[s + K - 1 - j] w[j]
     dx = sum(after[:, :, size - 1 - j:size - 1 - j + steps] * w[..., j] for j in range(size))
     dw = torch.stack([(dpre * padded[:, :, j:j + steps]).sum((1, 2)) for j in range(size)], dim=-1)
@@ -269,6 +276,8 @@ def _pytorch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
 def _backward(ctx, dy):
     if BACKWARD not in BACKWARDS:
         raise ValueError(f"Unknown conv backward {BACKWARD!r}; known: {', '.join(BACKWARDS)}")
+    if PRE_GRAD_DTYPE not in PRE_GRAD_DTYPES:
+        raise ValueError(f"Unknown PRE_GRAD_DTYPE {PRE_GRAD_DTYPE!r}; known: {', '.join(PRE_GRAD_DTYPES)}")
     return (_conv_silu_backward if BACKWARD == "triton" else _pytorch_backward)(dy, *ctx.saved_tensors)
 
 

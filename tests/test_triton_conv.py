@@ -64,6 +64,28 @@ def test_bfloat16_matches_the_pytorch_conv_in_float64(backward, monkeypatch):
         assert rel_err(g, w) < 1e-2, (name, rel_err(g, w))
 
 
+@pytest.mark.parametrize("pre_grad", triton_conv.PRE_GRAD_DTYPES)
+def test_pytorch_backward_in_bfloat16_matches_float64(pre_grad, monkeypatch):
+    """The PyTorch backward on bfloat16 inputs (as under autocast), with the gradient of ``pre`` kept in float32 or
+    rounded to bfloat16: within ``1e-2`` of the float64 gradients (one rounding to 8 significant bits), and the
+    rounding really happens; on float32 inputs both settings give the same values."""
+
+    def backward(setting, x, w, b, dy):
+        monkeypatch.setattr(triton_conv, "PRE_GRAD_DTYPE", setting)
+        return triton_conv._pytorch_backward(dy, x, w, b)
+
+    (x, w, b), dy = inputs(300, 48, dtype=torch.bfloat16)
+    got = backward(pre_grad, x, w, b, dy)
+    want = output_and_grads(reference, [a.double() for a in (x, w, b)], dy.double())[1:]
+    assert [g.dtype for g in got] == [torch.bfloat16, torch.float32, torch.float32]
+    for name, g, r in zip(["dx", "dw", "db"], got, want):
+        assert rel_err(g, r) < 1e-2, (name, rel_err(g, r))
+    assert torch.equal(got[2], backward("float32", x, w, b, dy)[2]) == (pre_grad == "float32")
+    (x, w, b), dy = inputs(50, 16)
+    for g, r in zip(backward(pre_grad, x, w, b, dy), backward("float32", x, w, b, dy)):
+        assert torch.equal(g, r)
+
+
 @pytest.mark.parametrize("form", ["per_head", "dense"])
 def test_layer_gives_the_same_output_and_gradients_with_either_conv(form, monkeypatch):
     """The whole layer (native mLSTM kernel, float32) with the Triton conv equals the layer with the PyTorch conv:
@@ -96,6 +118,11 @@ def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
         causal_conv_silu(x, w, b[:1])
     with pytest.raises(ValueError, match="kernel_size <= 4"):
         causal_conv_silu(x, torch.cat([w, w[..., :1]], dim=-1), b)
+    monkeypatch.setattr(triton_conv, "PRE_GRAD_DTYPE", "bf16")
+    args = [a.requires_grad_() for a in (x, w, b)]
+    with pytest.raises(ValueError, match="Unknown PRE_GRAD_DTYPE 'bf16'"):
+        causal_conv_silu(*args).sum().backward()
+    monkeypatch.setattr(triton_conv, "PRE_GRAD_DTYPE", "float32")
     monkeypatch.setattr(triton_conv, "BACKWARD", "cuda")
     args = [a.requires_grad_() for a in (x, w, b)]
     with pytest.raises(ValueError, match="Unknown conv backward 'cuda'"):
