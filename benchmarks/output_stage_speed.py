@@ -129,7 +129,7 @@ def conv_rows(shape, device, args):
                 triton_conv.BACKWARD_TUNING = tuning
                 triton_conv.build_launchers()
             stage = compiled if use_compiled else bimlstm._conv_stage
-            fwd, fwbw = timings(lambda x: stage(x, directions), (x_conv,), dy, args.warmup, args.rep)
+            fwd, fwbw = timings(lambda x: stage(x, directions)[0], (x_conv,), dy, args.warmup, args.rep)
             rows.append((name, fwd, fwbw, moved))
     finally:
         bimlstm.CONV_STAGE, triton_conv.BACKWARD, triton_conv.BACKWARD_TUNING = library

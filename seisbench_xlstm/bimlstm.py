@@ -41,7 +41,7 @@ from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
 from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
 from .triton_conv import TAPS as CONV_TRITON_TAPS
-from .triton_conv import causal_conv_silu
+from .triton_conv import causal_conv_silu, causal_conv_silu_heads
 from .triton_output_gate import normed_output_gate, triton
 
 
@@ -100,10 +100,9 @@ STAGE_SETTINGS = ("auto", "torch", "triton")
 #: against compiled PyTorch: head dim 96 (recipe 1) 1.29 against 1.77 ms, 64 1.72 against 2.15, 128 0.93 against 1.15,
 #: but 256 (64 steps) 1.22 against 0.81 ms.
 OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
-#: Whether compiled layers keep the Triton output stage inside their graphs (its kernels are registered operators, as
-#: the conv's): one graph break fewer a layer, and the code after it compiled with the code before the down
-#: projection. ``False`` (the stage outside the graphs, ``torch.compiler.disable``) is what the training steps and
-#: annotate runs of 2026-11-30 measured; ``True`` not yet timed on a GPU. The same values either way.
+#: Whether compiled layers keep the Triton output stage (registered operators, as the conv's) inside their graphs:
+#: one graph break fewer a layer. ``False`` (``torch.compiler.disable``) is what the training steps and annotate runs
+#: of 2026-11-30 measured; ``True`` not yet timed on a GPU. The same values either way.
 OUTPUT_STAGE_IN_GRAPH = False
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
 #: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
@@ -112,6 +111,10 @@ OUTPUT_STAGE_IN_GRAPH = False
 #: against auto with the PyTorch backward, one command (2026-11-30, ``benchmarks/results/pretrain_gpu.md``, eighth
 #: session run 4): recipe 1 221.0 -> 217.0 ms (70.5 -> 66.0 GiB), recipe 2 165.3 -> 160.8 ms (41.8 -> 39.3 GiB).
 CONV_STAGE = "auto"
+#: With the Triton conv and q/k/v form ``per_head``: the conv kernel also writes its output and input laid out per
+#: head (:func:`seisbench_xlstm.triton_conv.causal_conv_silu_heads`) instead of two layout copies (6.1 ms a step of
+#: recipe 1, seventh session's profile). Not yet timed on a GPU; the same values.
+CONV_WRITES_HEAD_LAYOUT = False
 
 
 @dataclass
@@ -151,9 +154,8 @@ class BiMLSTMLayerConfig:
         if self.inner_dim % self.num_heads:
             raise ValueError(f"inner dimension {self.inner_dim} is not divisible by num_heads={self.num_heads}")
         if self.inner_dim % self.qkv_proj_blocksize:
-            raise ValueError(
-                f"inner dimension {self.inner_dim} is not divisible by qkv_proj_blocksize={self.qkv_proj_blocksize}"
-            )
+            raise ValueError(f"inner dimension {self.inner_dim} is not divisible by "
+                             f"qkv_proj_blocksize={self.qkv_proj_blocksize}")
 
 
 class MLSTMDirection(nn.Module):
@@ -230,13 +232,14 @@ def mlstm_branches(
     def stacked(get):
         return _stacked(directions, get)
 
-    x_conv = _conv_stage(x_mlstm, directions)
+    form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
+    x_conv, heads_layout = _conv_stage(x_mlstm, directions, heads if form == "per_head" else 0)
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
-    form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
     if form == "per_head":
-        q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim)
+        q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim,
+                                            heads_layout)
         h = mlstm_sequence(q, k, v, i, f, kernel=kernel)[..., :head_dim]  # (directions * heads, batch, steps, hd)
         return _output_stage(h.unflatten(0, (n_dir, heads)), x_conv, z, directions)
     if form == "fused":
@@ -312,14 +315,18 @@ def _in_triton(setting: str, what: str, x: torch.Tensor) -> bool:
     return setting == "triton" or (setting == "auto" and x.is_cuda and triton is not None)
 
 
-def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection]) -> torch.Tensor:
-    """The causal depthwise conv of each direction and its SiLU, ``(directions, batch, steps, inner)``; in Triton
-    where :data:`CONV_STAGE` says so."""
+def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection], heads: int = 0):
+    """The causal depthwise conv of each direction and its SiLU, ``(directions, batch, steps, inner)``, in Triton
+    where :data:`CONV_STAGE` says so; and, with ``heads`` and :data:`CONV_WRITES_HEAD_LAYOUT`, the conv's output and
+    input laid out per head as the Triton kernel writes them (else None)."""
     weight = _stacked(directions, lambda d: d.conv1d.conv.weight[:, 0])  # (directions, inner, kernel)
     bias = None if directions[0].conv1d.conv.bias is None else _stacked(directions, lambda d: d.conv1d.conv.bias)
     if bias is not None and weight.shape[-1] <= CONV_TRITON_TAPS and _in_triton(CONV_STAGE, "conv stage", x_mlstm):
-        return causal_conv_silu(x_mlstm, weight, bias)
-    return F.silu(causal_depthwise_conv(x_mlstm, weight, bias))
+        if heads and CONV_WRITES_HEAD_LAYOUT:
+            y, y_heads, x_heads = causal_conv_silu_heads(x_mlstm, weight, bias, heads)
+            return y, (y_heads, x_heads)
+        return causal_conv_silu(x_mlstm, weight, bias), None
+    return F.silu(causal_depthwise_conv(x_mlstm, weight, bias)), None
 
 
 def _output_gate(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection]):
@@ -433,6 +440,7 @@ def _qkv_gates_per_head(
     gate_b: torch.Tensor,
     heads: int,
     kernel_dim: int | None = None,
+    heads_layout: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """q, k, v and the gates directly in the mLSTM kernel's layout, with one GEMM per mLSTM head.
 
@@ -451,6 +459,8 @@ def _qkv_gates_per_head(
     :param kernel_dim: head dim of q, k, v for the kernel (default ``head_dim``); larger: each head's matrices get
         zero output rows (and the query matrix the factor :func:`seisbench_xlstm.kernels.query_scale`), so the GEMMs
         write the padded layout directly
+    :param heads_layout: ``x_conv`` and ``x_mlstm`` already laid out per head (the Triton conv writes them), else
+        copied here
     :return: q, k, v ``(directions * heads, batch, steps, kernel_dim)`` and the input and forget gate
         pre-activations ``(directions * heads, batch, steps)``
     """
@@ -467,7 +477,7 @@ def _qkv_gates_per_head(
         return F.pad(matrices * scale, (0, 0, 0, kernel_dim - head_dim)) if kernel_dim != head_dim else matrices
 
     w_q, w_k, w_v = qkv_weights
-    xc, xm = per_head(x_conv), per_head(x_mlstm)
+    xc, xm = heads_layout or (per_head(x_conv), per_head(x_mlstm))
     scale = query_scale(head_dim, kernel_dim)
     q, k, v = (_token_matmul(x, head_matrices(w, s).transpose(-1, -2)).view(n_dir * heads, batch, steps, kernel_dim)
                for x, w, s in ((xc, w_q, scale), (xc, w_k, 1.0), (xm, w_v, 1.0)))

@@ -40,7 +40,7 @@ from .triton_layout import autotuned, interpreter_setting, last_axis_contiguous,
 from .triton_mlstm_kernels import tl, triton
 
 #: The forward kernel's steps and channels per program and its warps. Compiled for sm_90 (``ptxas -v``, bf16, kernel
-#: size 4): 86 registers. On an H200 0.17 against 0.51 ms for compiled PyTorch at recipe 1's shape (2026-11-30,
+#: size 4): 86 registers, 92 writing the heads layout too (:func:`causal_conv_silu_heads`). On an H200 0.17 against 0.51 ms for compiled PyTorch at recipe 1's shape (2026-11-30,
 #: ``benchmarks/results/conv_stage_speed.md``).
 BLOCK_STEPS = 32
 BLOCK_CHANNELS = 128
@@ -104,15 +104,22 @@ if triton is not None:
 
     @triton.jit
     def _conv_silu_fwd_kernel(
-        X, W, BIAS, Y, sx_d, sx_b, sx_t, sy_d, sy_b, sy_t, batch, steps, channels,
-        K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+        X, W, BIAS, Y, Y_HEADS, X_HEADS, sx_d, sx_b, sx_t, sy_d, sy_b, sy_t, batch, steps, channels, heads, head_dim,
+        K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, PER_HEAD: tl.constexpr,
     ):
         pid_row, d, b, t, c, cmask = _conv_program(batch, steps, channels, BLOCK_T, BLOCK_C)
         pre = _pre_activation(X, W, BIAS, d, b, t, c, cmask, steps, channels, sx_d, sx_b, sx_t, K, BLOCK_T,
                               BLOCK_C)
-        y = pre * tl.sigmoid(pre)
+        y = (pre * tl.sigmoid(pre)).to(Y.dtype.element_ty)
         mask = (t < steps)[:, None] & cmask[None, :]
-        tl.store(Y + d * sy_d + b * sy_b + t[:, None] * sy_t + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Y + d * sy_d + b * sy_b + t[:, None] * sy_t + c[None, :], y, mask=mask)
+        if PER_HEAD:  # y and x also laid out per head, (directions, heads, batch * steps, head_dim) contiguous
+            head = c // head_dim
+            ph = ((d * heads + head[None, :]) * (batch * steps) + b * steps + t[:, None]) * head_dim + (
+                c % head_dim)[None, :]
+            tl.store(Y_HEADS + ph, y, mask=mask)
+            x = tl.load(X + d * sx_d + b * sx_b + t[:, None] * sx_t + c[None, :], mask=mask, other=0.0)
+            tl.store(X_HEADS + ph, x, mask=mask)
 
     @triton.jit
     def _rows(X, rows, c, cmask, steps, s_t):
@@ -191,23 +198,47 @@ def _grid(x: torch.Tensor) -> tuple[int, int, int]:
     return directions * batch, triton.cdiv(steps, BLOCK_STEPS), triton.cdiv(channels, BLOCK_CHANNELS)
 
 
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int = 0) -> list[torch.Tensor]:
+    """``[y]``, or with ``heads`` ``[y, y laid out per head, x laid out per head]`` (:func:`causal_conv_silu_heads`)."""
+    directions, batch, steps, channels = x.shape
+    outputs = [torch.empty_like(x, memory_format=torch.contiguous_format)]
+    if heads:
+        outputs += [x.new_empty(directions, heads, batch * steps, channels // heads) for _ in range(2)]
+    y, y_heads, x_heads = outputs if heads else outputs * 3  # without heads: placeholders the kernel ignores
+    _conv_silu_fwd_kernel[_grid(x)](
+        x, weight.float().contiguous(), bias.float().contiguous(), y, y_heads, x_heads, *leading_strides(x, 3),
+        *leading_strides(y, 3), batch, steps, channels, max(heads, 1), channels // max(heads, 1), K=weight.shape[-1],
+        BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS, PER_HEAD=bool(heads), num_warps=FORWARD_WARPS,
+    )
+    return outputs
+
+
 @torch.library.custom_op("seisbench_xlstm::causal_conv_silu", mutates_args=())
 def _conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The forward kernel as an operator that ``torch.compile`` keeps inside its graphs (no graph break: the gradients
     arriving at ``y`` from several consumers are summed by the compiled code before the backward operator)."""
-    directions, batch, steps, channels = x.shape
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _conv_silu_fwd_kernel[_grid(x)](
-        x, weight.float().contiguous(), bias.float().contiguous(), y, *leading_strides(x, 3), *leading_strides(y, 3),
-        batch, steps, channels, K=weight.shape[-1], BLOCK_T=BLOCK_STEPS, BLOCK_C=BLOCK_CHANNELS,
-        num_warps=FORWARD_WARPS,
-    )
-    return y
+    return _forward(x, weight, bias)[0]
 
 
 @_conv_silu.register_fake
 def _(x, weight, bias):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("seisbench_xlstm::causal_conv_silu_heads", mutates_args=())
+def _conv_silu_heads(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward kernel writing ``y`` and also ``y`` and ``x`` laid out per head (:func:`causal_conv_silu_heads`)."""
+    y, y_heads, x_heads = _forward(x, weight, bias, heads)
+    return y, y_heads, x_heads
+
+
+@_conv_silu_heads.register_fake
+def _(x, weight, bias, heads):
+    directions, batch, steps, channels = x.shape
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            *(x.new_empty(directions, heads, batch * steps, channels // heads) for _ in range(2)))
 
 
 def build_launchers() -> None:
@@ -252,7 +283,7 @@ def _(dy, x, weight, bias):
 
 
 def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:3])
 
 
 def _pytorch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
@@ -273,15 +304,37 @@ def _pytorch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
     return dx.to(x.dtype), dw.to(weight.dtype), dpre.sum((1, 2)).to(bias.dtype)
 
 
-def _backward(ctx, dy):
+def _input_grads(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """The gradients of ``x``, ``weight`` and ``bias`` as :data:`BACKWARD` says."""
     if BACKWARD not in BACKWARDS:
         raise ValueError(f"Unknown conv backward {BACKWARD!r}; known: {', '.join(BACKWARDS)}")
     if PRE_GRAD_DTYPE not in PRE_GRAD_DTYPES:
         raise ValueError(f"Unknown PRE_GRAD_DTYPE {PRE_GRAD_DTYPE!r}; known: {', '.join(PRE_GRAD_DTYPES)}")
-    return (_conv_silu_backward if BACKWARD == "triton" else _pytorch_backward)(dy, *ctx.saved_tensors)
+    return (_conv_silu_backward if BACKWARD == "triton" else _pytorch_backward)(dy, x, weight, bias)
+
+
+def _backward(ctx, dy):
+    return _input_grads(dy, *ctx.saved_tensors)
+
+
+def _token_major(per_head: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``(directions, heads, batch * steps, head_dim)`` back to ``shape`` ``(directions, batch, steps, channels)``."""
+    directions, batch, steps, channels = shape
+    return per_head.view(directions, -1, batch, steps, channels // per_head.shape[1]).permute(0, 2, 3, 1, 4).reshape(
+        shape)
+
+
+def _backward_heads(ctx, dy, dy_heads, dx_heads):
+    """The gradients of both layouts of ``y`` summed before the conv's backward; that of ``x``'s copy added after."""
+    x, weight, bias = ctx.saved_tensors
+    if dy_heads is not None:
+        dy = _token_major(dy_heads, x.shape) if dy is None else dy + _token_major(dy_heads, x.shape)
+    dx, dw, db = _input_grads(torch.zeros_like(x) if dy is None else dy, x, weight, bias)
+    return (dx if dx_heads is None else dx + _token_major(dx_heads, x.shape)), dw, db, None
 
 
 _conv_silu.register_autograd(_backward, setup_context=_save_inputs)
+_conv_silu_heads.register_autograd(_backward_heads, setup_context=_save_inputs)
 
 
 def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -292,6 +345,12 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     :param bias: ``(directions, channels)``
     :return: ``(directions, batch, steps, channels)`` in the dtype of ``x``
     """
+    _check(x, weight, bias)
+    return _conv_silu(last_axis_contiguous(x), weight, bias)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int = 1) -> None:
+    """Clear errors for inputs the kernels cannot take."""
     if triton is None:
         raise RuntimeError("causal_conv_silu needs the triton package")
     directions, batch, steps, channels = x.shape
@@ -300,4 +359,20 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
         raise ValueError(f"weight must be (directions, channels, kernel_size <= {TAPS}) and bias (directions, "
                          f"channels) with (directions, channels) = {(directions, channels)}, got {tuple(weight.shape)}, "
                          f"{tuple(bias.shape)}")
-    return _conv_silu(last_axis_contiguous(x), weight, bias)
+    if heads < 1 or channels % heads:
+        raise ValueError(f"channels ({channels}) must split into heads ({heads})")
+
+
+def causal_conv_silu_heads(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`causal_conv_silu` whose kernel also writes ``y`` and ``x`` laid out per head, the layout of the
+    per-head q/k/v products (``bimlstm._qkv_gates_per_head``), instead of separate layout copies of both.
+
+    :param x: ``(directions, batch, steps, channels)``; ``weight``, ``bias`` as :func:`causal_conv_silu`
+    :param heads: heads the channels split into (``channels % heads == 0``)
+    :return: ``y`` ``(directions, batch, steps, channels)``, ``y`` and ``x`` as ``(directions, heads, batch * steps,
+        channels / heads)`` (contiguous)
+    """
+    _check(x, weight, bias, heads)
+    return _conv_silu_heads(last_axis_contiguous(x), weight, bias, heads)

@@ -86,6 +86,53 @@ def test_pytorch_backward_in_bfloat16_matches_float64(pre_grad, monkeypatch):
         assert torch.equal(g, r)
 
 
+@pytest.mark.parametrize("backward", triton_conv.BACKWARDS)
+def test_heads_layout_outputs_and_gradients(backward, monkeypatch):
+    """``causal_conv_silu_heads``: ``y`` and, laid out per head, ``y`` and ``x``; the gradients of all three summed
+    into those of ``x``, the weights and the bias (float32 against the PyTorch form in float64, ``1e-5``)."""
+    monkeypatch.setattr(triton_conv, "BACKWARD", backward)
+    (x, w, b), _ = inputs(70, 24, batch=2)
+    heads = 4
+    directions, batch, steps, channels = x.shape
+
+    def per_head(t):
+        return t.reshape(directions, batch * steps, heads, channels // heads).transpose(1, 2)
+
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(*s, generator=g).to(DEVICE) for s in (x.shape, per_head(x).shape, per_head(x).shape)]
+
+    def reference_heads(x, w, b):
+        y = reference(x, w, b)
+        return y, per_head(y), per_head(x)
+
+    def outputs_and_grads(fn, args):
+        args = [a.detach().requires_grad_() for a in args]
+        outs = fn(*args)
+        loss = sum((o * gr.to(o.dtype)).sum() for o, gr in zip(outs, grads))
+        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, args))
+
+    got = outputs_and_grads(lambda *a: triton_conv.causal_conv_silu_heads(*a, heads), [x, w, b])
+    want = outputs_and_grads(reference_heads, [a.double() for a in (x, w, b)])
+    assert [tuple(t.shape) for t in got[1:3]] == [(directions, heads, batch * steps, channels // heads)] * 2
+    for name, a, r in zip(["y", "y per head", "x per head", "dx", "dw", "db"], got, want):
+        assert rel_err(a, r) < 1e-5, (name, rel_err(a, r))
+
+
+@pytest.mark.parametrize("form", ["per_head", "dense"])
+def test_layer_is_the_same_with_the_conv_writing_the_heads_layout(form, monkeypatch):
+    """``bimlstm.CONV_WRITES_HEAD_LAYOUT`` changes no output or gradient of the layer (Triton conv)."""
+    monkeypatch.setattr(bimlstm, "CONV_STAGE", "triton")
+    assert_layer_unchanged_by_setting(monkeypatch, "CONV_WRITES_HEAD_LAYOUT", (False, True), form, False, DEVICE)
+
+
+def test_compiled_layer_keeps_the_heads_layout_conv_in_its_graph(monkeypatch):
+    breaks = compiled_layer_graph_breaks(monkeypatch, DEVICE, [
+        [(bimlstm, "CONV_STAGE", "torch")],
+        [(bimlstm, "CONV_STAGE", "triton"), (bimlstm, "CONV_WRITES_HEAD_LAYOUT", True)],
+    ])
+    assert breaks[1] == breaks[0]
+
+
 @pytest.mark.parametrize("form", ["per_head", "dense"])
 def test_layer_gives_the_same_output_and_gradients_with_either_conv(form, monkeypatch):
     """The whole layer (native mLSTM kernel, float32) with the Triton conv equals the layer with the PyTorch conv:
@@ -118,6 +165,8 @@ def test_bad_shapes_and_unknown_setting_are_named(monkeypatch):
         causal_conv_silu(x, w, b[:1])
     with pytest.raises(ValueError, match="kernel_size <= 4"):
         causal_conv_silu(x, torch.cat([w, w[..., :1]], dim=-1), b)
+    with pytest.raises(ValueError, match=r"channels \(16\) must split into heads \(3\)"):
+        triton_conv.causal_conv_silu_heads(x, w, b, 3)
     monkeypatch.setattr(triton_conv, "PRE_GRAD_DTYPE", "bf16")
     args = [a.requires_grad_() for a in (x, w, b)]
     with pytest.raises(ValueError, match="Unknown PRE_GRAD_DTYPE 'bf16'"):
