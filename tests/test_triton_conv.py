@@ -145,6 +145,7 @@ def test_operator_passes_opcheck():
     (``torch.library.opcheck``)."""
     args, _ = inputs(37, 64)
     torch.library.opcheck(torch.ops.seisbench_xlstm.causal_conv_silu.default, [a.requires_grad_() for a in args])
+    torch.library.opcheck(torch.ops.seisbench_xlstm.causal_conv_silu_heads.default, args + [4])
 
 
 @pytest.mark.parametrize("backward", triton_conv.BACKWARDS)
