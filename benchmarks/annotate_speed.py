@@ -29,7 +29,6 @@ import contextlib
 import csv
 import sys
 import time
-from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    TINY_BACKBONES, backbone_kernel, continuous_stations, library_constants, load_average, machine, set_qkv_form,
-    synchronize, write_report,
+    TINY_BACKBONES, backbone_kernel, constants_label, continuous_stations, library_constants, load_average, machine,
+    patch_constants, set_qkv_form, synchronize, write_report,
 )
 
 import seisbench.models as sbm  # noqa: E402
@@ -182,9 +181,7 @@ def main(argv=None) -> int:
             settings = [((False, None), None, baseline_batch, None, None, ())]
         best: dict = {}
         for compile_setting, overlap, batch, form, kern, cs in settings:
-            stack.close()
-            for module, constant, value in cs:
-                stack.enter_context(mock.patch.object(module, constant, value))
+            patch_constants(stack, cs)
             if xlstm:
                 model.backbone.set_kernel(kern or "auto")
                 model.set_compile(compile_setting[0])
@@ -204,7 +201,7 @@ def main(argv=None) -> int:
         set_native_kernel_compiled(None)
         for ((compiled, native), overlap, form, kern, cs), (batch, seconds) in best.items():
             kernel = f", kernel {kernel_label(model, kern, batch, device)}" if xlstm else ""
-            kernel += "".join(f", {m.__name__.rsplit('.', 1)[-1]}.{n} {v}" for m, n, v in cs)
+            kernel += "".join(f", {c}" for c in constants_label(cs))
             kernel += f", q/k/v {form}" if form else ""
             kernel += ", compiled layers" if compiled else ""
             kernel += {None: "", True: " with the native kernel", False: " around the native kernel"}[native]

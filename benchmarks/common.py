@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -202,6 +204,19 @@ def parse_kernel_warps(text: str | None, library: dict) -> dict:
     if text is None or text == "none":
         return dict(library)
     return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+
+
+def patch_constants(stack: contextlib.ExitStack, constants: tuple) -> None:
+    """Sets one combination of :func:`library_constants` (``(module, name, value)`` triples) after undoing the
+    previous one held by ``stack``; ``stack.close()`` restores the library's values."""
+    stack.close()
+    for module, name, value in constants:
+        stack.enter_context(mock.patch.object(module, name, value))
+
+
+def constants_label(constants: tuple) -> list[str]:
+    """``"MODULE.NAME VALUE"`` of each constant of one combination, for the labels of report rows."""
+    return [f"{m.__name__.rsplit('.', 1)[-1]}.{n} {v}" for m, n, v in constants]
 
 
 def library_constants(specs: list[str]) -> list[tuple]:

@@ -70,7 +70,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    REPO, backbone_kernel, library_constants, machine, parse_kernel_warps, set_qkv_form, synchronize, write_report,
+    REPO, backbone_kernel, constants_label, library_constants, machine, parse_kernel_warps, patch_constants,
+    set_qkv_form, synchronize, write_report,
 )
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
 
@@ -541,9 +542,7 @@ def main(argv=None):
                     for c in library_constants(args.setting)]
         rounds = [(r, s) for r in range(args.rounds) for s in settings] if not args.regenerate else []
         for round_, (form, pad, work, warps, groups, constants) in rounds:
-            stack.close()
-            for module, name, value in constants:
-                stack.enter_context(mock.patch.object(module, name, value))
+            patch_constants(stack, constants)
             if form:
                 set_qkv_form(form)
             bimlstm.HEAD_PAD_IN_LAYOUT = library_pad if pad is None else pad == "layout"
@@ -553,7 +552,7 @@ def main(argv=None):
             suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}",
                                            work and f"scalar work {work}", warps and f"kernel warps {warps}",
                                            groups is not None and f"tokens per group {groups}",
-                                           *(f"{m.__name__.rsplit('.', 1)[-1]}.{n} {v}" for m, n, v in constants),
+                                           *constants_label(constants),
                                            args.rounds > 1 and f"round {round_ + 1}") if x)
             args.label = f"{label} ({suffix})" if suffix else label
             for recipe in recipes:

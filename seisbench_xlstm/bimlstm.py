@@ -293,9 +293,9 @@ def _output_stage(h: torch.Tensor, x_conv: torch.Tensor, z: torch.Tensor, direct
     n_dir, heads, batch, steps, head_dim = h.shape
     eps = directions[0].outnorm.eps
     if _triton_output_stage(x_conv, directions, head_dim):
-        norm_w = torch.stack([d.outnorm.weight_proxy for d in directions])
         gate = normed_output_gate if OUTPUT_STAGE_IN_GRAPH else _opaque_normed_output_gate
-        return gate(h, x_conv, z, norm_w, _stacked(directions, lambda d: d.learnable_skip), eps)
+        return gate(h, x_conv, z, _stacked(directions, lambda d: d.outnorm.weight_proxy),
+                    _stacked(directions, lambda d: d.learnable_skip), eps)
     h = F.layer_norm(h, (head_dim,), eps=eps).to(x_conv.dtype)
     return _output_gate(h.permute(0, 2, 3, 1, 4).reshape(n_dir, batch, steps, heads * head_dim), x_conv, z, directions)
 

@@ -40,8 +40,8 @@ from .triton_layout import autotuned, interpreter_setting, last_axis_contiguous,
 from .triton_mlstm_kernels import tl, triton
 
 #: The forward kernel's steps and channels per program and its warps. Compiled for sm_90 (``ptxas -v``, bf16, kernel
-#: size 4): 86 registers, 92 writing the heads layout too (:func:`causal_conv_silu_heads`). On an H200 0.17 against 0.51 ms for compiled PyTorch at recipe 1's shape (2026-11-30,
-#: ``benchmarks/results/conv_stage_speed.md``).
+#: size 4): 86 registers, 92 writing the heads layout too (:func:`causal_conv_silu_heads`). On an H200 0.17 against
+#: 0.51 ms for compiled PyTorch at recipe 1's shape (2026-11-30, ``benchmarks/results/conv_stage_speed.md``).
 BLOCK_STEPS = 32
 BLOCK_CHANNELS = 128
 FORWARD_WARPS = 4
