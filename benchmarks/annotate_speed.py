@@ -18,8 +18,8 @@ kernel it took at the batch size).
 Reported: seconds, throughput in hours of 3-component 100 Hz data per second of wall time (stations x hours /
 seconds) and the time as a multiple of PhaseNet's in the same run. On a CPU the load average is reported
 before and after (others may share the machine: compare ratios, not absolute times). ``--profile`` adds where
-one annotate call of each xLSTM picker spends its time (model forward vs the rest of SeisBench's pipeline) and
-the top operators. Writes ``OUT`` (markdown) and ``OUT`` with suffix ``.csv``.
+one annotate call of each xLSTM picker spends its time (model forward vs the rest of SeisBench's pipeline), the
+top operators, and for every model when each step of the pipeline ran (``pipeline_timeline.py``). Writes ``OUT`` (markdown) and ``OUT`` with suffix ``.csv``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from common import (  # noqa: E402
     TINY_BACKBONES, backbone_kernel, constants_label, continuous_stations, library_constants, load_average, machine,
     patch_constants, set_qkv_form, synchronize, write_report,
 )
+
+from pipeline_timeline import pipeline_timeline, timeline_table  # noqa: E402
 
 import seisbench.models as sbm  # noqa: E402
 
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
 
     results = []  # dict rows
     profiles = []
+    timelines = []  # (model, markdown lines) of --profile
     constants = library_constants(args.setting)  # every combination of the --setting values; [()] without any
     stack = contextlib.ExitStack()  # the constants of the current setting, restored after each
     for name in args.models:
@@ -210,11 +213,15 @@ def main(argv=None) -> int:
                             "settings": f"batch {batch}, overlap {overlap if overlap is not None else 'default'}"
                                         f"{kernel}",
                             "seconds": seconds, "station_hours_per_s": station_hours / seconds})
+        if args.profile:
+            batch = batch_sizes[-1] if xlstm else baseline_batch
+            with pipeline_timeline(model) as calls:
+                t_all = annotate_seconds(model, stream, repeats=1, batch_size=batch)
+            timelines.append((name, timeline_table(calls, t_all)))
         if args.profile and xlstm:
             per_station = int(np.ceil((len(stream[0]) - 4096) / (4096 - 512))) + 1
             n_windows = per_station * args.stations
             t_fwd = forward_seconds(model, n_windows, batch_sizes[-1], 4096)
-            t_all = annotate_seconds(model, stream, repeats=1, batch_size=batch_sizes[-1])
             activities = [torch.profiler.ProfilerActivity.CPU]
             activities += [torch.profiler.ProfilerActivity.CUDA] if cuda else []
             x = torch.randn(batch_sizes[-1] if cuda else 8, 3, 4096, device=device)
@@ -249,6 +256,12 @@ def main(argv=None) -> int:
             lines += [f"- {name}: {n_windows} windows; model forward alone {t_fwd:.2f} s of {t_all:.2f} s annotate "
                       f"({100 * t_fwd / t_all:.0f}%); the rest is SeisBench's stream handling, windowing and stacking.",
                       "", f"Top operators, one forward batch ({batch} windows) of {name}:", "", "```", table, "```"]
+    if timelines:
+        lines += ["", "## The pipeline's steps (`pipeline_timeline.py`)", "",
+                  "When each step of one annotate call ran. `_predict_windows` holds the model's forward; its first "
+                  "start is when the model first gets work.", ""]
+        for name, table in timelines:
+            lines += [f"{name}:", "", *table, ""]
     write_report(lines, args.out)
     if args.out:
         with open(args.out.with_suffix(".csv"), "w", newline="") as f:

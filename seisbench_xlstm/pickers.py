@@ -38,6 +38,7 @@ from .records import (
     check_components,
     data_spans,
     demean_segments,
+    headers_copy,
     keep_spans,
     pad_short_records,
     split_at_gaps,
@@ -52,6 +53,11 @@ CITATION = (
 
 #: Default output labels: P, S and noise.
 DEFAULT_PHASES = "PSN"
+
+#: ``annotate`` converts each instrument's traces to one array (SeisBench's ``stream_to_array``) in a worker thread,
+#: while the model predicts the windows of the instruments before it. SeisBench converts every instrument before
+#: the first prediction. False: SeisBench's order (a benchmark switch).
+CONVERT_IN_THREADS = True
 
 
 #: Errors raised by the pipeline steps of the annotate call in progress (one list per call, via the context).
@@ -230,7 +236,7 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
         argdict = {**self.default_args, **kwargs}
         self.check_annotate_args(argdict)
         if copy:
-            stream = stream.copy()
+            stream = headers_copy(stream)  # the data are not copied: no step writes into the caller's arrays
         if not self._argdict_get_with_default(argdict, "prepared"):
             stream = split_at_gaps(stream, self._argdict_get_with_default(argdict, "nan_policy"))
             stream = check_components(
@@ -288,6 +294,16 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
     def _stack_predictions_array(self, predictions, argdict):
         self._blind(predictions, argdict)
         return super()._stack_predictions_array(predictions, argdict)
+
+    async def _iter_groups(self, traces, argdict):
+        """The instruments' arrays, in order, each converted in a worker thread (:data:`CONVERT_IN_THREADS`): the
+        next instrument's conversion overlaps the prediction of the windows already cut."""
+        if not CONVERT_IN_THREADS:
+            async for group in super()._iter_groups(traces, argdict):
+                yield group
+            return
+        for stream in traces:
+            yield await asyncio.to_thread(self.stream_to_array, stream, argdict)
 
     # The other steps SeisBench runs in asyncio tasks, wrapped so that their errors are raised (see _reported).
     @_reported

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from copy import deepcopy
 
 import numpy as np
 import obspy
@@ -159,10 +160,21 @@ def data_spans(stream: obspy.Stream) -> dict[str, list[tuple[obspy.UTCDateTime, 
 
 
 def demean_segments(stream: obspy.Stream) -> None:
-    """Subtracts from every trace (gap-free segment) its own mean, in float64, in place."""
+    """Replaces every trace's data (a gap-free segment) by a new float64 array: the data minus their own mean. The
+    arrays given are never written to, so the traces may share them with the caller's stream (:func:`headers_copy`).
+    """
     for tr in stream:
-        data = np.asarray(tr.data, dtype=np.float64)
-        tr.data = data - data.mean() if data.size else data
+        data = np.array(tr.data, dtype=np.float64)
+        if data.size:
+            data -= data.mean()
+        tr.data = data
+
+
+def headers_copy(stream: obspy.Stream) -> obspy.Stream:
+    """A stream of new traces with copied headers and the same data arrays: ``annotate``'s copy of the caller's
+    stream, made without copying the data: no step writes into the arrays (:func:`demean_segments` and SeisBench's
+    conversion to arrays make new ones)."""
+    return obspy.Stream([obspy.Trace(data=tr.data, header=deepcopy(tr.stats)) for tr in stream])
 
 
 def _zero_traces(traces: list[obspy.Trace], start: obspy.UTCDateTime, n: int) -> list[obspy.Trace]:

@@ -103,6 +103,48 @@ def test_errors_inside_the_pipeline_are_raised_not_waited_on():
         run_with_timeout(lambda: FailingPicker().classify(st), timeout=60)
 
 
+
+@pytest.mark.parametrize("convert_in_threads", [False, True])
+def test_errors_while_converting_an_instrument_are_raised(monkeypatch, convert_in_threads):
+    """An error in SeisBench's conversion of an instrument's traces (here the second of three) is raised, whether
+    the conversion runs in the event loop or in a worker thread."""
+    from seisbench_xlstm import pickers
+
+    monkeypatch.setattr(pickers, "CONVERT_IN_THREADS", convert_in_threads)
+    st = sum((noise_stream(9000, station=f"S{k}", seed=k) for k in range(3)), obspy.Stream())
+    model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
+    convert = pickers.WaveformModel.stream_to_array
+
+    def fails_on_s1(self, traces, argdict):
+        if traces[0].stats.station == "S1":
+            raise RuntimeError("conversion failed on purpose")
+        return convert(self, traces, argdict)
+
+    monkeypatch.setattr(pickers.WaveformModel, "stream_to_array", fails_on_s1)
+    with pytest.raises(RuntimeError, match="conversion failed on purpose"):
+        run_with_timeout(lambda: model.annotate(st), timeout=60)
+
+
+def test_converting_instruments_in_threads_changes_no_annotation(monkeypatch):
+    """Three stations, one with a gap: the same annotation traces and values whether each instrument's arrays are
+    made before the first prediction (SeisBench's order) or in worker threads during the predictions."""
+    from seisbench_xlstm import pickers
+
+    st = obspy.Stream()
+    for k in range(3):
+        st += noise_stream(20000, station=f"S{k}", seed=k, offset=100.0 * k)
+    st += noise_stream(9000, station="S1", seed=7, start=T0 + 260.0)
+    model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
+    out = {}
+    for value in (False, True):
+        monkeypatch.setattr(pickers, "CONVERT_IN_THREADS", value)
+        out[value] = model.annotate(st, batch_size=4)
+    assert len(out[True]) == len(out[False]) == 12  # 3 labels, 3 stations, S1 in two records
+    for a, b in zip(sorted(out[False], key=lambda t: (t.id, t.stats.starttime)),
+                    sorted(out[True], key=lambda t: (t.id, t.stats.starttime))):
+        assert a.id == b.id and a.stats.starttime == b.stats.starttime
+        np.testing.assert_array_equal(a.data, b.data)
+
 # ---------------------------------------------------------------------- gaps
 def test_gap_window_is_demeaned_per_segment_before_the_gap_is_zero_filled():
     """One window (4096 samples) at a 2,000-count offset with a 10 s gap in all components: the model receives
@@ -134,6 +176,48 @@ def test_gap_window_is_demeaned_per_segment_before_the_gap_is_zero_filled():
     # the gap itself is not annotated: one annotation trace per segment
     segments = sorted((tr.stats.starttime - T0, tr.stats.npts) for tr in ann.select(channel="*_P"))
     assert segments == [(0, 1500), (25, 1596)]
+
+
+@pytest.mark.parametrize("dtype,kwargs", [
+    (np.int32, {}), (np.float64, {}), (np.float64, {"prepared": True}), (np.float32, {"filter": True}),
+    ("masked", {}), (np.float64, {"overlap": 1024, "stacking": "max"}), (np.int32, {"rate": 50.0}),
+])
+def test_annotate_leaves_the_callers_stream_as_it_was(dtype, kwargs):
+    """annotate's copy of the stream shares the caller's data arrays (records.headers_copy): the caller's traces
+    keep their headers, arrays and values, whatever the dtype, gaps, filter or stacking."""
+    kwargs = dict(kwargs)
+    model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
+    if kwargs.pop("filter", False):  # SeisBench's filter works in place, after the segments are demeaned
+        model.filter_args, model.filter_kwargs = ("highpass",), {"freq": 1.0}
+    rate = kwargs.pop("rate", 100.0)
+    dtype_made = np.float64 if dtype == "masked" else dtype
+    st = noise_stream(6000, offset=5000, dtype=dtype_made, rate=rate)
+    st += noise_stream(6000, offset=5000, start=T0 + 6000 / rate + 1 / rate, seed=1, dtype=dtype_made, rate=rate)
+    if dtype == "masked":
+        st.merge()  # one missing sample between the two: masked arrays
+        assert np.ma.isMaskedArray(st[0].data)
+    before = [(tr.data, tr.data.copy(), tr.stats.copy()) for tr in st]
+    model.annotate(st, **kwargs)
+    for tr, (array, values, stats) in zip(st, before):
+        assert tr.data is array and tr.stats == stats
+        np.testing.assert_array_equal(tr.data, values)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, "read-only"])
+def test_demean_segments_in_float64(dtype):
+    """Every dtype ends as a new float64 array minus its own mean; the array given is not written to."""
+    from seisbench_xlstm.records import demean_segments
+
+    values = np.arange(10) * 3 + 1000
+    data = values.astype(np.float64 if dtype == "read-only" else dtype)
+    if dtype == "read-only":
+        data.flags.writeable = False
+    st = obspy.Stream([obspy.Trace(data), obspy.Trace(np.array([], dtype=np.float64))])
+    demean_segments(st)
+    assert st[0].data.dtype == np.float64 and st[1].data.size == 0
+    np.testing.assert_allclose(st[0].data, values - values.mean())
+    assert st[0].data is not data
+    np.testing.assert_array_equal(data, values)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.float64])

@@ -278,3 +278,25 @@ def test_annotate_speed_runs_the_pickers_with_each_setting(shared_data, tmp_path
         True, True]
     assert seen == ["torch", "torch", "auto", "auto"]  # warm-up and timed run of each
     assert bimlstm.OUTPUT_STAGE == library
+
+
+def test_pipeline_timeline_records_each_step_and_restores_the_model(shared_data):
+    """--profile's timeline: every pipeline step of one annotate call, the forward in a worker thread, and the model
+    and the records functions as they were afterwards."""
+    from pipeline_timeline import pipeline_timeline, timeline_table
+
+    from seisbench_xlstm import XLSTMUNetPicker, pickers
+    from seisbench_xlstm.records import demean_segments
+
+    st = continuous_stations(0.2, 2, shared_data / "continuous-ok")
+    model = XLSTMUNetPicker(backbone_config=annotate_speed.TINY_BACKBONES["unet"]).eval()
+    with pipeline_timeline(model) as calls:
+        model.annotate(st, batch_size=8)
+    steps = {name: thread for name, _, _, thread in calls}
+    assert {"headers_copy", "demean_segments", "stream_to_array", "_cut_fragments_array", "_predict_windows",
+            "_stack_predictions_array_ext", "keep_spans"} <= set(steps)
+    assert steps["_predict_windows"] != "MainThread"
+    assert sum(name == "stream_to_array" for name, *_ in calls) == 2  # one per station
+    assert "stream_to_array" not in vars(model) and pickers.demean_segments is demean_segments
+    table = timeline_table(calls, 1.0)
+    assert table[0] == "One annotate call, 1.00 s:" and any(row.startswith("| _predict_windows | ") for row in table)
