@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import dataclasses
 import functools
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ DEFAULT_PHASES = "PSN"
 #: while the model predicts the windows of the instruments before it. SeisBench converts every instrument before
 #: the first prediction. False: SeisBench's order (a benchmark switch).
 CONVERT_IN_THREADS = True
+
+#: Batches ``annotate`` gives the model at a time, each in a worker thread: with 2 the next batch is gathered,
+#: converted and copied to the device while the model runs on the one before (SeisBench: 1, one after the other).
+PREDICTIONS_IN_FLIGHT = 2
 
 
 #: Errors raised by the pipeline steps of the annotate call in progress (one list per call, via the context).
@@ -304,6 +309,36 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
             return
         for stream in traces:
             yield await asyncio.to_thread(self.stream_to_array, stream, argdict)
+
+    async def _iter_predictions(self, traces, argdict):
+        """The predictions of the windows, handed on per record (``key``) once all its windows are predicted, with
+        up to :data:`PREDICTIONS_IN_FLIGHT` batches predicted at a time in worker threads, in order."""
+        if PREDICTIONS_IN_FLIGHT <= 1:
+            async for complete in super()._iter_predictions(traces, argdict):
+                yield complete
+            return
+        by_record: dict[tuple, list] = defaultdict(list)
+        in_flight: deque = deque()
+
+        def complete_records(predictions):
+            for p in predictions:
+                by_record[p.key, p.n_windows].append(p)
+            for record in [r for r, got in by_record.items() if len(got) == r[1]]:
+                yield by_record.pop(record)
+
+        try:
+            async for batch in traces:
+                in_flight.append(asyncio.ensure_future(asyncio.to_thread(self._predict_windows, batch,
+                                                                         argdict=argdict)))
+                if len(in_flight) >= PREDICTIONS_IN_FLIGHT:
+                    for complete in complete_records(await in_flight.popleft()):
+                        yield complete
+            while in_flight:
+                for complete in complete_records(await in_flight.popleft()):
+                    yield complete
+        finally:  # after an error: the batches still running are not waited for
+            for future in in_flight:
+                future.cancel()
 
     # The other steps SeisBench runs in asyncio tasks, wrapped so that their errors are raised (see _reported).
     @_reported

@@ -125,9 +125,10 @@ def test_errors_while_converting_an_instrument_are_raised(monkeypatch, convert_i
         run_with_timeout(lambda: model.annotate(st), timeout=60)
 
 
-def test_converting_instruments_in_threads_changes_no_annotation(monkeypatch):
-    """Three stations, one with a gap: the same annotation traces and values whether each instrument's arrays are
-    made before the first prediction (SeisBench's order) or in worker threads during the predictions."""
+def test_the_pipelines_order_of_work_changes_no_annotation(monkeypatch):
+    """Three stations, one with a gap, small batches: the same annotation traces and values whether each
+    instrument's arrays are made before the first prediction (SeisBench's order) or in worker threads, and with
+    one, two or three batches predicted at a time."""
     from seisbench_xlstm import pickers
 
     st = obspy.Stream()
@@ -136,14 +137,28 @@ def test_converting_instruments_in_threads_changes_no_annotation(monkeypatch):
     st += noise_stream(9000, station="S1", seed=7, start=T0 + 260.0)
     model = XLSTMSeqPicker(backbone_config=TINY_SEQUENTIAL).eval()
     out = {}
-    for value in (False, True):
-        monkeypatch.setattr(pickers, "CONVERT_IN_THREADS", value)
-        out[value] = model.annotate(st, batch_size=4)
-    assert len(out[True]) == len(out[False]) == 12  # 3 labels, 3 stations, S1 in two records
-    for a, b in zip(sorted(out[False], key=lambda t: (t.id, t.stats.starttime)),
-                    sorted(out[True], key=lambda t: (t.id, t.stats.starttime))):
-        assert a.id == b.id and a.stats.starttime == b.stats.starttime
-        np.testing.assert_array_equal(a.data, b.data)
+    for threads, in_flight in [(False, 1), (True, 1), (True, 2), (False, 3)]:
+        monkeypatch.setattr(pickers, "CONVERT_IN_THREADS", threads)
+        monkeypatch.setattr(pickers, "PREDICTIONS_IN_FLIGHT", in_flight)
+        out[threads, in_flight] = sorted(model.annotate(st, batch_size=3), key=lambda t: (t.id, t.stats.starttime))
+    reference = out.pop((False, 1))
+    assert len(reference) == 12  # 3 labels, 3 stations, S1 in two records
+    for traces in out.values():
+        assert [(t.id, t.stats.starttime, t.stats.npts) for t in traces] == [
+            (t.id, t.stats.starttime, t.stats.npts) for t in reference]
+        for a, b in zip(reference, traces):
+            np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_model_errors_are_raised_with_any_number_of_batches_at_a_time(monkeypatch, in_flight):
+    from seisbench_xlstm import pickers
+
+    monkeypatch.setattr(pickers, "PREDICTIONS_IN_FLIGHT", in_flight)
+    st = sum((noise_stream(9000, station=f"S{k}", seed=k) for k in range(3)), obspy.Stream())
+    with pytest.raises(RuntimeError, match="forward failed on purpose"):
+        run_with_timeout(lambda: FailingPicker().annotate(st, batch_size=2), timeout=60)
+
 
 # ---------------------------------------------------------------------- gaps
 def test_gap_window_is_demeaned_per_segment_before_the_gap_is_zero_filled():
