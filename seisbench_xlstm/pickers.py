@@ -258,11 +258,14 @@ class _XLSTMPicker(OfflineWeightsMixin, WaveformModel):
         return keep_spans(annotations, spans)
 
     def annotate_stream_pre(self, stream: obspy.Stream, argdict: dict[str, Any]) -> obspy.Stream:
-        """In place: splits traces at masked and (``nan_policy="gap"``) non-finite samples, demeans every
-        gap-free segment, filters and resamples (SeisBench's default), bridges gaps shorter than one window with
-        zeros and zero-pads records shorter than one window. With ``prepared=True`` only the last two."""
-        stream.traces = split_at_gaps(stream, self._argdict_get_with_default(argdict, "nan_policy")).traces
-        if not self._argdict_get_with_default(argdict, "prepared"):
+        """In place: splits traces at masked samples, and with ``prepared=True`` also at (``nan_policy="gap"``)
+        non-finite ones (``annotate`` checked the others before SeisBench's merge), demeans every gap-free segment,
+        filters and resamples (SeisBench's default), bridges gaps shorter than one window with zeros and zero-pads
+        records shorter than one window. With ``prepared=True`` no demeaning, filtering or resampling."""
+        prepared = self._argdict_get_with_default(argdict, "prepared")
+        if prepared or any(np.ma.isMaskedArray(tr.data) for tr in stream):  # annotate_async split the others
+            stream.traces = split_at_gaps(stream, self._argdict_get_with_default(argdict, "nan_policy")).traces
+        if not prepared:
             demean_segments(stream)
             super().annotate_stream_pre(stream, argdict)
         bridge_gaps(stream, self.in_samples)

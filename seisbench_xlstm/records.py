@@ -8,9 +8,9 @@ where at least one component has data. The steps, in the order in which ``annota
 2. :func:`check_components`: components the picker cannot read are dropped, and stations with missing,
    unrotated or unknown components are named in an :class:`AnnotateWarning`.
 3. :func:`data_spans`: the time spans with data per instrument, where annotations are kept in the end.
-4. :func:`demean_segments`: each segment minus its own mean (float64, in raw counts), before any zeros are
-   added, so that gaps, missing components and padding (zeros) lie at the level of the data around them. The
-   training pipeline demeans before it inserts gaps in the same way.
+4. :func:`demean_segments`: each segment minus its own mean (in float64, in raw counts; kept in float32), before
+   any zeros are added, so that gaps, missing components and padding (zeros) lie at the level of the data around
+   them. The training pipeline demeans before it inserts gaps in the same way.
 5. SeisBench's filter and resampling.
 6. :func:`bridge_gaps`: gaps of an instrument (all components missing) shorter than one window are filled with
    zeros, so that the data on both sides are annotated together; the output inside them is removed again in
@@ -160,14 +160,16 @@ def data_spans(stream: obspy.Stream) -> dict[str, list[tuple[obspy.UTCDateTime, 
 
 
 def demean_segments(stream: obspy.Stream) -> None:
-    """Replaces every trace's data (a gap-free segment) by a new float64 array: the data minus their own mean. The
-    arrays given are never written to, so the traces may share them with the caller's stream (:func:`headers_copy`).
-    """
+    """Replaces every trace's data (a gap-free segment) by a new float32 array: the data minus their own mean, both
+    in float64, rounded once to float32, the precision the model reads (annotate rounds every window to float32).
+    The arrays given are never written to, so the traces may share them with the caller's stream
+    (:func:`headers_copy`)."""
     for tr in stream:
-        data = np.array(tr.data, dtype=np.float64)
+        data = np.asarray(tr.data)
+        out = np.empty(data.shape, dtype=np.float32)
         if data.size:
-            data -= data.mean()
-        tr.data = data
+            np.subtract(data, data.mean(dtype=np.float64), out=out, dtype=np.float64, casting="same_kind")
+        tr.data = out
 
 
 def headers_copy(stream: obspy.Stream) -> obspy.Stream:
@@ -183,7 +185,8 @@ def _zero_traces(traces: list[obspy.Trace], start: obspy.UTCDateTime, n: int) ->
     for tr in traces:
         if tr.id not in out:
             header = {k: tr.stats[k] for k in ("network", "station", "location", "channel", "sampling_rate")}
-            out[tr.id] = obspy.Trace(np.zeros(n), header={**header, "starttime": start})
+            # in the traces' dtype: SeisBench merges adjacent traces, which must agree in it
+            out[tr.id] = obspy.Trace(np.zeros(n, dtype=tr.data.dtype), header={**header, "starttime": start})
     return list(out.values())
 
 

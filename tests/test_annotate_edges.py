@@ -219,18 +219,19 @@ def test_annotate_leaves_the_callers_stream_as_it_was(dtype, kwargs):
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.float64, "read-only"])
-def test_demean_segments_in_float64(dtype):
-    """Every dtype ends as a new float64 array minus its own mean; the array given is not written to."""
+def test_demean_segments_in_float64_kept_in_float32(dtype):
+    """Every dtype ends as a new float32 array: minus its own mean in float64, rounded once (a 1e8-count offset
+    would leave nothing of a 1-count signal if it were subtracted in float32); the array given is not written to."""
     from seisbench_xlstm.records import demean_segments
 
-    values = np.arange(10) * 3 + 1000
+    values = np.arange(10) * 3 + 100_000_000
     data = values.astype(np.float64 if dtype == "read-only" else dtype)
     if dtype == "read-only":
         data.flags.writeable = False
     st = obspy.Stream([obspy.Trace(data), obspy.Trace(np.array([], dtype=np.float64))])
     demean_segments(st)
-    assert st[0].data.dtype == np.float64 and st[1].data.size == 0
-    np.testing.assert_allclose(st[0].data, values - values.mean())
+    assert st[0].data.dtype == np.float32 and st[1].data.size == 0
+    np.testing.assert_array_equal(st[0].data, (values - values.mean()).astype(np.float32))
     assert st[0].data is not data
     np.testing.assert_array_equal(data, values)
 
