@@ -49,12 +49,9 @@ from .triton_output_gate import normed_output_gate, triton
 #:
 #: - ``"per_head"`` (the default): one GEMM per mLSTM head whose output is already in the kernel's layout
 #:   (:func:`_qkv_gates_per_head`): 1/heads of the dense FLOPs and no layout copies of q, k, v, at more peak
-#:   memory. Faster than dense in every pair measured side by side on an H200 with TFLA
-#:   (benchmarks/results/pretrain_gpu.md, compiled): recipe 1 at batch 128, 312.4 against 334.9 ms a step (60.1
-#:   against 46.8 GiB; 2026-11-29), 349.8 against 423.4 ms and 382.6 against 400.1 ms (head dim 96 padded in the
-#:   layout or in the kernel call; 2026-11-30); recipe 2 at batch 64, 133.2 against 145.3 ms (9.5 against 7.7 GiB).
-#:   With the library's own Triton kernel (which ``"auto"`` runs at those batches): recipe 1 322.1 against 344.5 ms
-#:   (73.5 against 60.2 GiB; 2026-11-30, ``benchmarks/gpu_measure.sh`` lane B).
+#:   memory. Faster than dense in every pair measured side by side on an H200 (benchmarks/results/pretrain_gpu.md,
+#:   compiled), e.g. recipe 1 at batch 128 with TFLA 312.4 against 334.9 ms a step (60.1 against 46.8 GiB;
+#:   2026-11-29), with the own Triton kernel 322.1 against 344.5 ms (73.5 against 60.2 GiB; 2026-11-30).
 #: - ``"dense"``: block-diagonal GEMMs over the whole inner width (:func:`_qkv_gates_dense`), then a layout copy per
 #:   tensor for the kernel.
 #: - ``"fused"``: multiply-sums the compiler fuses (:func:`_qkv_gates_fused`; only inside ``torch.compile``, else
@@ -101,8 +98,8 @@ STAGE_SETTINGS = ("auto", "torch", "triton")
 #: but 256 (64 steps) 1.22 against 0.81 ms.
 OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
 #: Whether compiled layers keep the Triton output stage (registered operators, as the conv's) inside their graphs:
-#: one graph break fewer a layer. ``False`` (``torch.compiler.disable``) is what the training steps and annotate runs
-#: of 2026-11-30 measured; ``True`` not yet timed on a GPU. The same values either way.
+#: one graph break fewer a layer. The same values either way. On an H200 (2026-11-30, ninth session run 1, round 1)
+#: recipe 1 took 217.7 ms a step with ``False`` (``torch.compiler.disable``) and 217.8 with ``True``.
 OUTPUT_STAGE_IN_GRAPH = False
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
 #: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
@@ -113,7 +110,8 @@ OUTPUT_STAGE_IN_GRAPH = False
 CONV_STAGE = "auto"
 #: With the Triton conv and q/k/v form ``per_head``: the conv kernel also writes its output and input laid out per
 #: head (:func:`seisbench_xlstm.triton_conv.causal_conv_silu_heads`) instead of two layout copies (6.1 ms a step of
-#: recipe 1, seventh session's profile). Not yet timed on a GPU; the same values.
+#: recipe 1, seventh session's profile). The same values. Slower on an H200 (2026-11-30, ninth session run 1): recipe
+#: 1 223.9 against 217.7 ms a step (61.5 against 66.0 GiB).
 CONV_WRITES_HEAD_LAYOUT = False
 
 
