@@ -19,7 +19,8 @@ Reported: seconds, throughput in hours of 3-component 100 Hz data per second of 
 seconds) and the time as a multiple of PhaseNet's in the same run. On a CPU the load average is reported
 before and after (others may share the machine: compare ratios, not absolute times). ``--profile`` adds where
 one annotate call of each xLSTM picker spends its time (model forward vs the rest of SeisBench's pipeline), the
-top operators, and for every model when each step of the pipeline ran (``pipeline_timeline.py``). Writes ``OUT`` (markdown) and ``OUT`` with suffix ``.csv``.
+top operators, and for every model when each step of the pipeline ran (``pipeline_timeline.py``). Writes ``OUT``
+(markdown) and ``OUT`` with suffix ``.csv``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""When each step of one SeisBench ``annotate`` call runs: a timeline of the pipeline, for ``annotate_speed.py --profile``.
+"""When each step of one SeisBench ``annotate`` call runs: the pipeline's timeline, for ``annotate_speed.py --profile``.
 
 SeisBench's ``annotate`` runs its steps in asyncio tasks and worker threads. :func:`pipeline_timeline` wraps the
 steps of one model (SeisBench's methods, and for the xLSTM pickers the record steps of
