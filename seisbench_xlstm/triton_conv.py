@@ -57,7 +57,8 @@ BACKWARDS = ("triton", "pytorch")
 #: The PyTorch backward's gradient of ``pre`` (the tensor the compiled code may write between its kernels): in
 #: ``"float32"`` (measured, 2026-11-30) or rounded to the activations' dtype (``"activations"``: bf16 under autocast,
 #: half the bytes; PyTorch's own conv backward under autocast kept it in bf16 too). On an H200 (2026-11-30, recipe 1,
-#: in turns): 217.6 and 217.8 ms a step in float32 against 217.5 and 217.2 rounded, so float32 stays.
+#: in turns): 217.6 and 217.8 ms a step in float32 against 217.5 and 217.2 rounded and converted back before their
+#: uses; 217.9 against 217.4 (second round) with the rounded tensor converted at each use, as now.
 PRE_GRAD_DTYPE = "float32"
 PRE_GRAD_DTYPES = ("float32", "activations")
 #: The backward kernel's taps: kernel sizes up to this are zero-padded in front (same function); larger ones run in
@@ -297,12 +298,14 @@ def _pytorch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
     pre = bias.float()[:, None, None] + sum(padded[:, :, j:j + steps] * w[..., j] for j in range(size))
     sig = torch.sigmoid(pre)
     dpre = dy.float() * sig * (1.0 + pre * (1.0 - sig))
-    if PRE_GRAD_DTYPE == "activations":  # what compiled code writes for the dx and weight-gradient kernels
-        dpre = dpre.to(x.dtype).float()
-    after = F.pad(dpre, (0, 0, 0, size - 1))  # dx[s] = sum_j dpre[s + K - 1 - j] w[j]
-    dx = sum(after[:, :, size - 1 - j:size - 1 - j + steps] * w[..., j] for j in range(size))
-    dw = torch.stack([(dpre * padded[:, :, j:j + steps]).sum((1, 2)) for j in range(size)], dim=-1)
-    return dx.to(x.dtype), dw.to(weight.dtype), dpre.sum((1, 2)).to(bias.dtype)
+    # The tensor compiled code writes for the dx and weight-gradient kernels: dpre itself, or (``"activations"``) its
+    # rounding, which every use below reads back as float32 (``.float()`` at each use, so that the tensor the uses
+    # share is the bf16 one)
+    stored = dpre.to(x.dtype) if PRE_GRAD_DTYPE == "activations" else dpre
+    after = F.pad(stored, (0, 0, 0, size - 1))  # dx[s] = sum_j dpre[s + K - 1 - j] w[j]
+    dx = sum(after[:, :, size - 1 - j:size - 1 - j + steps].float() * w[..., j] for j in range(size))
+    dw = torch.stack([(stored.float() * padded[:, :, j:j + steps]).sum((1, 2)) for j in range(size)], dim=-1)
+    return dx.to(x.dtype), dw.to(weight.dtype), stored.float().sum((1, 2)).to(bias.dtype)
 
 
 def _input_grads(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
