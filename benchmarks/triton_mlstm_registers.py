@@ -83,7 +83,7 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     ints = {"S": steps, "NC": steps // chunk, "BHS": batch * heads * steps}
     BD, BV = tm._tiles(head_dim, head_dim, block_v)
     launch = tm._launch_config(BD, BV)
-    constexprs = dict(D=head_dim, DV=head_dim, L=chunk, BD=BD, BV=BV, PREC=tm._prec(torch.bfloat16))
+    constexprs = dict(D=head_dim, DV=head_dim, L=chunk, BD=BD, BV=BV, PREC=tm._prec(torch.bfloat16), QK_ROW=0)
     bf, f32 = "*bf16", "*fp32"
     forward = dict(Q=bf, K=bf, V=bf, I=f32, Fg=f32, H=bf, M_out=f32, N_out=f32, C_states=bf, N_states=f32,
                    scale="fp32", eps="fp32", S="i32", NC="i32")

@@ -39,7 +39,7 @@ from xlstm.components.init import bias_linspace_init_, small_init_init_, wang_in
 from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwiseExpandConfig
 from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
-from .kernels import AUTO, kernel_head_dim, mlstm_sequence, query_scale
+from .kernels import AUTO, kernel_head_dim, mlstm_sequence, mlstm_sequence_qk, query_scale
 from .triton_conv import TAPS as CONV_TRITON_TAPS
 from .triton_conv import causal_conv_silu, causal_conv_silu_heads
 from .triton_output_gate import normed_output_gate, triton
@@ -49,38 +49,29 @@ from .triton_output_gate import normed_output_gate, triton
 #:
 #: - ``"per_head"`` (the default): one GEMM per mLSTM head whose output is already in the kernel's layout
 #:   (:func:`_qkv_gates_per_head`): 1/heads of the dense FLOPs and no layout copies of q, k, v, at more peak
-#:   memory. Faster than dense in every pair measured side by side on an H200 (benchmarks/results/pretrain_gpu.md,
-#:   compiled), e.g. recipe 1 at batch 128 with TFLA 312.4 against 334.9 ms a step (60.1 against 46.8 GiB;
-#:   2026-11-29), with the own Triton kernel 322.1 against 344.5 ms (73.5 against 60.2 GiB; 2026-11-30).
+#:   memory. Faster than dense in every pair measured on an H200, e.g. recipe 1 with the own kernel 322.1 against
+#:   344.5 ms a step (73.5 against 60.2 GiB; 2026-11-30, benchmarks/results/pretrain_gpu.md).
 #: - ``"dense"``: block-diagonal GEMMs over the whole inner width (:func:`_qkv_gates_dense`), then a layout copy per
 #:   tensor for the kernel.
 #: - ``"fused"``: multiply-sums the compiler fuses (:func:`_qkv_gates_fused`; only inside ``torch.compile``, else
-#:   dense). Measured 1222 ms a step in the setting of dense's 360 ms (recipe 1, batch 128, compiled, 2026-11-29).
+#:   dense). 1222 ms a step where dense took 360 (recipe 1, 2026-11-29).
 GPU_QKV_FORM = "per_head"
-#: The same choice on CPUs: ``"per_head"``, or ``"einsum"`` (per-block products), or another GPU form. Measured on
-#: 2 CPU cores (benchmarks/results/annotate_cpu_1h.md, one run): per_head annotates an hour of one station with the
-#: U-Net in 17% less time than einsum.
+#: The same choice on CPUs: ``"per_head"``, or ``"einsum"`` (per-block products), or another GPU form. per_head
+#: annotated an hour of one station with the U-Net in 17% less time than einsum (2 cores, annotate_cpu_1h.md).
 CPU_QKV_FORM = "per_head"
 QKV_FORMS = ("dense", "per_head", "fused", "einsum")
-#: The projections' products over all tokens (q/k/v per head, gates, up and down) run on GPUs as products over
-#: groups of this many tokens, whose weight gradients are summed afterwards (a split of the reduction): with one
-#: product, a weight gradient reduces over all ``batch * steps`` tokens into a small matrix, which cuBLAS ran at a
-#: third to a half of memory bandwidth on an H200 (recipe 1 profile, 2026-11-30: the per-head q/k/v weight gradient,
-#: ``(8, 96, 131072) @ (8, 131072, 96)``, 228 us a call against about 120 us to read its inputs; the gates' 182 us
-#: against 60 us). 0: one product. Token counts it does not divide run as one product. The same values up to the
-#: order of summation (each group's bf16 partial gradient is rounded once before the sum, as the whole one was).
-#: Compiled training steps on an H200 (``benchmarks/pretrain_speed.py --tokens-per-group 0 1024 --rounds 2``, one
-#: command, in turns, 2026-11-30): recipe 1 at batch 128 266.2 and 266.3 ms with 1024 against 281.9 and 281.3 ms
-#: with one product (70.4 against 66.8 GiB); recipe 2 at batch 256 189.3 and 189.8 against 196.1 and 195.4 ms.
+#: The projections' products over all tokens run on GPUs over groups of this many tokens, whose weight gradients
+#: are summed afterwards: one product's weight gradient, a reduction over all ``batch * steps`` tokens into a small
+#: matrix, ran at a third to a half of memory bandwidth on an H200. 0: one product (also where it does not divide
+#: the tokens). The same values up to the order of summation. Recipe 1 at batch 128 on an H200 (2026-11-30, in
+#: turns): 266.2 and 266.3 ms a step with 1024 against 281.9 and 281.3 with one product; recipe 2 189.3 against 196.1.
 GPU_TOKENS_PER_GROUP = 1024
 #: The same on CPUs (0: one product; not timed otherwise).
 CPU_TOKENS_PER_GROUP = 0
-#: Where head dims the kernel cannot take are zero-padded (``kernels.kernel_head_dim``: TFLA, the sequential
-#: backbone's 96 -> 128): ``True`` in the layout copies of :func:`mlstm_branches` (no extra copy; the default),
-#: ``False`` in :func:`seisbench_xlstm.kernels.mlstm_sequence` (padded copies of q, k, v and a cropped copy of the
-#: output). Same values; a switch for benchmarks that measure the two side by side. Measured on an H200 (recipe 1,
-#: TFLA, 2026-11-30): with q/k/v form dense the kernel-call padding was faster (400.1 against 423.4 ms a step), with
-#: per_head the layout padding (349.8 against 382.6 ms). This project's own kernel needs no padding.
+#: Where head dims the kernel cannot take (``kernels.kernel_head_dim``: TFLA at 96) are zero-padded: ``True`` in
+#: the layout copies of :func:`mlstm_branches`, ``False`` in :func:`seisbench_xlstm.kernels.mlstm_sequence`. Same
+#: values. Recipe 1 with TFLA on an H200 (2026-11-30): per_head 349.8 against 382.6 ms a step, dense 423.4 against
+#: 400.1. This project's own kernel needs no padding.
 HEAD_PAD_IN_LAYOUT = True
 #: Where the mLSTM branches' output stage runs (each head's norm of the cell outputs, the norm's weight, the learnable
 #: skip and the SiLU output gate): ``"triton"`` (:mod:`seisbench_xlstm.triton_output_gate`: one kernel forward, one
@@ -90,8 +81,7 @@ HEAD_PAD_IN_LAYOUT = True
 #: Same function; the kernels compute in float32 and round once, PyTorch rounds the normalised outputs to the
 #: activations' dtype first.
 OUTPUT_STAGE = "auto"
-#: The values of :data:`OUTPUT_STAGE` and :data:`CONV_STAGE`.
-STAGE_SETTINGS = ("auto", "torch", "triton")
+STAGE_SETTINGS = ("auto", "torch", "triton")  # the values of OUTPUT_STAGE and CONV_STAGE
 #: Largest head dim for which ``"auto"`` takes the Triton output stage. Forward+backward of one layer's stage on an
 #: H200 (``benchmarks/output_stage_speed.py``, 2026-11-30, ``benchmarks/results/output_stage_speed.md``), Triton
 #: against compiled PyTorch: head dim 96 (recipe 1) 1.29 against 1.77 ms, 64 1.72 against 2.15, 128 0.93 against 1.15,
@@ -104,15 +94,18 @@ OUTPUT_STAGE_IN_GRAPH = False
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
 #: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
 #: (:func:`causal_depthwise_conv`, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
-#: CUDA, kernel sizes up to :data:`seisbench_xlstm.triton_conv.TAPS`). Training steps on an H200, compiled, torch
-#: against auto with the PyTorch backward, one command (2026-11-30, ``benchmarks/results/pretrain_gpu.md``, eighth
-#: session run 4): recipe 1 221.0 -> 217.0 ms (70.5 -> 66.0 GiB), recipe 2 165.3 -> 160.8 ms (41.8 -> 39.3 GiB).
+#: CUDA, kernel sizes up to :data:`seisbench_xlstm.triton_conv.TAPS`). On an H200, torch -> auto (2026-11-30): recipe
+#: 1 221.0 -> 217.0 ms a step (70.5 -> 66.0 GiB), recipe 2 165.3 -> 160.8 ms (41.8 -> 39.3 GiB).
 CONV_STAGE = "auto"
 #: With the Triton conv and q/k/v form ``per_head``: the conv kernel also writes its output and input laid out per
 #: head (:func:`seisbench_xlstm.triton_conv.causal_conv_silu_heads`) instead of two layout copies (6.1 ms a step of
 #: recipe 1, seventh session's profile). The same values. Slower on an H200 (2026-11-30, ninth session run 1): recipe
 #: 1 223.9 against 217.7 ms a step (61.5 against 66.0 GiB).
 CONV_WRITES_HEAD_LAYOUT = False
+#: With q/k/v form ``per_head``: q and k from one product over their common input, as the halves of each row of one
+#: tensor, which this project's Triton kernel reads and whose gradient it writes in place (one backward product
+#: for their input instead of two and a sum; :func:`seisbench_xlstm.kernels.mlstm_sequence_qk`). Not yet timed.
+QK_ONE_PRODUCT = False
 
 
 @dataclass
@@ -238,7 +231,8 @@ def mlstm_branches(
     if form == "per_head":
         q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim,
                                             heads_layout)
-        h = mlstm_sequence(q, k, v, i, f, kernel=kernel)[..., :head_dim]  # (directions * heads, batch, steps, hd)
+        h = mlstm_sequence(q, k, v, i, f, kernel=kernel) if k is not None else mlstm_sequence_qk(q, v, i, f, kernel)
+        h = h[..., :head_dim]  # (directions * heads, batch, steps, hd)
         return _output_stage(h.unflatten(0, (n_dir, heads)), x_conv, z, directions)
     if form == "fused":
         q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
@@ -460,7 +454,8 @@ def _qkv_gates_per_head(
     :param heads_layout: ``x_conv`` and ``x_mlstm`` already laid out per head (the Triton conv writes them), else
         copied here
     :return: q, k, v ``(directions * heads, batch, steps, kernel_dim)`` and the input and forget gate
-        pre-activations ``(directions * heads, batch, steps)``
+        pre-activations ``(directions * heads, batch, steps)``; with :data:`QK_ONE_PRODUCT` q and k as one tensor
+        ``(directions * heads, batch, steps, 2 * kernel_dim)`` in place of q, and None for k
     """
     n_dir, batch, steps, inner = x_conv.shape
     head_dim = inner // heads
@@ -477,8 +472,14 @@ def _qkv_gates_per_head(
     w_q, w_k, w_v = qkv_weights
     xc, xm = heads_layout or (per_head(x_conv), per_head(x_mlstm))
     scale = query_scale(head_dim, kernel_dim)
-    q, k, v = (_token_matmul(x, head_matrices(w, s).transpose(-1, -2)).view(n_dir * heads, batch, steps, kernel_dim)
-               for x, w, s in ((xc, w_q, scale), (xc, w_k, 1.0), (xm, w_v, 1.0)))
+    def product(x, matrices):  # (directions, heads, batch * steps, d) -> (directions * heads, batch, steps, d_out)
+        return _token_matmul(x, matrices.transpose(-1, -2)).view(n_dir * heads, batch, steps, matrices.shape[-2])
+
+    if QK_ONE_PRODUCT:
+        q, k = product(xc, torch.cat([head_matrices(w_q, scale), head_matrices(w_k)], dim=-2)), None
+    else:
+        q, k = product(xc, head_matrices(w_q, scale)), product(xc, head_matrices(w_k))
+    v = product(xm, head_matrices(w_v))
     gates = _folded_gates(x_conv, x_mlstm, qkv_weights, gate_w) + gate_b[:, None, None]
     i, f = gates.permute(0, 3, 1, 2).split(heads, dim=1)  # (directions, heads, batch, steps)
     return q, k, v, i.reshape(n_dir * heads, batch, steps), f.reshape(n_dir * heads, batch, steps)

@@ -272,6 +272,32 @@ def _sequence(q, k, v, i, f, kernel: str) -> torch.Tensor:
 _opaque_sequence = torch.compiler.disable(_sequence)
 
 
+def mlstm_sequence_qk(qk: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                      kernel: str = AUTO) -> torch.Tensor:
+    """:func:`mlstm_sequence` with q and k as the two halves of each row of ``qk`` ``(batch, heads, steps, 2 *
+    head_dim)``. This project's Triton kernel reads them where they lie and returns their gradient in that layout
+    (:func:`seisbench_xlstm.triton_mlstm.mlstm_chunkwise_triton_qk`); other kernels, and lengths or head dims that
+    kernel would need padded, get q and k as two tensors. The same values either way."""
+    return _opaque_sequence_qk(qk, v, i, f, kernel)
+
+
+def _sequence_qk(qk, v, i, f, kernel: str) -> torch.Tensor:
+    head_dim, length = qk.shape[3] // 2, qk.shape[2]
+    resolved = resolve_kernel(kernel, qk.device, sequences=qk.shape[0] * qk.shape[1])
+    shape = kernel_shape(length, kernel_chunk_size(resolved, head_dim))
+    if (resolved != OWN_TRITON_KERNEL or shape.padded_length != length
+            or kernel_head_dim(head_dim, resolved) != head_dim):
+        return _sequence(*qk.split(head_dim, dim=-1), v, i, f, kernel)
+    from .triton_mlstm import mlstm_chunkwise_triton_qk
+
+    dtype = torch.bfloat16 if qk.is_cuda else torch.float32  # as _sequence
+    return mlstm_chunkwise_triton_qk(qk.to(dtype), v.to(dtype), i.float(), f.float(), chunk_size=shape.chunk_size,
+                                     eps=1e-6)
+
+
+_opaque_sequence_qk = torch.compiler.disable(_sequence_qk)
+
+
 def quadratic_mlstm(
     q: torch.Tensor,
     k: torch.Tensor,

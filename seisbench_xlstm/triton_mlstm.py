@@ -204,8 +204,18 @@ def _prec(dtype: torch.dtype) -> str:
 
 
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
+    """``k`` None: ``q`` holds q and k as the two halves of each row, ``(batch, heads, steps, 2 * head_dim_qk)``
+    (:func:`mlstm_chunkwise_triton_qk`), whose gradient comes back as one tensor of that layout."""
+
     @staticmethod
     def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser):
+        qk_row = 0  # the kernels' QK_ROW: 0 for separate q and k
+        if k is None:
+            q = q.contiguous()
+            qk_row = q.shape[-1]
+            if qk_row % 2:
+                raise ValueError(f"q and k together need an even last dim, got {qk_row}")
+            q, k = q[..., :qk_row // 2], q[..., qk_row // 2:]
         B, NH, S, D = q.shape
         DV = v.shape[-1]
         L = min(chunk_size, S)
@@ -215,7 +225,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             raise ValueError("q, k, v must share dtype and (batch, heads, steps); q and k their head dim")
         if i.shape != q.shape[:3] or f.shape != q.shape[:3]:
             raise ValueError("gates i, f must have shape (batch, heads, steps)")
-        q, k, v, i, f = (x.contiguous() for x in (q, k, v, i, f))
+        if not qk_row:
+            q, k = q.contiguous(), k.contiguous()
+        v, i, f = (x.contiguous() for x in (v, i, f))
         BD, BV = _tiles(D, DV, block_v)
         if BV < 16 or BV & (BV - 1):
             raise ValueError(f"block_v ({BV}) must be a power of two >= 16")
@@ -232,7 +244,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             c_states = torch.empty(BH, NC, D, DV, dtype=q.dtype, device=q.device)
             n_states = torch.empty(BH, NC, D, **f32)
         nvb = triton.cdiv(DV, BV)
-        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), **_launch_config(BD, BV))
+        meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), QK_ROW=qk_row, **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
             _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC,
@@ -265,8 +277,13 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         # One value block (head dims up to 64, and 96): the kernel writes dq, dk in the input dtype and di whole,
         # with no float32 parts to sum and cast afterwards; several: float32 parts per value block.
         part_dtype = q.dtype if nvb == 1 else torch.float32
-        dq_part = torch.empty(nvb, B, NH, S, D, dtype=part_dtype, device=q.device)
-        dk_part = torch.empty_like(dq_part)
+        qk_row = meta["QK_ROW"]
+        if qk_row:  # dq and dk as the halves of one tensor's rows, as q and k came
+            dqk_part = torch.empty(nvb, B, NH, S, qk_row, dtype=part_dtype, device=q.device)
+            dq_part, dk_part = dqk_part[..., :D], dqk_part[..., D:]
+        else:
+            dq_part = torch.empty(nvb, B, NH, S, D, dtype=part_dtype, device=q.device)
+            dk_part = torch.empty_like(dq_part)
         di_part = torch.empty(nvb, B, NH, S, dtype=torch.float32, device=q.device)
         dv = torch.empty_like(v)
         scalars = (i, f, dh, m, den, dntil)
@@ -279,9 +296,12 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         _mlstm_bwd_chunk_kernel[(BH, nvb, NC)](
             q, k, v, *scalars, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv, di_part,
             D**-0.5, S, NC, BH * S, LATER=later, **_kernel_meta(meta, "backward_chunks"))
-        dq, dk = (dq_part[0], dk_part[0]) if nvb == 1 else (dq_part.sum(0), dk_part.sum(0))
         di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
-        return dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None
+        gates = (dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None)
+        if qk_row:
+            return (dqk_part[0] if nvb == 1 else dqk_part.sum(0)).to(q.dtype), None, *gates
+        dq, dk = (dq_part[0], dk_part[0]) if nvb == 1 else (dq_part.sum(0), dk_part.sum(0))
+        return dq.to(q.dtype), dk.to(k.dtype), *gates
 
 
 def mlstm_chunkwise_triton(
@@ -319,3 +339,24 @@ def mlstm_chunkwise_triton(
     # user set is kept.
     os.environ.setdefault("DISABLE_LLVM_OPT", "1")
     return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))
+
+
+def mlstm_chunkwise_triton_qk(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    block_v: int | None = None,
+    constant_normaliser: bool = False,
+) -> torch.Tensor:
+    """:func:`mlstm_chunkwise_triton` with q and k in one tensor: ``qk`` ``(batch, heads, steps, 2 * head_dim_qk)``,
+    each row q then k, as one product over the keys' and queries' common input writes them. The kernels read the
+    halves where they lie and write the gradient in the same layout, so q and k need no copies of their own and
+    their gradients meet in one tensor. The same values as :func:`mlstm_chunkwise_triton` with ``q, k =
+    qk.chunk(2, -1)``; the other arguments as there."""
+    if triton is None:
+        raise ImportError("mlstm_chunkwise_triton_qk needs the 'triton' package, which is not installed")
+    os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # as mlstm_chunkwise_triton
+    return _MLSTMChunkwiseTriton.apply(qk, None, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))

@@ -1,6 +1,8 @@
 """The Triton kernels of :mod:`seisbench_xlstm.triton_mlstm` and their per-chunk math (formulation, design and
 launch settings: that module's docstring). Layouts: q, k ``(batch*heads, steps, DHQK)``, v, h ``(batch*heads, steps,
-DHHV)``, gates ``(batch*heads, steps)``, per-chunk states ``(batch*heads, chunks, DHQK, DHHV)``, all contiguous.
+DHHV)``, gates ``(batch*heads, steps)``, per-chunk states ``(batch*heads, chunks, DHQK, DHHV)``, all contiguous; or
+q, k (and dq, dk) the two halves of rows of ``QK_ROW = 2 * DHQK`` values, one tensor ``(batch*heads, steps, 2 *
+DHQK)`` (the kernels' ``QK_ROW``; 0: DHQK, separate tensors).
 
 Without the ``triton`` package this module defines nothing but ``triton = tl = None``.
 """
@@ -35,18 +37,20 @@ if triton is not None:
         return tl.program_id(0).to(tl.int64), pid_v, tl.arange(0, L), offs_d, offs_v, offs_d < D, offs_v < DV
 
     @triton.jit
-    def _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr):
+    def _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+                       QK_ROW: tl.constexpr):
         """Steps, q/k offsets and value offsets of chunk ``c`` of this program's sequence and value block."""
         t = c * L + offs_l
-        qk_off = pid_bh * S * D + t[:, None] * D + offs_d[None, :]
+        ROW: tl.constexpr = D if QK_ROW == 0 else QK_ROW
+        qk_off = pid_bh * S * ROW + t[:, None] * ROW + offs_d[None, :]
         return t, qk_off, pid_bh * S * DV + t[:, None] * DV + offs_v[None, :]
 
     @triton.jit
     def _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr):
+                    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, QK_ROW: tl.constexpr):
         """Steps, q/k and value offsets and the q, k, v tiles of chunk ``c`` of this program's sequence and value
         block."""
-        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
         q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
         k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
         return t, qk_off, v_off, q, k, tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
@@ -133,7 +137,7 @@ if triton is not None:
         Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states,
         scale, eps, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        SAVE: tl.constexpr, PREC: tl.constexpr,
+        SAVE: tl.constexpr, PREC: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
         """Sequential schedule: one program per (batch*head, value block) over all chunks in order."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
@@ -144,7 +148,7 @@ if triton is not None:
         c = pid_v * 0
         while c < NC:
             t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                    D, DV, L)
+                                                    D, DV, L, QK_ROW)
             ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
             if SAVE:  # state at the start of this chunk
                 _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
@@ -156,11 +160,11 @@ if triton is not None:
     @triton.jit
     def _fwd_states_step(K, V, I, Fg, C_states, N_states, M_states, pid_bh, c, S, NC, offs_l, offs_d, offs_v, mask_d,
                          mask_v, first, C, n, m_state, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, QK_ROW: tl.constexpr):
         """Chunk ``c`` of the forward's state pass: stores the state at its start, returns the one at its end."""
         _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
         tl.store(M_states + pid_bh * NC + c, m_state, mask=first)
-        _t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+        _t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
         k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
         v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
         ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
@@ -170,7 +174,7 @@ if triton is not None:
     def _mlstm_fwd_states_kernel(
         K, V, I, Fg, C_states, N_states, M_states, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, STAGES: tl.constexpr,
+        PREC: tl.constexpr, STAGES: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
         """The states (C, n, stabiliser) at the start of every chunk: one program per (batch*head, value block)
         over the chunks in order, with only the state update per chunk (the first pass of the two-pass forward).
@@ -182,12 +186,14 @@ if triton is not None:
         if STAGES > 1:
             for c in tl.range(0, NC, num_stages=STAGES):
                 C, n, m_state = _fwd_states_step(K, V, I, Fg, C_states, N_states, M_states, pid_bh, c, S, NC, offs_l,
-                                                 offs_d, offs_v, mask_d, mask_v, first, C, n, m_state, D, DV, L, PREC)
+                                                 offs_d, offs_v, mask_d, mask_v, first, C, n, m_state, D, DV, L, PREC,
+                                                 QK_ROW)
         else:
             c = pid_v * 0  # a Triton value (see the forward kernel)
             while c < NC:
                 C, n, m_state = _fwd_states_step(K, V, I, Fg, C_states, N_states, M_states, pid_bh, c, S, NC, offs_l,
-                                                 offs_d, offs_v, mask_d, mask_v, first, C, n, m_state, D, DV, L, PREC)
+                                                 offs_d, offs_v, mask_d, mask_v, first, C, n, m_state, D, DV, L, PREC,
+                                                 QK_ROW)
                 c += 1
 
     @triton.jit
@@ -195,14 +201,14 @@ if triton is not None:
         Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states, M_states,
         scale, eps, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        SAVE: tl.constexpr, PREC: tl.constexpr,
+        SAVE: tl.constexpr, PREC: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
         """The outputs of one chunk from the state at its start (the second pass of the two-pass forward): one
         program per (batch*head, value block, chunk), all chunks in parallel."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         c = tl.program_id(2)
         t, _qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                 D, DV, L)
+                                                 D, DV, L, QK_ROW)
         ig, fc, _f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
         C, n = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
         m_state = tl.load(M_states + pid_bh * NC + c)
@@ -278,11 +284,11 @@ if triton is not None:
     @triton.jit
     def _bwd_states_step(Q, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states, pid_bh, c, S, NC, offs_l, offs_d, offs_v,
                          mask_d, mask_v, first, ncol, dC, dn, scale, D: tl.constexpr, DV: tl.constexpr,
-                         L: tl.constexpr, PREC: tl.constexpr):
+                         L: tl.constexpr, PREC: tl.constexpr, QK_ROW: tl.constexpr):
         """Chunk ``c`` of the backward's state pass: stores the state gradient at its end, returns the one at its
         start."""
         _store_state(DC_states, DN_states, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
-        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L)
+        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
         q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
         dnum, dnt, _ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
             I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
@@ -293,7 +299,7 @@ if triton is not None:
         Q, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states,
         scale, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, STAGES: tl.constexpr,
+        PREC: tl.constexpr, STAGES: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
         """The state gradients (dC, dn) at the end of every chunk: one program per (batch*head, value block) over
         the chunks in reverse, with only the state-gradient update per chunk; stores them as the forward stores
@@ -306,13 +312,13 @@ if triton is not None:
             for j in tl.range(0, NC - 1, num_stages=STAGES):  # chunks NC - 1 down to 1
                 dC, dn = _bwd_states_step(Q, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states, pid_bh, NC - 1 - j, S,
                                           NC, offs_l, offs_d, offs_v, mask_d, mask_v, first, ncol, dC, dn, scale,
-                                          D, DV, L, PREC)
+                                          D, DV, L, PREC, QK_ROW)
         else:
             c = pid_v * 0 + NC - 1  # a Triton value (see the forward kernel)
             while c > 0:
                 dC, dn = _bwd_states_step(Q, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states, pid_bh, c, S, NC,
                                           offs_l, offs_d, offs_v, mask_d, mask_v, first, ncol, dC, dn, scale,
-                                          D, DV, L, PREC)
+                                          D, DV, L, PREC, QK_ROW)
                 c -= 1
         _store_state(DC_states, DN_states, dC, dn, pid_bh, pid_v * 0, NC, offs_d, offs_v, mask_d, mask_v, first,
                      D, DV)
@@ -322,7 +328,7 @@ if triton is not None:
         Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DC_states, DN_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, LATER: tl.constexpr,
+        PREC: tl.constexpr, LATER: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
         """dq, dk, dv and the input-gate term ``di_j = k_j . dk_j`` of one chunk: one program per (batch*head,
         value block, chunk), all chunks in parallel, given the states at the chunks' start (from the forward) and
@@ -333,20 +339,21 @@ if triton is not None:
         c = tl.program_id(2)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
+        ROW: tl.constexpr = D if QK_ROW == 0 else QK_ROW
         part = pid_v.to(tl.int64) * BHS
         t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
-                                                D, DV, L)
+                                                D, DV, L, QK_ROW)
         dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
             I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
         ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
         c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
         dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
-        tl.store(DQ + part * D + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+        tl.store(DQ + part * ROW + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
         if LATER:
             dC, dn = _load_state(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
         else:
             dC, dn, _unused = _zero_state(BD, BV)
         dk, dv = _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC)
-        tl.store(DK + part * D + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
+        tl.store(DK + part * ROW + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
         tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
         tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))

@@ -316,3 +316,13 @@ def test_head_dim_padding_in_the_layout_copies_changes_nothing(form, monkeypatch
     assert seen[-1] == (32, 32, 32)
     for reference, other in zip(*results):
         torch.testing.assert_close(other, reference, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_q_and_k_from_one_product_change_nothing(monkeypatch, share):
+    """``bimlstm.QK_ONE_PRODUCT`` (q/k/v form per_head): q and k from one product, split again for the native
+    kernel: the layer's output and every gradient as with two products (CPU; the Triton kernel's side is in
+    ``test_triton_mlstm.py``)."""
+    from mlstm_calls import assert_layer_unchanged_by_setting
+
+    assert_layer_unchanged_by_setting(monkeypatch, "QK_ONE_PRODUCT", (False, True), "per_head", share, "cpu")
