@@ -276,8 +276,8 @@ def mlstm_sequence_qk(qk: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: tor
                       kernel: str = AUTO) -> torch.Tensor:
     """:func:`mlstm_sequence` with q and k as the two halves of each row of ``qk`` ``(batch, heads, steps, 2 *
     head_dim)``. This project's Triton kernel reads them where they lie and returns their gradient in that layout
-    (:func:`seisbench_xlstm.triton_mlstm.mlstm_chunkwise_triton_qk`); other kernels, and lengths or head dims that
-    kernel would need padded, get q and k as two tensors. The same values either way."""
+    (:func:`seisbench_xlstm.triton_mlstm.mlstm_chunkwise_triton` with ``k=None``); other kernels, and lengths or
+    head dims that kernel would need padded, get q and k as two tensors. The same values either way."""
     return _opaque_sequence_qk(qk, v, i, f, kernel)
 
 
@@ -288,11 +288,11 @@ def _sequence_qk(qk, v, i, f, kernel: str) -> torch.Tensor:
     if (resolved != OWN_TRITON_KERNEL or shape.padded_length != length
             or kernel_head_dim(head_dim, resolved) != head_dim):
         return _sequence(*qk.split(head_dim, dim=-1), v, i, f, kernel)
-    from .triton_mlstm import mlstm_chunkwise_triton_qk
+    from .triton_mlstm import mlstm_chunkwise_triton
 
     dtype = torch.bfloat16 if qk.is_cuda else torch.float32  # as _sequence
-    return mlstm_chunkwise_triton_qk(qk.to(dtype), v.to(dtype), i.float(), f.float(), chunk_size=shape.chunk_size,
-                                     eps=1e-6)
+    return mlstm_chunkwise_triton(qk.to(dtype), None, v.to(dtype), i.float(), f.float(), chunk_size=shape.chunk_size,
+                                  eps=1e-6)
 
 
 _opaque_sequence_qk = torch.compiler.disable(_sequence_qk)

@@ -204,8 +204,7 @@ def _prec(dtype: torch.dtype) -> str:
 
 
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
-    """``k`` None: ``q`` holds q and k as the two halves of each row, ``(batch, heads, steps, 2 * head_dim_qk)``
-    (:func:`mlstm_chunkwise_triton_qk`), whose gradient comes back as one tensor of that layout."""
+    """``k`` None: ``q`` holds q and k as the two halves of each row (see :func:`mlstm_chunkwise_triton`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, i, f, chunk_size, eps, block_v, constant_normaliser):
@@ -306,7 +305,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
 
 def mlstm_chunkwise_triton(
     q: torch.Tensor,
-    k: torch.Tensor,
+    k: torch.Tensor | None,
     v: torch.Tensor,
     i: torch.Tensor,
     f: torch.Tensor,
@@ -318,7 +317,10 @@ def mlstm_chunkwise_triton(
     """Causal mLSTM over a whole sequence, chunkwise in Triton, differentiable in q, k, v, i and f.
 
     :param q: queries ``(batch, heads, steps, head_dim_qk)``; scaled by ``head_dim_qk ** -0.5`` inside
-    :param k: keys ``(batch, heads, steps, head_dim_qk)``
+    :param k: keys ``(batch, heads, steps, head_dim_qk)``; or None, and ``q`` holds queries and keys as the two
+        halves of each row, ``(batch, heads, steps, 2 * head_dim_qk)``, as one product over their common input
+        writes them: the kernels read the halves where they lie, and the gradient of ``q`` comes in that layout, one
+        tensor (no copies of q and k, and their gradients met). The same values as with ``q.chunk(2, -1)``.
     :param v: values ``(batch, heads, steps, head_dim_v)`` (same dtype as q and k: float32, bfloat16 or float16)
     :param i: input-gate pre-activations ``(batch, heads, steps)``
     :param f: forget-gate pre-activations ``(batch, heads, steps)``
@@ -340,23 +342,3 @@ def mlstm_chunkwise_triton(
     os.environ.setdefault("DISABLE_LLVM_OPT", "1")
     return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))
 
-
-def mlstm_chunkwise_triton_qk(
-    qk: torch.Tensor,
-    v: torch.Tensor,
-    i: torch.Tensor,
-    f: torch.Tensor,
-    chunk_size: int = 64,
-    eps: float = 1e-6,
-    block_v: int | None = None,
-    constant_normaliser: bool = False,
-) -> torch.Tensor:
-    """:func:`mlstm_chunkwise_triton` with q and k in one tensor: ``qk`` ``(batch, heads, steps, 2 * head_dim_qk)``,
-    each row q then k, as one product over the keys' and queries' common input writes them. The kernels read the
-    halves where they lie and write the gradient in the same layout, so q and k need no copies of their own and
-    their gradients meet in one tensor. The same values as :func:`mlstm_chunkwise_triton` with ``q, k =
-    qk.chunk(2, -1)``; the other arguments as there."""
-    if triton is None:
-        raise ImportError("mlstm_chunkwise_triton_qk needs the 'triton' package, which is not installed")
-    os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # as mlstm_chunkwise_triton
-    return _MLSTMChunkwiseTriton.apply(qk, None, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))

@@ -293,10 +293,10 @@ def test_backbone_with_this_kernel_matches_the_native_kernel():
 @pytest.mark.parametrize("forward", list(FORWARDS))
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[4], SHAPES[5], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
 def test_q_and_k_in_one_tensor_give_the_same_values(monkeypatch, shape, forward):
-    """``mlstm_chunkwise_triton_qk``: q and k as the halves of one tensor's rows, read and their gradient written
-    where they lie; the output and every gradient equal, bit for bit, those of the separate tensors (the same
-    arithmetic at other addresses), with one or several chunks and value blocks, in one or two forward passes. On
-    CUDA in bfloat16, the dtype of training."""
+    """``mlstm_chunkwise_triton`` with ``k=None``: q and k as the halves of one tensor's rows, read and their
+    gradient written where they lie; the output and every gradient equal, bit for bit, those of the separate
+    tensors (the same arithmetic at other addresses), with one or several chunks and value blocks, in one or two
+    forward passes. On CUDA in bfloat16, the dtype of training."""
     monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_MIN_STATE", FORWARDS[forward])
     b, nh, s, dqk, dv, chunk, block_v = shape
     inputs, grad = make_inputs(b, nh, s, dqk, dv, "wide")
@@ -305,14 +305,14 @@ def test_q_and_k_in_one_tensor_give_the_same_values(monkeypatch, shape, forward)
     q, k, *rest = inputs
     qk = torch.cat([q, k], dim=-1)
     combined = output_and_grads(
-        lambda qk, *x: triton_mlstm.mlstm_chunkwise_triton_qk(qk, *x, chunk_size=chunk, eps=EPS, block_v=block_v),
+        lambda qk, *x: mlstm_chunkwise_triton(qk, None, *x, chunk_size=chunk, eps=EPS, block_v=block_v),
         [qk, *rest], grad, dtype)
     dq, dk = combined[1].split(dqk, dim=-1)
     got = [combined[0], dq, dk, *combined[2:]]
     for name, g, w in zip(NAMES, got, want):
         assert g.dtype == w.dtype and torch.equal(g, w), name
     with pytest.raises(ValueError, match="even last dim"):
-        triton_mlstm.mlstm_chunkwise_triton_qk(qk[..., :-1], *rest)
+        mlstm_chunkwise_triton(qk[..., :-1], None, *rest)
 
 
 @pytest.mark.parametrize("steps", [64, 40])
@@ -329,8 +329,9 @@ def test_layer_with_q_and_k_from_one_product(monkeypatch, steps):
     layer = bimlstm.BiMLSTMLayer(bimlstm.BiMLSTMLayerConfig(embedding_dim=32, num_heads=4, dropout=0.0)).to(DEVICE)
     x = torch.randn(2, steps, 32, device=DEVICE)
     calls = []
-    real = triton_mlstm.mlstm_chunkwise_triton_qk
-    monkeypatch.setattr(triton_mlstm, "mlstm_chunkwise_triton_qk", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = triton_mlstm.mlstm_chunkwise_triton
+    monkeypatch.setattr(triton_mlstm, "mlstm_chunkwise_triton",
+                        lambda *a, **kw: calls.append(a[1] is None) or real(*a, **kw))
     results = []
     for value in (False, True):
         monkeypatch.setattr(bimlstm, "QK_ONE_PRODUCT", value)
@@ -339,7 +340,7 @@ def test_layer_with_q_and_k_from_one_product(monkeypatch, steps):
         out = layer(xg, kernel=kernels.OWN_TRITON_KERNEL)
         out.square().sum().backward()
         results.append([out.detach(), xg.grad] + [p.grad.clone() for p in layer.parameters()])
-    assert len(calls) == (1 if steps == 64 else 0)
+    assert calls == ([False, True] if steps == 64 else [False, False])  # k None: q and k in one tensor
     tol = 1e-2 if DEVICE == "cuda" else 1e-5
     names = ["out", "dx"] + [n for n, _ in layer.named_parameters()]
     for name, got, want in zip(names, results[1], results[0]):
