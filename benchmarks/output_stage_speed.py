@@ -20,7 +20,6 @@ write the three gradients) over the forward+backward time.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from seisbench_xlstm import bimlstm, triton_conv, triton_output_gate  # noqa: E402
+from seisbench_xlstm import bimlstm, triton_conv, triton_layout, triton_output_gate  # noqa: E402
 
 #: the recipe-1 layer (batch 128) and the U-Net's three levels at recipe 2's batch 256
 SHAPES = [(2, 4, 128, 1024, 96), (2, 4, 256, 1024, 64), (2, 4, 256, 256, 128), (2, 4, 256, 64, 256)]
@@ -152,7 +151,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = REPO / "benchmarks" / "results"
     args.out = args.out or results / ("conv_stage_speed.md" if args.stage == "conv" else "output_stage_speed.md")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = triton_layout.interpreted()
     if not (torch.cuda.is_available() or interpreted):
         raise SystemExit("output_stage_speed.py needs a CUDA GPU (or TRITON_INTERPRET=1 and tiny --shapes, a check)")
     device = torch.device("cpu" if interpreted else "cuda")

@@ -29,6 +29,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .triton_layout import interpreted
+
 AUTO = "auto"
 TRITON_KERNEL = "chunkwise--triton_xl_chunk"
 NATIVE_KERNEL = "chunkwise--native_autograd"
@@ -118,8 +120,7 @@ def resolve_kernel(requested: str, device: torch.device, sequences: int | None =
         else:
             kernel = NATIVE_KERNEL
     if "triton" in kernel:
-        interpreted = kernel == OWN_TRITON_KERNEL and os.environ.get("TRITON_INTERPRET") == "1"
-        if device.type != "cuda" and not interpreted:
+        if device.type != "cuda" and not (kernel == OWN_TRITON_KERNEL and interpreted()):
             raise RuntimeError(f"mLSTM kernel {kernel!r} needs CUDA tensors, got tensors on {device}.")
         # Triton 3.6's LLVM SLP vectoriser aborts on the xl_chunk kernels; this must be set before compiling.
         os.environ.setdefault("DISABLE_LLVM_OPT", "1")

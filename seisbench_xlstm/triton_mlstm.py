@@ -69,6 +69,7 @@ import os
 
 import torch
 
+from .triton_layout import interpreted
 from .triton_mlstm_kernels import triton
 from .triton_mlstm_scalars import gate_gradients, normaliser_terms
 
@@ -184,7 +185,7 @@ def _two_pass_forward(chunks: int, BD: int, BV: int) -> bool:
 def _state_pass_stages() -> int:
     """:data:`STATE_PASS_STAGES`, or 1 under Triton's interpreter (which cannot run ``tl.range`` of a run-time
     bound)."""
-    return 1 if os.environ.get("TRITON_INTERPRET") == "1" else STATE_PASS_STAGES
+    return 1 if interpreted() else STATE_PASS_STAGES
 
 
 def _launch_config(BD: int, BV: int) -> dict:
@@ -341,4 +342,3 @@ def mlstm_chunkwise_triton(
     # user set is kept.
     os.environ.setdefault("DISABLE_LLVM_OPT", "1")
     return _MLSTMChunkwiseTriton.apply(q, k, v, i, f, chunk_size, eps, block_v, bool(constant_normaliser))
-
