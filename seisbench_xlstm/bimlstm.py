@@ -56,8 +56,8 @@ from .triton_output_gate import normed_output_gate, triton
 #: - ``"fused"``: multiply-sums the compiler fuses (:func:`_qkv_gates_fused`; only inside ``torch.compile``, else
 #:   dense). 1222 ms a step where dense took 360 (recipe 1, 2026-11-29).
 GPU_QKV_FORM = "per_head"
-#: The same choice on CPUs: ``"per_head"``, or ``"einsum"`` (per-block products), or another GPU form. per_head
-#: annotated an hour of one station with the U-Net in 17% less time than einsum (2 cores, annotate_cpu_1h.md).
+#: The same on CPUs: ``"per_head"``, ``"einsum"`` (per-block products) or another GPU form. per_head annotated an hour
+#: of one station with the U-Net in 17% less time than einsum (2 cores, annotate_cpu_1h.md).
 CPU_QKV_FORM = "per_head"
 QKV_FORMS = ("dense", "per_head", "fused", "einsum")
 #: The projections' products over all tokens run on GPUs over groups of this many tokens, whose weight gradients
@@ -102,10 +102,10 @@ CONV_STAGE = "auto"
 #: recipe 1, seventh session's profile). The same values. Slower on an H200 (2026-11-30, ninth session run 1): recipe
 #: 1 223.9 against 217.7 ms a step (61.5 against 66.0 GiB).
 CONV_WRITES_HEAD_LAYOUT = False
-#: With q/k/v form ``per_head``: q and k from one product over their common input, as the halves of each row of one
-#: tensor, which this project's Triton kernel reads and whose gradient it writes in place (one backward product
-#: for their input instead of two and a sum; :func:`seisbench_xlstm.kernels.mlstm_sequence_qk`). Not yet timed.
-QK_ONE_PRODUCT = False
+#: With q/k/v form ``per_head``: q and k from one product, the halves of each row of one tensor, read and given its
+#: gradient in place by this project's Triton kernel (:func:`seisbench_xlstm.kernels.mlstm_sequence_qk`). H200 (tenth
+#: session run 1): recipe 1 213.3 against 219.0 ms a step (61.5 against 66.0 GiB), recipe 2 156.1 against 160.6 ms.
+QK_ONE_PRODUCT = True
 
 
 @dataclass

@@ -231,9 +231,14 @@ def mlstm_sequence(
     traces into the native CPU kernel when :data:`COMPILE_NATIVE_KERNEL` is on and ``kernel`` names it (as the
     backbones pass it, resolved), which fuses that kernel's element-wise work.
     """
-    if COMPILE_NATIVE_KERNEL and kernel == NATIVE_KERNEL and torch.compiler.is_compiling():
+    if _traces_native_kernel(kernel):
         return _sequence(q, k, v, i, f, kernel)
     return _opaque_sequence(q, k, v, i, f, kernel)
+
+
+def _traces_native_kernel(kernel: str) -> bool:
+    """Whether ``torch.compile`` is tracing and traces into the kernel call (:data:`COMPILE_NATIVE_KERNEL`)."""
+    return COMPILE_NATIVE_KERNEL and kernel == NATIVE_KERNEL and torch.compiler.is_compiling()
 
 
 def _sequence(q, k, v, i, f, kernel: str) -> torch.Tensor:
@@ -278,7 +283,10 @@ def mlstm_sequence_qk(qk: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: tor
     """:func:`mlstm_sequence` with q and k as the two halves of each row of ``qk`` ``(batch, heads, steps, 2 *
     head_dim)``. This project's Triton kernel reads them where they lie and returns their gradient in that layout
     (:func:`seisbench_xlstm.triton_mlstm.mlstm_chunkwise_triton` with ``k=None``); other kernels, and lengths or
-    head dims that kernel would need padded, get q and k as two tensors. The same values either way."""
+    head dims that kernel would need padded, get q and k as two tensors. The same values either way. Traced by
+    ``torch.compile`` as :func:`mlstm_sequence` is."""
+    if _traces_native_kernel(kernel):
+        return _sequence(*qk.chunk(2, dim=-1), v, i, f, kernel)
     return _opaque_sequence_qk(qk, v, i, f, kernel)
 
 

@@ -117,3 +117,27 @@ def compiled_layer_graph_breaks(monkeypatch, device: str, settings: list[list[tu
             assert rel_err(g, w) < (1e-5 if device == "cpu" else 5e-3), (constants, name, rel_err(g, w))
     torch._dynamo.reset()
     return breaks
+
+
+def record_kernel_calls(monkeypatch) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Patches the layers' two mLSTM entry points (``bimlstm.mlstm_sequence``, and ``bimlstm.mlstm_sequence_qk`` for q
+    and k as one tensor, :data:`seisbench_xlstm.bimlstm.QK_ONE_PRODUCT`) to record every call; returns the list
+    they fill with ``((q, k, v, i, f), h)``, q and k split where they came as one tensor."""
+    from seisbench_xlstm import bimlstm
+
+    separate, joined = bimlstm.mlstm_sequence, bimlstm.mlstm_sequence_qk
+    calls = []
+
+    def recorded(q, k, v, i, f, kernel):
+        h = separate(q, k, v, i, f, kernel=kernel)
+        calls.append(((q, k, v, i, f), h))
+        return h
+
+    def recorded_qk(qk, v, i, f, kernel):
+        h = joined(qk, v, i, f, kernel=kernel)
+        calls.append(((*qk.chunk(2, dim=-1), v, i, f), h))
+        return h
+
+    monkeypatch.setattr(bimlstm, "mlstm_sequence", recorded)
+    monkeypatch.setattr(bimlstm, "mlstm_sequence_qk", recorded_qk)
+    return calls

@@ -99,17 +99,11 @@ def _kernel_call_errors(monkeypatch, name, device, kernel, reference, samples=40
     The backbone's features are a weak check of its kernel: at initialisation the mLSTM branches add little to the
     residual stream, so a kernel whose outputs were off by up to 23% (TFLA at head dim 96) changed the features by
     7e-4 only. The kernel calls themselves show such errors."""
-    from seisbench_xlstm import bimlstm
+    from mlstm_calls import record_kernel_calls
 
-    original = bimlstm.mlstm_sequence
-    calls = []
+    from seisbench_xlstm import kernels
 
-    def recorded(q, k, v, i, f, kernel):
-        h = original(q, k, v, i, f, kernel=kernel)
-        calls.append(((q, k, v, i, f), h))
-        return h
-
-    monkeypatch.setattr(bimlstm, "mlstm_sequence", recorded)
+    calls = record_kernel_calls(monkeypatch)
     torch.manual_seed(0)
     backbone = build_backbone(name).to(device).eval()
     backbone.set_kernel(kernel)
@@ -117,7 +111,7 @@ def _kernel_call_errors(monkeypatch, name, device, kernel, reference, samples=40
         backbone(torch.randn(2, 3, samples, device=device))
         errors = []
         for inputs, h in calls:
-            ref = original(*inputs, kernel=reference).float()
+            ref = kernels.mlstm_sequence(*inputs, kernel=reference).float()
             errors.append(float((h.float() - ref).norm() / ref.norm()))
     return errors
 

@@ -302,17 +302,15 @@ def test_q_and_k_in_one_tensor_give_the_same_values(monkeypatch, shape, forward)
     inputs, grad = make_inputs(b, nh, s, dqk, dv, "wide")
     dtype = torch.bfloat16 if DEVICE == "cuda" else None
     want = output_and_grads(kernel(chunk, block_v), inputs, grad, dtype)
-    q, k, *rest = inputs
-    qk = torch.cat([q, k], dim=-1)
-    combined = output_and_grads(
-        lambda qk, *x: mlstm_chunkwise_triton(qk, None, *x, chunk_size=chunk, eps=EPS, block_v=block_v),
-        [qk, *rest], grad, dtype)
-    dq, dk = combined[1].split(dqk, dim=-1)
-    got = [combined[0], dq, dk, *combined[2:]]
+    got = output_and_grads(  # dq and dk: the gradient of the joined tensor, split by the concatenation's backward
+        lambda q, k, *x: mlstm_chunkwise_triton(torch.cat([q, k], dim=-1), None, *x, chunk_size=chunk, eps=EPS,
+                                                block_v=block_v),
+        inputs, grad, dtype)
     for name, g, w in zip(NAMES, got, want):
         assert g.dtype == w.dtype and torch.equal(g, w), name
+    q, k, *rest = inputs
     with pytest.raises(ValueError, match="even last dim"):
-        mlstm_chunkwise_triton(qk[..., :-1], None, *rest)
+        mlstm_chunkwise_triton(torch.cat([q, k], dim=-1)[..., :-1], None, *rest)
 
 
 @pytest.mark.parametrize("steps", [64, 40])
