@@ -148,14 +148,19 @@ def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: boo
 
 @contextmanager
 def cell_standin(calls: list):
-    """Replaces the mLSTM cell by a matmul-free stand-in that records the call shapes."""
+    """Replaces the mLSTM cell by a matmul-free stand-in that records the call shapes (``(batch, heads, steps,
+    head_dim)`` of q), at both of the layers' entry points (q and k as one tensor: ``bimlstm.QK_ONE_PRODUCT``)."""
 
     def standin(q, k, v, i, f, kernel="auto"):
         calls.append(tuple(q.shape))
         gates = (i + f)[..., None]
         return v + 0.0 * (q + k + gates)
 
-    with mock.patch.object(bimlstm, "mlstm_sequence", standin):
+    def standin_qk(qk, v, i, f, kernel="auto"):
+        return standin(*qk.chunk(2, dim=-1), v, i, f, kernel)
+
+    with mock.patch.object(bimlstm, "mlstm_sequence", standin), \
+            mock.patch.object(bimlstm, "mlstm_sequence_qk", standin_qk):
         yield
 
 

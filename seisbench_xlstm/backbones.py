@@ -13,6 +13,7 @@ The mLSTM kernel is a run-time attribute (``backbone.kernel``, default ``"auto"`
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
@@ -203,7 +204,7 @@ class _Backbone(nn.Module):
             allow_recompiles()
             # contiguous: inputs that differ only in strides (a transposed stem or pool output vs. a linear output)
             # would each compile a variant of their own
-            run, args = compiled_layer_forward(), (layer, x.contiguous(), kernel)
+            run, args = _one_thread_at_a_time(compiled_layer_forward()), (layer, x.contiguous(), kernel)
         else:
             run, args = layer, (x, kernel)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -342,6 +343,20 @@ def compiled_layer_forward():
     :func:`allow_recompiles`).
     """
     return _compiled_layer_forward(COMPILE_MODE)
+
+
+#: Held by every compiled layer call. torch marks FX tracing with one flag for the whole process, and a compiled
+#: function called while it is set raises "Detected that you are using FX to symbolically trace a dynamo-optimized
+#: function": a layer compiling in one thread broke compiled calls in others (annotate with two batches in flight,
+#: compiled U-Net, H200, 2026-11-30). Calls only launch GPU work, so taking turns costs little.
+_COMPILED_CALLS = threading.RLock()
+
+
+def _one_thread_at_a_time(run):
+    def call(*args):
+        with _COMPILED_CALLS:
+            return run(*args)
+    return call
 
 
 @lru_cache(maxsize=None)

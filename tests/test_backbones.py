@@ -281,6 +281,57 @@ def test_compiled_layer_traces_the_native_kernel_when_asked(traced, compile_coun
     assert (compile_counter.frame_count == 1) == traced
 
 
+def test_compiled_layer_calls_take_turns_across_threads(compile_counter, monkeypatch):
+    """torch's flag for FX tracing is one for the process: while a layer compiled in one thread (the flag set), a
+    compiled call in another raised ``RuntimeError`` (annotate with two batches in flight, compiled U-Net on an H200).
+    Here a thread's first layer call holds the flag as a compile does; the other thread's calls wait for it, and
+    both threads get the eager outputs."""
+    import threading
+    import time
+
+    import torch.fx._symbolic_trace as fx_trace
+
+    from seisbench_xlstm import backbones
+
+    compiled = backbones.compiled_layer_forward()
+    compiling = threading.Event()
+
+    def first_call_compiles(*args):
+        if threading.current_thread().name == "compiles" and not compiling.is_set():
+            monkeypatch.setattr(fx_trace, "_is_fx_tracing_flag", True)
+            compiling.set()
+            time.sleep(0.3)  # the GIL released, as while inductor generates code
+            monkeypatch.setattr(fx_trace, "_is_fx_tracing_flag", False)
+        return compiled(*args)
+
+    monkeypatch.setattr(backbones, "compiled_layer_forward", lambda: first_call_compiles)
+    torch.manual_seed(0)
+    backbone = build_backbone("sequential", TINY_SEQUENTIAL).eval()
+    x = torch.randn(2, 3, 256)
+    with torch.no_grad():
+        expected = backbone(x)
+    backbone.set_compile(True)
+    results, errors = {}, []
+
+    def annotate_like():
+        try:
+            if threading.current_thread().name == "calls":
+                compiling.wait()
+            with torch.no_grad():
+                results[threading.current_thread().name] = backbone(x)
+        except RuntimeError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=annotate_like, name=name) for name in ("compiles", "calls")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for name in ("compiles", "calls"):
+        torch.testing.assert_close(results[name], expected, atol=1e-5, rtol=1e-4)
+
+
 def test_compiled_layers_keep_compiling_in_worker_threads(compile_counter):
     """SeisBench's annotate runs the model in worker threads, and torch keeps dynamo's settings per thread: the
     compiled layers raise the recompile limit in the thread that runs them, so that a tenth input shape still
