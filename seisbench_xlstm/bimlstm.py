@@ -41,7 +41,7 @@ from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 
 from .kernels import AUTO, kernel_head_dim, mlstm_sequence, mlstm_sequence_qk, query_scale
 from .triton_conv import TAPS as CONV_TRITON_TAPS
-from .triton_conv import causal_conv_silu, causal_conv_silu_heads
+from .triton_conv import causal_conv_silu, causal_conv_silu_heads, causal_depthwise_conv
 from .triton_output_gate import normed_output_gate, triton
 
 
@@ -93,7 +93,7 @@ OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
 OUTPUT_STAGE_IN_GRAPH = False
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
 #: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
-#: (:func:`causal_depthwise_conv`, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
+#: (:func:`seisbench_xlstm.triton_conv.causal_depthwise_conv`, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
 #: CUDA, kernel sizes up to :data:`seisbench_xlstm.triton_conv.TAPS`). On an H200, torch -> auto (2026-11-30): recipe
 #: 1 221.0 -> 217.0 ms a step (70.5 -> 66.0 GiB), recipe 2 165.3 -> 160.8 ms (41.8 -> 39.3 GiB).
 CONV_STAGE = "auto"
@@ -363,25 +363,6 @@ def _token_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.matmul(x, weight)
     grouped = x.unflatten(-2, (groups, tokens // groups))  # (..., groups, tokens / groups, d_in)
     return torch.matmul(grouped, weight.unsqueeze(-3)).flatten(-3, -2)
-
-
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Causal depthwise convolution along the steps of ``(..., batch, steps, channels)``.
-
-    :param weight: ``(..., channels, kernel)``, leading dims matching those of ``x`` before ``batch``
-    :param bias: ``(..., channels)`` or None
-
-    Equals xlstm's ``CausalConv1d`` (a grouped ``nn.Conv1d`` with left padding) but stays channels-last as
-    ``kernel`` shifted multiply-adds, which on GPUs is an order of magnitude faster than the grouped convolution.
-    """
-    size = weight.shape[-1]
-    steps = x.shape[-2]
-    padded = F.pad(x, (0, 0, size - 1, 0))
-    w = weight.to(x.dtype)[..., None, None, :, :]  # (..., 1, 1, channels, kernel)
-    y = padded[..., 0:steps, :] * w[..., 0]
-    for j in range(1, size):  # in place: no temporaries (4x faster on CPUs); y is saved by no backward function
-        y.addcmul_(padded[..., j : j + steps, :], w[..., j])
-    return y if bias is None else y.add_(bias.to(x.dtype)[..., None, None, :])
 
 
 def headwise_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

@@ -5,7 +5,7 @@ Per direction ``d``, window ``b``, step ``t`` and channel ``c`` (kernel size ``K
     pre[t, c] = bias[d, c] + sum_{j < K} x[t + j - (K - 1), c] * w[d, c, j]
     y[t, c]   = silu(pre[t, c])
 
-the function of :func:`seisbench_xlstm.bimlstm.causal_depthwise_conv` followed by ``F.silu`` (xLSTM's
+the function of :func:`causal_depthwise_conv` (the PyTorch form) followed by ``F.silu`` (xLSTM's
 ``CausalConv1d`` and the activation after it), which the tests compare with.
 
 Why. Compiled by ``torch.compile``, the PyTorch form wrote a zero-padded copy of the branch input in the forward pass
@@ -193,6 +193,25 @@ if triton is not None:
         tl.store(part + 2 * channels, tl.sum(dw2, axis=0), mask=cmask)
         tl.store(part + 3 * channels, tl.sum(dw3, axis=0), mask=cmask)
         tl.store(part + 4 * channels, tl.sum(db, axis=0), mask=cmask)
+
+
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise convolution along the steps of ``(..., batch, steps, channels)``.
+
+    :param weight: ``(..., channels, kernel)``, leading dims matching those of ``x`` before ``batch``
+    :param bias: ``(..., channels)`` or None
+
+    Equals xlstm's ``CausalConv1d`` (a grouped ``nn.Conv1d`` with left padding) but stays channels-last as
+    ``kernel`` shifted multiply-adds, which on GPUs is an order of magnitude faster than the grouped convolution.
+    """
+    size = weight.shape[-1]
+    steps = x.shape[-2]
+    padded = F.pad(x, (0, 0, size - 1, 0))
+    w = weight.to(x.dtype)[..., None, None, :, :]  # (..., 1, 1, channels, kernel)
+    y = padded[..., 0:steps, :] * w[..., 0]
+    for j in range(1, size):  # in place: no temporaries (4x faster on CPUs); y is saved by no backward function
+        y.addcmul_(padded[..., j : j + steps, :], w[..., j])
+    return y if bias is None else y.add_(bias.to(x.dtype)[..., None, None, :])
 
 
 def _grid(x: torch.Tensor) -> tuple[int, int, int]:

@@ -248,7 +248,7 @@ def test_causal_conv_and_its_gradients_match_a_grouped_conv1d():
     grouped conv1d with left padding: outputs and the gradients of input, weight and bias, per direction."""
     import torch.nn.functional as F
 
-    from seisbench_xlstm.bimlstm import causal_depthwise_conv
+    from seisbench_xlstm.triton_conv import causal_depthwise_conv
 
     torch.manual_seed(0)
     x, weight, bias = torch.randn(2, 3, 50, 8), torch.randn(2, 8, 4), torch.randn(2, 8)

@@ -1,5 +1,5 @@
 """The mLSTM branches' causal conv and SiLU in Triton (``seisbench_xlstm.triton_conv``) against the PyTorch form it
-replaces (``bimlstm.causal_depthwise_conv`` and ``F.silu``): the output and the gradients of the input, the weights
+replaces (``triton_conv.causal_depthwise_conv`` and ``F.silu``): the output and the gradients of the input, the weights
 and the bias.
 
 Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``). Tolerances: float32 against the PyTorch
@@ -18,8 +18,8 @@ from mlstm_calls import (
 DEVICE = triton_device_or_skip("the Triton conv stage")
 
 from seisbench_xlstm import bimlstm, triton_conv  # noqa: E402
-from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig, causal_depthwise_conv  # noqa: E402
-from seisbench_xlstm.triton_conv import causal_conv_silu  # noqa: E402
+from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig  # noqa: E402
+from seisbench_xlstm.triton_conv import causal_conv_silu, causal_depthwise_conv  # noqa: E402
 
 
 def reference(x, w, b):
