@@ -92,8 +92,8 @@ OUTPUT_STAGE_MAX_AUTO_HEAD_DIM = 128
 #: recipe 1 took 217.7 ms a step with ``False`` (``torch.compiler.disable``) and 217.8 with ``True``.
 OUTPUT_STAGE_IN_GRAPH = False
 #: Where the branches' causal conv and its SiLU run: ``"triton"`` (:mod:`seisbench_xlstm.triton_conv`: one kernel
-#: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"``
-#: (:func:`seisbench_xlstm.triton_conv.causal_depthwise_conv`, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
+#: forward, no padded copy; the backward as :data:`seisbench_xlstm.triton_conv.BACKWARD` says), ``"torch"`` (its
+#: ``causal_depthwise_conv``, fused by ``torch.compile`` where the model is compiled) or ``"auto"`` (Triton on
 #: CUDA, kernel sizes up to :data:`seisbench_xlstm.triton_conv.TAPS`). On an H200, torch -> auto (2026-11-30): recipe
 #: 1 221.0 -> 217.0 ms a step (70.5 -> 66.0 GiB), recipe 2 165.3 -> 160.8 ms (41.8 -> 39.3 GiB).
 CONV_STAGE = "auto"
