@@ -262,10 +262,7 @@ def _sequence(q, k, v, i, f, kernel: str) -> torch.Tensor:
     # (Triton's CPU interpreter computes bf16 products wrongly: float32 there.)
     kernel_dtype = torch.bfloat16 if "triton" in resolved and q.is_cuda else torch.float32
     if own:
-        from .triton_mlstm import mlstm_chunkwise_triton
-
-        q, k, v = (t.to(kernel_dtype) for t in (q, k, v))
-        h = mlstm_chunkwise_triton(q, k, v, i.float(), f.float(), chunk_size=shape.chunk_size, eps=1e-6)
+        h = _own_kernel(q, k, v, i, f, shape.chunk_size)
     else:
         # traced (the native kernel under torch.compile): built in the graph, dynamo does not trace lru_cache
         make = _backend.__wrapped__ if torch.compiler.is_compiling() else _backend
@@ -297,11 +294,17 @@ def _sequence_qk(qk, v, i, f, kernel: str) -> torch.Tensor:
     if (resolved != OWN_TRITON_KERNEL or shape.padded_length != length
             or kernel_head_dim(head_dim, resolved) != head_dim):
         return _sequence(*qk.split(head_dim, dim=-1), v, i, f, kernel)
+    return _own_kernel(qk, None, v, i, f, shape.chunk_size)
+
+
+def _own_kernel(q, k, v, i, f, chunk_size: int) -> torch.Tensor:
+    """This project's Triton kernel as :func:`_sequence` and :func:`_sequence_qk` call it: q, k (None: ``q`` holds
+    both) and v in bf16 on GPUs (float32 under the interpreter, see :func:`_sequence`), the gates in float32."""
     from .triton_mlstm import mlstm_chunkwise_triton
 
-    dtype = torch.bfloat16 if qk.is_cuda else torch.float32  # as _sequence
-    return mlstm_chunkwise_triton(qk.to(dtype), None, v.to(dtype), i.float(), f.float(), chunk_size=shape.chunk_size,
-                                  eps=1e-6)
+    dtype = torch.bfloat16 if q.is_cuda else torch.float32
+    q, k, v = (t if t is None else t.to(dtype) for t in (q, k, v))
+    return mlstm_chunkwise_triton(q, k, v, i.float(), f.float(), chunk_size=chunk_size, eps=1e-6)
 
 
 _opaque_sequence_qk = torch.compiler.disable(_sequence_qk)

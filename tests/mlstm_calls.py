@@ -89,8 +89,9 @@ def compiled_layer_graph_breaks(monkeypatch, device: str, settings: list[list[tu
     the eager layer's with the first settings (``1e-5`` relative L2 on CPU; ``5e-3`` on CUDA, where the mLSTM
     kernel's products run in TF32, whose unit roundoff is 2**-11 = 4.9e-4: inductor's reordered float32 sums change
     some of the kernel's inputs in their last bits, which can round to the other TF32 neighbour, and the input
-    gradient goes through about ten such products; measured 2.4e-3 for it on an H200). The mLSTM kernel: on CUDA this project's (inductor's code for the native one
-    fails to build with Triton 3.6 there: "PassManager::run failed", H200, 2026-11-30), on CPU the native one."""
+    gradient goes through about ten such products; measured 2.4e-3 for it on an H200). The mLSTM kernel: on CUDA
+    this project's (inductor's code for the native one fails to build with Triton 3.6 there: "PassManager::run
+    failed", H200, 2026-11-30), on CPU the native one."""
     torch.manual_seed(0)
     from seisbench_xlstm.bimlstm import BiMLSTMLayer, BiMLSTMLayerConfig
 
