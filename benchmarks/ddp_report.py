@@ -8,7 +8,8 @@ from pathlib import Path
 from common import machine
 
 RUN_FIELDS = ["label", "device", "experiment", "devices", "batch", "workers_per_device", "steps", "windows_per_s",
-              "windows_per_s_per_device", "train_loss", "val_loss", "code_perplexity", "codes_in_use"]
+              "windows_per_s_per_device", "peak_gib_per_device", "train_loss", "val_loss", "code_perplexity",
+              "codes_in_use"]
 
 
 def summarise_run(run_dir: Path, label: str) -> dict:
@@ -36,12 +37,16 @@ def summarise_run(run_dir: Path, label: str) -> dict:
             return ""
         return f"{values.iloc[0]:.{digits}f} -> {values.iloc[-1]:.{digits}f} (mean {values.mean():.{digits}f})"
 
+    prefix = "device/peak_gib_rank"  # pretrain.train.PeakDeviceMemory (GPU runs): rank 0 first
+    ranks = sorted((int(key[len(prefix):]), key) for key in df.columns if key.startswith(prefix))
+    peaks = " / ".join(f"{df[key].max():.1f}" for _, key in ranks if df[key].notna().any())
     windows = float(rate.mean()) if len(rate) else float("nan")
     steps = int(df["step"].max()) + 1 if len(df) else 0
     return {"label": label, "device": machine(), "experiment": cfg.name, "devices": devices,
             "batch": cfg.data.batch_size if accumulate == 1 else f"{cfg.data.batch_size} x {accumulate} accumulated",
             "workers_per_device": workers, "steps": steps,
             "windows_per_s": round(windows, 1), "windows_per_s_per_device": round(windows / devices, 1),
+            "peak_gib_per_device": peaks,
             "train_loss": first_last("train/loss"), "val_loss": first_last("val/loss"),
             "code_perplexity": first_last("train/code_perplexity", 1),
             "codes_in_use": first_last("train/codes_in_use", 3)}
@@ -91,11 +96,12 @@ def ddp_report(rows: list[dict], runs: list[dict], args) -> list[str]:
     if runs:
         lines += ["", "## Runs on real data (`python -m pretrain ...`, figures from the run's own CSV logs)", "",
                   "| label | device | experiment | devices | batch/device | loader workers/device | steps | windows/s "
-                  "| per device | train loss first -> last (mean) | val loss | code perplexity | codes in use |",
-                  "|" + "---|" * 13]
+                  "| per device | peak GiB per device | train loss first -> last (mean) | val loss | code perplexity "
+                  "| codes in use |", "|" + "---|" * 14]
         for r in runs:
             lines.append(
                 f"| {r['label']} | {r['device']} | {r['experiment']} | {r['devices']} | {r['batch']} | "
                 f"{r['workers_per_device']} | {r['steps']} | {r['windows_per_s']} | {r['windows_per_s_per_device']} "
-                f"| {r['train_loss']} | {r['val_loss']} | {r['code_perplexity']} | {r['codes_in_use']} |")
+                f"| {r.get('peak_gib_per_device') or 'n/a'} | {r['train_loss']} | {r['val_loss']} | "
+                f"{r['code_perplexity']} | {r['codes_in_use']} |")
     return lines

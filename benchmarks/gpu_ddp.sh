@@ -13,7 +13,8 @@
 # (xlstm_large/pure_mlstm_sequential_12m_local), WORKERS (loader workers per GPU: the runner's default, min(8, cores)),
 # LABEL (h200xNGPU), OUT (/tmp/gpu_ddp_out), RUNS (/tmp/gpu_ddp_runs), STEPS (10 timed), WARMUP (3), RUN_OVERRIDES
 # (more overrides for the run, e.g. "trainer.accumulate_grad_batches=2" for recipe 2 at 64 x 2 GPUs x 2 = 256),
-# BENCH_DDP (DDP settings of the bench stages, e.g. "static_graph=true bucket_cap_mb=100": pretrain_speed.py --ddp).
+# BENCH_DDP (DDP settings of the bench stages, e.g. "static_graph=true bucket_cap_mb=100": pretrain_speed.py --ddp),
+# DEVICES (the device counts of the bench stages: 1 and every power of two up to NGPU, e.g. "1 4").
 # DRY_RUN=1: the same commands on this machine's CPU (gloo) with tiny backbones and short windows.
 # At most 10 minutes a device command: bench1 + bench2 should take about 5 (an estimate: compilation of both models
 # on 1 and N GPUs plus 24 steps each), run about RUN_MINUTES + 3 (data, compilation, checkpoints);
@@ -32,7 +33,7 @@ OUT=${OUT:-/tmp/gpu_ddp_out}; RUNS=${RUNS:-/tmp/gpu_ddp_runs}; mkdir -p "$OUT" "
 DRY=${DRY_RUN:-0}
 if [ "$DRY" = 1 ]; then NGPU=${NGPU:-2}; else NGPU=${NGPU:-$($PY -c 'import torch; print(torch.cuda.device_count())')}; fi
 if [ "$NGPU" -lt 2 ]; then echo "gpu_ddp.sh: $NGPU GPU(s) visible; DDP needs 2 or more" >&2; exit 2; fi
-DEVICES="1"; for n in 2 4 8; do [ "$n" -le "$NGPU" ] && DEVICES="$DEVICES $n"; done
+if [ -z "${DEVICES:-}" ]; then DEVICES="1"; for n in 2 4 8; do [ "$n" -le "$NGPU" ] && DEVICES="$DEVICES $n"; done; fi
 LABEL=${LABEL:-h200x$NGPU}; RUN_MINUTES=${RUN_MINUTES:-4}
 RUN_EXPERIMENT=${RUN_EXPERIMENT:-xlstm_large/pure_mlstm_sequential_12m_local}
 BENCH=(benchmarks/pretrain_speed.py --label "$LABEL" --steps "${STEPS:-10}" --warmup "${WARMUP:-3}")

@@ -27,7 +27,8 @@ from .export import export_backbone
 from .module import PretrainModule
 from .plots import plot_loss_curve
 
-__all__ = ["RunResult", "WindowRate", "MULTICAST_OFF", "multicast_off", "build_trainer", "resolve_precision", "run"]
+__all__ = ["RunResult", "WindowRate", "PeakDeviceMemory", "MULTICAST_OFF", "multicast_off", "build_trainer",
+           "resolve_precision", "run"]
 
 #: Environment that keeps NVLink multicast off for NCCL, torch's symmetric memory and NVSHMEM (set before NCCL
 #: initialises; values a user set are kept).
@@ -65,6 +66,25 @@ class WindowRate(L.Callback):
 
     def on_validation_start(self, trainer, pl_module):
         self._start = None
+
+
+class PeakDeviceMemory(L.Callback):
+    """Logs ``device/peak_gib_rank{r}`` for every process r at each logging interval: the most memory the tensors
+    of process r have held on its GPU since it started (``torch.cuda.max_memory_allocated``, GiB). The values are
+    gathered from all processes (a collective every process reaches at the same step), so rank 0's log holds each
+    GPU's figure. Nothing is logged on CPUs."""
+
+    def __init__(self):
+        self._logged_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if pl_module.device.type != "cuda" or step % trainer.log_every_n_steps or step == self._logged_step:
+            return  # (micro-batches of one accumulated step share its global_step)
+        self._logged_step = step
+        peak = torch.tensor(torch.cuda.max_memory_allocated(pl_module.device) / 2**30, device=pl_module.device)
+        for rank, gib in enumerate(trainer.strategy.all_gather(peak).reshape(-1).tolist()):
+            pl_module.log(f"device/peak_gib_rank{rank}", gib)
 
 
 @dataclass
@@ -107,7 +127,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
     )
     if _uses_gpu(cfg):
         multicast_off()
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step"), WindowRate()]
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step"), WindowRate(), PeakDeviceMemory()]
     if t.progress_bar:
         # every step on a terminal; every logging interval into a file (logs of GPU runs stay short)
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else int(t.log_every_n_steps)))

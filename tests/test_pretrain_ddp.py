@@ -347,3 +347,49 @@ def test_ddp_speed_benchmark_takes_ddp_settings(tmp_path):
     assert [r["devices"] for r in rows] == [1, 2]
     for r in rows:
         assert r["step_ms"] > 0 and r["label"].startswith("knobs (DDP {'static_graph': True, 'bucket_cap_mb': 1.0")
+
+
+def test_peak_device_memory_logs_every_gpu_once_a_logging_interval(monkeypatch, tmp_path):
+    """``PeakDeviceMemory`` gathers each process's peak GPU memory at every logging interval (once, however many
+    micro-batches an accumulated step has) and logs one value per rank; the DDP report gives each GPU's largest.
+    Stands in for two GPUs: a fake CUDA device, torch's memory counter and the strategy's gather."""
+    from types import SimpleNamespace
+
+    from pretrain.train import PeakDeviceMemory
+
+    _speed_benchmark()  # benchmarks/ on sys.path
+    from ddp_report import summarise_run
+
+    gathered = []
+
+    def all_gather(t):  # rank 1 holds 1 GiB more than this process
+        gathered.append(t)
+        return torch.stack([t, t + 1])
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**29)  # 1.5 GiB
+    monkeypatch.setattr(torch, "tensor", lambda value, device: torch.as_tensor(value))  # no CUDA here
+    logged = []
+    module = SimpleNamespace(device=torch.device("cuda", 0), log=lambda key, value: logged.append((key, value)))
+    trainer = SimpleNamespace(global_step=0, log_every_n_steps=10, strategy=SimpleNamespace(all_gather=all_gather))
+    callback = PeakDeviceMemory()
+    for step in (0, 0, 5, 10, 10, 10, 13, 20):  # micro-batches repeat a step
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+    monkeypatch.undo()
+    assert len(gathered) == 3  # steps 0, 10 and 20
+    assert logged == [("device/peak_gib_rank0", 1.5), ("device/peak_gib_rank1", 2.5)] * 3
+    callback.on_train_batch_end(trainer, SimpleNamespace(device=torch.device("cpu")), None, None, 0)  # CPU: nothing
+    trainer.global_step = 30
+    callback.on_train_batch_end(trainer, SimpleNamespace(device=torch.device("cpu")), None, None, 0)
+    assert len(gathered) == 3
+
+    run_dir = tmp_path / "run"
+    (run_dir / "logs" / "version_0").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        "name: r\ntrainer: {devices: 2, accumulate_grad_batches: 1}\ndata: {batch_size: 64, num_workers: 4}\n")
+    rows = ["step,train/loss,train/windows_per_s,device/peak_gib_rank0,device/peak_gib_rank1,device/peak_gib_rank10"]
+    rows += ["9,4.0,100.0,1.25,2.5,", "19,3.0,200.0,1.5,2.0,"]
+    (run_dir / "logs" / "version_0" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = summarise_run(run_dir, "x")
+    assert summary["peak_gib_per_device"] == "1.5 / 2.5"  # rank order; an empty column is left out
+    assert summary["windows_per_s"] == 200.0 and summary["steps"] == 20
