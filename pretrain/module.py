@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 
 from seisbench_xlstm.backbones import build_backbone
@@ -144,22 +145,36 @@ class PretrainModule(L.LightningModule):
                 self.log(f"val/{key}", value, sync_dist=True, batch_size=len(batch["X"]))
 
     # ---------------------------------------------------------------- optimizer
+    def _fused_adamw(self, params) -> bool | None:
+        """On GPUs the fused AdamW: one multi-tensor kernel a step instead of torch's default chain of foreach
+        kernels (9.4 ms of GPU time a step for the U-Net in a profile of recipe 2 on an H200, 2026-11-30). Not
+        with a loss scaler (``16-mixed``): the fused step unscales the gradients itself, after clipping would have
+        seen them scaled. CPUs keep the default, which the CPU tests' figures (resume, loss curves) were taken
+        with."""
+        scaled = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        return (all(p.is_cuda for p in params) and not scaled) or None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's clipping, except that without a loss scaler (``bf16-mixed``, ``32-true``) the fused AdamW
+        clips too. Lightning's mixed-precision plugin refuses every optimizer that unscales gradients itself, but
+        bf16 gradients are not scaled, so clipping them before the fused step is exact."""
+        plugin = self.trainer.precision_plugin
+        if getattr(plugin, "scaler", None) is not None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        Precision.clip_gradients(plugin, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm")
+
     def configure_optimizers(self):
         o = self._omega.optim
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 and "codevectors" not in name else no_decay).append(p)
-        # On GPUs the fused implementation: one multi-tensor kernel a step instead of torch's default chain of
-        # foreach kernels (9.4 ms of GPU time a step for the U-Net in a profile of recipe 2 on an H200, 2026-11-30).
-        # CPUs keep the default, which the CPU tests' figures (resume, loss curves) were taken with.
-        fused = all(p.is_cuda for p in decay + no_decay) or None
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
             lr=float(o.lr),
             betas=tuple(float(b) for b in o.betas),
             eps=float(o.eps),
-            fused=fused,
+            fused=self._fused_adamw(decay + no_decay),
         )
         total = self.total_steps()
         warm = warmup_steps(total, float(o.warmup_fraction))

@@ -266,3 +266,32 @@ def test_adamw_is_fused_on_gpu_only(records, tmp_path, device):
     optimizer = module.configure_optimizers()["optimizer"]
     assert bool(optimizer.defaults["fused"]) == (device == "cuda")
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.parameters()))
+
+
+def test_fused_adamw_clips_gradients_in_bf16_runs(records, tmp_path, monkeypatch):
+    """A run with the fused AdamW (GPUs), bf16-mixed precision and gradient clipping (recipe 2's defaults on a GPU)
+    trains and clips; Lightning's mixed-precision plugin refuses to clip for any fused optimizer, which stopped every
+    such run at its first step. Here on the CPU, whose AdamW takes ``fused`` too. With a loss scaler (16-mixed) the
+    fused step is not used: it would unscale gradients that clipping had seen scaled."""
+    from types import SimpleNamespace
+
+    from pretrain.train import run
+
+    monkeypatch.setattr(PretrainModule, "_fused_adamw", lambda self, params: True)
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(clip(*a, **k)) or norms[-1])
+    cfg = tiny(records, tmp_path, "contrastive", steps=2,
+               extra=["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5", "export=false"])
+    assert run(cfg).global_step == 2
+    assert len(norms) == 2 and all(torch.isfinite(n) for n in norms)
+    monkeypatch.undo()
+
+    module = PretrainModule(tiny(records, tmp_path, "contrastive"))
+    params = list(module.parameters())
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    assert module._fused_adamw(params) is None  # CPU parameters
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))  # stands in for CUDA parameters
+    assert module._fused_adamw(params) is True
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))  # 16-mixed
+    assert module._fused_adamw(params) is None
