@@ -106,10 +106,6 @@ CONV_WRITES_HEAD_LAYOUT = False
 #: gradient in place by this project's Triton kernel (:func:`seisbench_xlstm.kernels.mlstm_sequence_qk`). H200 (tenth
 #: session run 1): recipe 1 213.3 against 219.0 ms a step (61.5 against 66.0 GiB), recipe 2 156.1 against 160.6 ms.
 QK_ONE_PRODUCT = True
-#: With q/k/v form ``per_head``: the gates' part that is linear in v, and so in the branch input (an up-projection of
-#: the layer's normed input), computed from that normed input (``d_model`` wide instead of ``inner``) through folded
-#: weights (:func:`_folded_gates`). The same values up to rounding. Not yet timed.
-V_GATES_FROM_UP_INPUT = False
 
 
 @dataclass
@@ -200,8 +196,7 @@ class MLSTMDirection(nn.Module):
 
 
 def mlstm_branches(
-    x_mlstm: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection], kernel: str = AUTO,
-    up_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    x_mlstm: torch.Tensor, z: torch.Tensor, directions: list[MLSTMDirection], kernel: str = AUTO
 ) -> torch.Tensor:
     """Several mLSTM branches of the same shape, each with its own weights, computed together.
 
@@ -217,9 +212,6 @@ def mlstm_branches(
         out at the head dim that kernel runs at (:func:`seisbench_xlstm.kernels.kernel_head_dim`): zero-padded in
         the layout copy they get anyway, queries rescaled, the output cropped before the norm, instead of padded
         copies inside :func:`seisbench_xlstm.kernels.mlstm_sequence`
-    :param up_input: ``(x, w, b)`` with ``x_mlstm = x @ w^T + b`` per direction (``x`` ``(directions, batch, steps,
-        d)``, ``w`` ``(directions, inner, d)``, ``b`` ``(directions, inner)`` or None): where given, q/k/v form
-        ``per_head`` computes the gates' part that is linear in v from ``x`` (:data:`V_GATES_FROM_UP_INPUT`)
     :return: gated hidden states ``(directions, batch, steps, inner)``
     """
     n_dir, batch, steps, inner = x_mlstm.shape
@@ -238,7 +230,7 @@ def mlstm_branches(
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
     if form == "per_head":
         q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim,
-                                            heads_layout, up_input)
+                                            heads_layout)
         h = mlstm_sequence(q, k, v, i, f, kernel=kernel) if k is not None else mlstm_sequence_qk(q, v, i, f, kernel)
         h = h[..., :head_dim]  # (directions * heads, batch, steps, hd)
         return _output_stage(h.unflatten(0, (n_dir, heads)), x_conv, z, directions)
@@ -422,7 +414,6 @@ def _qkv_gates_per_head(
     heads: int,
     kernel_dim: int | None = None,
     heads_layout: tuple[torch.Tensor, torch.Tensor] | None = None,
-    up_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """q, k, v and the gates directly in the mLSTM kernel's layout, with one GEMM per mLSTM head.
 
@@ -443,7 +434,6 @@ def _qkv_gates_per_head(
         write the padded layout directly
     :param heads_layout: ``x_conv`` and ``x_mlstm`` already laid out per head (the Triton conv writes them), else
         copied here
-    :param up_input: what ``x_mlstm`` is projected from, for the gates (see :func:`mlstm_branches`)
     :return: q, k, v ``(directions * heads, batch, steps, kernel_dim)`` and the input and forget gate
         pre-activations ``(directions * heads, batch, steps)``; with :data:`QK_ONE_PRODUCT` q and k as one tensor
         ``(directions * heads, batch, steps, 2 * kernel_dim)`` in place of q, and None for k
@@ -471,28 +461,20 @@ def _qkv_gates_per_head(
     else:
         q, k = product(xc, head_matrices(w_q, scale)), product(xc, head_matrices(w_k))
     v = product(xm, head_matrices(w_v))
-    gates = _folded_gates(x_conv, x_mlstm, qkv_weights, gate_w, up_input) + gate_b[:, None, None]
+    gates = _folded_gates(x_conv, x_mlstm, qkv_weights, gate_w) + gate_b[:, None, None]
     i, f = gates.permute(0, 3, 1, 2).split(heads, dim=1)  # (directions, heads, batch, steps)
     return q, k, v, i.reshape(n_dir * heads, batch, steps), f.reshape(n_dir * heads, batch, steps)
 
 
 def _folded_gates(
-    x_conv: torch.Tensor, x_mlstm: torch.Tensor, qkv_weights: tuple[torch.Tensor, ...], gate_w: torch.Tensor,
-    up_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    x_conv: torch.Tensor, x_mlstm: torch.Tensor, qkv_weights: tuple[torch.Tensor, ...], gate_w: torch.Tensor
 ) -> torch.Tensor:
     """Gate pre-activations (without bias) ``(directions, batch, steps, 2 * heads)`` straight from the inputs of q, k
     and v: the gates are linear in q, k and v, so their weights fold into the headwise projections (two thin GEMMs
-    instead of three over q, k and v). With ``up_input`` ``(x, w, b)`` (``x_mlstm = x @ w^T + b``) the part over
-    ``x_mlstm`` folds on into ``w`` and comes from ``x``."""
+    instead of three over q, k and v)."""
     g_q, g_k, g_v = gate_w.split(x_conv.shape[-1], dim=-1)
     w_q, w_k, w_v = (_block_diagonal(w) for w in qkv_weights)
-    gates = _batched_linear(x_conv, g_q @ w_q + g_k @ w_k)
-    over_v_input = g_v @ w_v  # (directions, 2 * heads, inner)
-    if up_input is None:
-        return gates + _batched_linear(x_mlstm, over_v_input)
-    x, w, b = up_input
-    gates = gates + _batched_linear(x, over_v_input @ w)
-    return gates if b is None else gates + (over_v_input @ b[..., None])[:, None, None, :, 0]
+    return _batched_linear(x_conv, g_q @ w_q + g_k @ w_k) + _batched_linear(x_mlstm, g_v @ w_v)
 
 
 def _qkv_gates_fused(
@@ -567,12 +549,7 @@ class BiMLSTMLayer(nn.Module):
             w_down = self.proj_down.weight.expand(2, d, inner)
         else:
             w_down = self.proj_down.weight.view(d, 2, inner).transpose(0, 1)
-        up_input = None
-        if V_GATES_FROM_UP_INPUT:  # x_mlstm = both @ w^T + b, each direction with its own (or the shared) w and b
-            w = self.proj_up.weight.view(-1, 2, inner, d)[:, 0].expand(2, inner, d)
-            b = None if self.proj_up.bias is None else self.proj_up.bias.view(-1, 2, inner)[:, 0].expand(2, inner)
-            up_input = (both, w, b)
-        h = mlstm_branches(x_mlstm, z, [self.forward_direction, self.backward_direction], kernel, up_input)
+        h = mlstm_branches(x_mlstm, z, [self.forward_direction, self.backward_direction], kernel)
         out = _batched_linear(h, w_down)
         out = out[0] + out[1].flip(1)
         if self.proj_down.bias is not None:

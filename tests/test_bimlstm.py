@@ -321,14 +321,3 @@ def test_q_and_k_from_one_product_change_nothing(monkeypatch, share):
     from mlstm_calls import assert_layer_unchanged_by_setting
 
     assert_layer_unchanged_by_setting(monkeypatch, "QK_ONE_PRODUCT", (False, True), "per_head", share, "cpu")
-
-
-@pytest.mark.parametrize("share, bias", [(False, False), (True, False), (False, True), (True, True)])
-def test_v_gates_from_the_up_projection_input_change_nothing(monkeypatch, share, bias):
-    """``bimlstm.V_GATES_FROM_UP_INPUT`` (q/k/v form per_head): the gates' part over the branch input computed from
-    the layer's normed input through folded weights (and the up-projection's bias): the layer's output and every
-    gradient as from the branch input, with the projections per direction or shared."""
-    from mlstm_calls import assert_layer_unchanged_by_setting
-
-    assert_layer_unchanged_by_setting(monkeypatch, "V_GATES_FROM_UP_INPUT", (False, True), "per_head", share, "cpu",
-                                      bias=bias)
