@@ -295,3 +295,17 @@ def test_fused_adamw_clips_gradients_in_bf16_runs(records, tmp_path, monkeypatch
     assert module._fused_adamw(params) is True
     module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))  # 16-mixed
     assert module._fused_adamw(params) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("recipe", ["masked", "contrastive"])
+def test_tiny_gpu_run_trains_with_the_runners_defaults(records, tmp_path, recipe):
+    """A short run through Lightning on one GPU with what a GPU run gets by default: bf16-mixed, the fused AdamW,
+    gradient clipping, compiled layers. (The step benchmarks do not go through Lightning; a refusal of Lightning's
+    to clip for the fused optimizer once stopped every GPU run at its first step.)"""
+    from pretrain.train import run
+
+    cfg = tiny(records, tmp_path, recipe, steps=3, extra=["trainer.accelerator=auto", "export=false"])
+    result = run(cfg)
+    assert result.global_step == 3
+    assert _train_losses(tmp_path).notna().all()
