@@ -259,3 +259,15 @@ def test_compile_for_training_only(synth, tmp_path, compile_counter, setting, co
     run(compose_config(overrides), [Watch()])
     assert seen == {"train": {compiled}, "val": {False}}
     assert (compile_counter.frame_count > 0) == compiled
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_gpu_finetune_run_trains_selects_and_exports(synth, tmp_path):
+    """A short fine-tuning run through Lightning on one GPU with a GPU's defaults (bf16-mixed, compiled layers for
+    training, gradient clipping): it trains, selects thresholds on dev and exports weights that load."""
+    result = run(compose_config(tiny_overrides(synth, tmp_path, extra=["trainer.accelerator=auto"])))
+    losses = read_metrics(result.out_dir)["train/loss"].dropna().to_numpy()
+    assert len(losses) == 16 and np.isfinite(losses).all()
+    assert result.best_checkpoint.is_file()
+    picker = XLSTMSeqPicker.load(result.export["json"][: -len(".json.v1")], version_str="1")
+    assert picker.default_args["P_threshold"] == result.thresholds["P"]
