@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from seisbench_xlstm.backbones import count_parameters
@@ -27,7 +28,7 @@ from .export import export_backbone
 from .module import PretrainModule
 from .plots import plot_loss_curve
 
-__all__ = ["RunResult", "WindowRate", "PeakDeviceMemory", "MULTICAST_OFF", "multicast_off", "build_trainer",
+__all__ = ["RunResult", "WindowRate", "PeakDeviceMemory", "CodebookWatch", "MULTICAST_OFF", "multicast_off", "build_trainer",
            "resolve_precision", "run"]
 
 #: Environment that keeps NVLink multicast off for NCCL, torch's symmetric memory and NVSHMEM (set before NCCL
@@ -87,6 +88,26 @@ class PeakDeviceMemory(L.Callback):
             pl_module.log(f"device/peak_gib_rank{rank}", gib)
 
 
+class CodebookWatch(L.Callback):
+    """Recipe 2: warns once when the fraction of codes in use on the validation windows (``val/codes_in_use``, the
+    mean over the devices) falls below ``threshold``: the codebook is collapsing, and a falling contrastive loss
+    then says less (fewer codes leave fewer negatives). See docs/pretrain.md, "Watch the codebook"."""
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+        self.warned = False
+
+    def on_validation_end(self, trainer, pl_module):
+        in_use = trainer.callback_metrics.get("val/codes_in_use")
+        if self.warned or in_use is None or trainer.sanity_checking or float(in_use) >= self.threshold:
+            return
+        self.warned = True
+        rank_zero_warn(
+            f"Only {float(in_use):.0%} of the codebook's codes are in use on the validation windows at step "
+            f"{trainer.global_step}: the codebook is collapsing. A larger recipe.diversity_weight (e.g. 1.0) or "
+            f"more data holds it; see docs/pretrain.md, 'Watch the codebook'.")
+
+
 @dataclass
 class RunResult:
     """:ivar out_dir: output folder; :ivar checkpoint: final checkpoint; :ivar backbone: exported backbone file
@@ -127,7 +148,8 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list | None =
     )
     if _uses_gpu(cfg):
         multicast_off()
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step"), WindowRate(), PeakDeviceMemory()]
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step"), WindowRate(), PeakDeviceMemory(),
+                 CodebookWatch()]
     if t.progress_bar:
         # every step on a terminal; every logging interval into a file (logs of GPU runs stay short)
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else int(t.log_every_n_steps)))

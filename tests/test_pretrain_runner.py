@@ -309,3 +309,31 @@ def test_tiny_gpu_run_trains_with_the_runners_defaults(records, tmp_path, recipe
     result = run(cfg)
     assert result.global_step == 3
     assert _train_losses(tmp_path).notna().all()
+
+
+def test_codebook_watch_warns_once_when_few_codes_are_in_use():
+    """Recipe 2's collapse warning: once, when the validation windows use fewer than half the codes; not during
+    Lightning's sanity check, not for recipe 1 (no code statistics), not while enough codes are in use."""
+    import warnings
+    from types import SimpleNamespace
+
+    from pretrain.train import CodebookWatch
+
+    watch = CodebookWatch()
+    trainer = SimpleNamespace(callback_metrics={}, sanity_checking=False, global_step=250)
+
+    def validate(**metrics):
+        trainer.callback_metrics = {k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            watch.on_validation_end(trainer, None)
+        return [str(w.message) for w in caught]
+
+    assert validate(val__loss=1.0) == []  # recipe 1
+    assert validate(val__codes_in_use=0.8) == []
+    trainer.sanity_checking = True
+    assert validate(val__codes_in_use=0.1) == []
+    trainer.sanity_checking = False
+    (message,) = validate(val__codes_in_use=0.37)
+    assert "37% of the codebook" in message and "step 250" in message and "diversity_weight" in message
+    assert validate(val__codes_in_use=0.2) == []  # once
