@@ -28,8 +28,8 @@ from .export import export_backbone
 from .module import PretrainModule
 from .plots import plot_loss_curve
 
-__all__ = ["RunResult", "WindowRate", "PeakDeviceMemory", "CodebookWatch", "MULTICAST_OFF", "multicast_off", "build_trainer",
-           "resolve_precision", "run"]
+__all__ = ["RunResult", "WindowRate", "PeakDeviceMemory", "CodebookWatch", "MULTICAST_OFF", "multicast_off",
+           "build_trainer", "resolve_precision", "run"]
 
 #: Environment that keeps NVLink multicast off for NCCL, torch's symmetric memory and NVSHMEM (set before NCCL
 #: initialises; values a user set are kept).
