@@ -4,6 +4,7 @@ they hand to their kernels (any strides, the last axis contiguous) and their ker
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
@@ -18,15 +19,40 @@ def interpreted() -> bool:
 
 def autotuned(kernel, tuning: list[dict], key: list[str]):
     """``kernel`` autotuned over the launch settings ``tuning`` (dicts of its compile-time constants with
-    ``num_warps`` and ``num_stages``), retuned when the arguments ``key`` change; under the interpreter, which cannot
-    time them, the kernel itself (launch it with :func:`interpreter_setting`)."""
+    ``num_warps`` and ``num_stages``), retuned when the arguments ``key`` change, its launches taking turns across
+    threads (:class:`TurnTakingLauncher`); under the interpreter, which cannot time them, the kernel itself (launch
+    it with :func:`interpreter_setting`)."""
     if interpreted():
         return kernel
     import triton
 
     configs = [triton.Config({k: v for k, v in s.items() if k not in _LAUNCH_KEYS}, num_warps=s["num_warps"],
                              num_stages=s["num_stages"]) for s in tuning]
-    return triton.autotune(configs, key=key)(kernel)
+    return TurnTakingLauncher(triton.autotune(configs, key=key)(kernel))
+
+
+#: held by every launch of an autotuned kernel (:class:`TurnTakingLauncher`)
+_LAUNCHES = threading.Lock()
+
+
+class TurnTakingLauncher:
+    """An autotuned kernel (``launcher[grid](*args)``) whose launches take turns across threads. Triton's autotuner
+    keeps the arguments of the call in progress on itself and clears them when the call ends (Triton 3.6,
+    ``Autotuner.nargs``). Two threads that launch an untuned key at once, as annotate's two batches in flight do
+    on their first windows, time each other's arguments or fail (``TypeError: 'NoneType' object is not a
+    mapping``). A tuned launch only queues the kernel, so the turns cost microseconds."""
+
+    def __init__(self, autotuner):
+        self.autotuner = autotuner
+
+    def __getitem__(self, grid):
+        launch = self.autotuner[grid]
+
+        def in_turn(*args, **kwargs):
+            with _LAUNCHES:
+                return launch(*args, **kwargs)
+
+        return in_turn
 
 
 def interpreter_setting(tuning: list[dict]) -> dict:
