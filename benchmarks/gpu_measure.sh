@@ -10,7 +10,7 @@
 #                   its speed against TFLA at the backbones' call shapes (triton_mlstm_speed.py ->
 #                   triton_mlstm_speed.md); with ANNOTATE=1 then annotate_speed.py (24 h of $STATIONS stations, all
 #                   four models, eager and compiled, the kernels $KERNELS) -> annotate_gpu.md/.csv
-#   lane B (GPU 1): the CUDA tests of the kernels, backbones and pretraining runner (pytest -k gpu); pretrain_speed.py
+#   lane B (GPU 1): the CUDA tests of the kernels, backbones, runners and annotate (pytest -k gpu); pretrain_speed.py
 #                   with the library's kernel choice ("auto"), compiled: recipe 1 at batch 128 and recipe 2 at batch
 #                   256, each with the kernel's per-step scalar work in PyTorch and in Triton
 #                   (triton_mlstm_scalars.IMPLEMENTATION), and a profile of recipe 1 -> pretrain_gpu.md/.csv and
@@ -118,8 +118,8 @@ lane_b() {
   local prof=(--compile yes)
   [ "$DRY" = 1 ] && { r1=(--batch 2 --compile no --samples 1024 --steps 2 --tiny --out $R/pretrain_gpu.md)
                       r2=("${r1[@]}"); prof=("${r1[@]}"); }
-  [ "${B_TESTS:-1}" = 1 ] && step B 60 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py \
-    tests/test_backbones.py tests/test_pretrain_runner.py -k gpu
+  [ "${B_TESTS:-1}" = 1 ] && step B 120 $PY -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py \
+    tests/test_backbones.py tests/test_pretrain_runner.py tests/test_pickers.py tests/test_finetune_runner.py -k gpu
   if [ -n "${AB_REV1:-}${AB_REV2:-}" ]; then  # A/B against earlier revisions (ab_revisions.sh), in turns
     [ -n "${AB_REV1:-}" ] && step B 150 env OUT="$R" bash benchmarks/ab_revisions.sh run "$AB_REV1" "${AB_ROUNDS:-2}" \
       --recipe masked "${r1[@]}"
