@@ -56,6 +56,16 @@ def _number(value) -> str:
     return "n/a" if str(value) == "nan" else str(value)
 
 
+def _split_rest(row: dict, no_sync: float, one: float) -> str:
+    """The no-sync overhead split by the step with no collective at all (``local_step_ms``; rows since 2026-11-30)."""
+    if not row.get("local_step_ms"):
+        return ""
+    local = float(row["local_step_ms"])
+    return (f": {local - one:.1f} ms without any collective (the step around DDP on every device at once, "
+            f"{local:.1f} ms: the shared host and the other processes), {no_sync - local:.1f} ms in DDP's forward and "
+            f"the statistics all-reduce (waiting for the slowest device)")
+
+
 def ddp_report(rows: list[dict], runs: list[dict], args) -> list[str]:
     lines = ["# Pretraining on several devices (DDP)", "",
              "`benchmarks/pretrain_speed.py --devices ...` (see its docstring): the full training step on N devices "
@@ -89,7 +99,8 @@ def ddp_report(rows: list[dict], runs: list[dict], args) -> list[str]:
             f"- {r['label']}, {r['recipe']}, {r['devices']} devices x {r['batch']}: step {step:.1f} ms vs "
             f"{one:.1f} ms on one device (+{step - one:.1f} ms): exposed gradient all-reduce {exposed:.1f} ms "
             f"(synced - no-sync step), the rest {no_sync - one:.1f} ms (no-sync step - one device: DDP hooks, "
-            f"bucket copies, the statistics all-reduce, shared host). The {r['grad_mib']} MiB all-reduce alone "
+            f"bucket copies, the statistics all-reduce, shared host){_split_rest(r, no_sync, one)}. "
+            f"The {r['grad_mib']} MiB all-reduce alone "
             f"takes {alone:.1f} ms, about {100 * hidden:.0f}% of it hidden behind the backward pass. Data: "
             f"{r['windows_per_s_per_device']} windows/s per device need {r['loader_cores_per_device']} loader cores "
             f"per device at {args.loader_rate:g}/core; CPU cores per device here: {r['cpu_cores_per_device']}.")

@@ -42,8 +42,8 @@ each) and measures every configuration: the same step as above at the same batch
 ``DistributedDataParallel`` with Lightning's default settings for N > 1 (N = 1: no wrapper, as the single-device
 trainer), plus what the trainer's ``training_step`` adds per step (the loss and statistics all-reduced in one call,
 the finite check on the host). Per configuration and N: the step time (the slowest rank), the step under DDP's
-``no_sync`` (no gradient all-reduce), the gradients' all-reduce alone (float32, as DDP sends them), peak memory per
-device; windows/s, scaling efficiency against N = 1 of the same invocation, and the data-loading need: windows/s per
+``no_sync`` (no gradient all-reduce), the step around DDP with no collective at all (every device at once: the
+shared host's cost), the gradients' all-reduce alone (float32, as DDP sends them), peak memory per device; windows/s, scaling efficiency against N = 1 of the same invocation, and the data-loading need: windows/s per
 device / ``--loader-rate`` (default 800 windows/s per loader core, docs/data.md) against the CPU cores per device.
 The gap to N x splits into the exposed all-reduce (synced minus no-sync step) and the rest (no-sync step minus one
 device). ``--run-dir`` adds runs of ``python -m pretrain`` on real data: windows/s from their ``train/windows_per_s``
@@ -112,7 +112,7 @@ def build(recipe: str, tiny: bool, checkpointing: bool, kernel: str) -> Pretrain
     return PretrainModule(compose_config(overrides))
 
 
-def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: bool = False):
+def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: bool = False, around_ddp: bool = False):
     """One training step as the trainer runs it (autocast, loss, backward, clipping, AdamW, schedule).
 
     :param ddp: the recipe wrapped in ``DistributedDataParallel`` (gradients all-reduced in the backward pass);
@@ -120,11 +120,13 @@ def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: boo
     :param statistics: also what the trainer's ``training_step`` does per step: the loss and the recipe's
         statistics all-reduced over the devices in one call, and the finite check on the host (a device sync)
         once the backward pass is queued
+    :param around_ddp: the forward pass through the wrapped recipe itself, not DDP's (no buffer broadcast, no
+        reducer set-up; with ``sync=False`` and no ``statistics``, a step with no collective at all)
     """
     setup = module.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     cuda = x.is_cuda
-    forward = ddp if ddp is not None else module.recipe
+    forward = ddp if ddp is not None and not around_ddp else module.recipe
 
     def step(sync: bool = True):
         with contextlib.nullcontext() if sync or ddp is None else ddp.no_sync():
@@ -315,8 +317,9 @@ def report(rows: list[dict], args) -> list[str]:
 
 # ----------------------------------------------------------------------------------- several devices (DDP)
 DDP_FIELDS = ["label", "device", "recipe", "backbone", "params", "batch", "devices", "compiled", "kernel", "step_ms",
-              "no_sync_step_ms", "allreduce_ms", "grad_mib", "windows_per_s", "windows_per_s_per_device",
-              "efficiency", "peak_gib", "loader_cores_per_device", "cpu_cores_per_device", "timed_steps"]
+              "no_sync_step_ms", "local_step_ms", "allreduce_ms", "grad_mib", "windows_per_s",
+              "windows_per_s_per_device", "efficiency", "peak_gib", "loader_cores_per_device", "cpu_cores_per_device",
+              "timed_steps"]
 
 
 def _ddp_key(r: dict) -> tuple:
@@ -363,6 +366,12 @@ def ddp_measure(config: dict, opts: dict, rank: int, world: int, device: torch.d
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     result["grad_mib"] = trained * 4 / 2**20  # float32 gradients (parameters stay float32 under autocast)
     result["no_sync_s"] = _timed_steps(lambda: step(sync=False), opts["steps"]) if ddp else result["step_s"]
+    result["local_s"] = result["step_s"]
+    if ddp is not None:  # no collective at all: what the devices' shared host and the other processes cost
+        local = make_step(module, x, ddp, around_ddp=True)
+        local(sync=False)  # its own optimizer's first step
+        result["local_s"] = _timed_steps(lambda: local(sync=False), opts["steps"])
+        del local  # (its optimizer's state)
     result["allreduce_s"] = 0.0
     if ddp is not None:  # the gradients' all-reduce alone (as DDP sends them, float32)
         buffer = torch.zeros(trained, device=device)
@@ -446,6 +455,7 @@ def measure_ddp(args, configs: list[dict], cuda: bool) -> list[dict]:
                 "batch": config["batch"], "devices": n, "compiled": "yes" if config["compiled"] else "no",
                 "kernel": ranks[0]["kernel"], "step_ms": round(1e3 * step, 1),
                 "no_sync_step_ms": round(1e3 * max(r["no_sync_s"] for r in ranks), 1),
+                "local_step_ms": round(1e3 * max(r["local_s"] for r in ranks), 1),
                 "allreduce_ms": round(1e3 * max(r["allreduce_s"] for r in ranks), 2),
                 "grad_mib": round(ranks[0]["grad_mib"], 1), "windows_per_s": round(n * per_device, 1),
                 "windows_per_s_per_device": round(per_device, 1),

@@ -269,12 +269,14 @@ def test_ddp_speed_benchmark_smoke(ddp, tmp_path):
         assert r["step_ms"] > 0 and r["no_sync_step_ms"] > 0 and r["windows_per_s"] > 0
         assert r["windows_per_s"] == pytest.approx(r["devices"] * r["windows_per_s_per_device"], rel=0.01)
         assert (r["allreduce_ms"] > 0) == (r["devices"] == 2) and r["efficiency"].endswith("%")
+        assert r["local_step_ms"] > 0 and (r["devices"] == 2 or r["local_step_ms"] == r["step_ms"])
     assert [r["efficiency"] for r in speed if r["devices"] == 1] == ["100.0%", "100.0%"]
     (run,) = runs
     assert run["experiment"] == "tiny-ddp" and run["devices"] == 2 and run["steps"] == STEPS
     assert run["windows_per_s"] > 0 and "->" in run["train_loss"]
     text = out.read_text()
     assert text.count("| smoke |") == 5 and "## Where the gap to N x goes" in text
+    assert text.count("without any collective (the step around DDP") == 2  # one line per recipe on 2 devices
     assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == 4
     assert len(list(csv.DictReader(out.with_name("pretrain_ddp_runs.csv").open()))) == 1
 
