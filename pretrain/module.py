@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from omegaconf import DictConfig, OmegaConf
 
 from seisbench_xlstm.backbones import build_backbone
@@ -155,11 +155,11 @@ class PretrainModule(L.LightningModule):
         return (all(p.is_cuda for p in params) and not scaled) or None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Lightning's clipping, except that without a loss scaler (``bf16-mixed``, ``32-true``) the fused AdamW
-        clips too. Lightning's mixed-precision plugin refuses every optimizer that unscales gradients itself, but
-        bf16 gradients are not scaled, so clipping them before the fused step is exact."""
+        """Lightning's clipping, except that under ``bf16-mixed`` the fused AdamW clips too: Lightning's
+        mixed-precision plugin refuses every optimizer that unscales gradients itself, but bf16 runs have no loss
+        scaler, so clipping their gradients before the fused step is exact. (Other plugins clip as Lightning's.)"""
         plugin = self.trainer.precision_plugin
-        if getattr(plugin, "scaler", None) is not None:
+        if not (isinstance(plugin, MixedPrecision) and plugin.scaler is None):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         Precision.clip_gradients(plugin, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm")
 
