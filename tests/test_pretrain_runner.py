@@ -100,6 +100,9 @@ def test_local_variants_read_the_shared_data():
              ("contrastive/xlstm_unet_local", "contrastive/xlstm_unet_seisbench"))
     for name, base in pairs:
         cfg, seed = compose_config([f"experiment={name}"]), compose_config([f"experiment={base}"])
+        if "diversity_weight" in seed.recipe:  # recipe 2 on a few hundred items: a codebook that does not collapse
+            assert (seed.recipe.diversity_weight, cfg.recipe.diversity_weight) == (0.1, 1.0)
+            seed.recipe.diversity_weight = cfg.recipe.diversity_weight
         assert cfg.backbone == seed.backbone and cfg.recipe == seed.recipe and cfg.optim == seed.optim
         assert [p.split("/")[-1] for p in cfg.data.datasets] == ["ncedc154"]
         assert [s.name for s in cfg.data.ingest] == ["nz-dfdp"] and cfg.data.ingest[0].format == "nordic"
