@@ -74,6 +74,7 @@ from common import (  # noqa: E402
     set_qkv_form, synchronize, write_report,
 )
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
+from profile_report import write_profile  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from omegaconf import OmegaConf  # noqa: E402
@@ -244,43 +245,6 @@ def measure(args, recipe: str, batch: int, checkpointing: bool, device: torch.de
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
-
-
-def write_profile(step, path: Path, steps: int = 2, rows: int = 45) -> None:
-    """Where the time of ``steps`` training steps goes, written to ``path``: PyTorch profiler operators sorted by
-    device (else CPU) self time; the matrix products (``aten::mm``, ``bmm``, ``addmm``) by input shapes, which tell
-    which product each GEMM kernel of the first table belongs to; and this project's Python functions by the device
-    time of what they ran (forward passes: which part of the model or recipe the first table's time belongs to)."""
-    cuda = torch.cuda.is_available()
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True) as prof:
-        for _ in range(steps):
-            step()
-        synchronize()
-    sort_by = "device_time_total" if cuda else "cpu_time_total"  # FunctionEventAvg's names (torch 2.11, 2.13)
-    averages = prof.key_averages()
-    table = averages.table(sort_by=f"self_{sort_by}", row_limit=rows, max_name_column_width=70)
-    products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm",
-                                                                                       "aten::addmm", "aten::matmul")]
-    by_shape = "\n".join(f"{e.key:12s} {getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:5d} calls "
-                         f"a step  {e.input_shapes}" for e in sorted(products, key=lambda e: -getattr(e, sort_by)))
-    # with_stack records every Python function call as an event whose totals include what it ran
-    functions = [e for e in averages if ".py(" in e.key and ("pretrain/" in e.key or "seisbench_xlstm/" in e.key)]
-    by_function = "\n".join(f"{getattr(e, sort_by) / 1e3 / steps:9.2f} ms a step {e.count // steps:6d} calls a step  "
-                            f"{e.key[-110:]}" for e in sorted(functions, key=lambda e: -getattr(e, sort_by))[:rows])
-    # the device kernels by their whole names (the first table cuts them), to find them in inductor's generated code
-    kernels = [e for e in averages if cuda and e.device_type == torch.autograd.DeviceType.CUDA
-               and e.self_device_time_total > 0]
-    kernels = sorted(kernels, key=lambda e: -e.self_device_time_total)[:2 * rows]
-    by_kernel = "\n".join(f"{e.self_device_time_total / 1e3 / steps:9.2f} ms a step {e.count // steps:5d} calls "
-                          f"a step  {e.key}" for e in kernels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{steps} training steps\n{table}\n\nDevice kernels by self time\n{by_kernel}\n\n"
-                    f"Matrix products by input shapes (device time incl. "
-                    f"children)\n{by_shape}\n\nThis project's Python functions by device time (incl. everything "
-                    f"they ran; nested calls count in each caller; forward passes only: autograd runs the backward "
-                    f"outside them)\n{by_function}\n")
-    print(f"profile written to {path}", flush=True)
 
 
 def _key(r: dict) -> tuple:

@@ -85,3 +85,32 @@ def test_cell_flops_formula_and_standin(bench):
     heads = module.backbone.config.num_heads
     assert len(calls) == layers and all(c[0] * c[1] == 2 * heads for c in calls)
     assert x.grad is not None
+
+
+def test_profile_kernels_are_summed_by_kind(bench, tmp_path):
+    """The kinds of a GPU profile's kernels (names as the H200's profiles list them); ranges around kernels (inductor's
+    compiled-graph calls, the optimizer step) are not summed, and PyTorch's lambdas (``{lambda()#3}``) are kernels."""
+    from profile_report import kernel_kind, kernels_of_profile, time_by_kind
+
+    listed = [
+        ("## Call CompiledFxGraph fu5z6v3h3zgxrhgxasvtrlh7fgfemt3ks7oandgv3dfo3doyhxlk ##", 60.0),
+        ("_mlstm_bwd_chunk_kernel", 30.0),
+        ("_output_gate_bwd_kernel", 12.0),
+        ("triton_poi_fused__to_copy_add_flip_native_layer_norm_stack_1", 8.0),
+        ("nvjet_sm90_tst_96x256_64x4_1x2_h_bz_coopA_TNN", 6.0),
+        ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>(params)", 1.0),
+        ("Optimizer.step#AdamW.step", 4.0),
+        ("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}>",
+         2.0),
+    ]
+    text = "2 training steps\n(table)\n\nDevice kernels by self time\n" + "\n".join(
+        f"{ms:9.2f} ms a step    24 calls a step  {name}" for name, ms in listed) + "\n\nMatrix products\n"
+    assert kernels_of_profile(text) == listed
+    assert [kernel_kind(n) for n, _ in listed[1:3]] == ["mLSTM kernels", "this project's other Triton kernels"]
+    table = "\n".join(time_by_kind(listed))
+    assert "| mLSTM kernels | 30.0 | 51% |" in table
+    assert "| matrix products and convolutions (cuBLAS, cuDNN) | 7.0 | 12% |" in table
+    assert "| other (PyTorch's own kernels, copies, memsets) | 2.0 | 3% |" in table
+    assert table.endswith("| all kernels | 59.0 | 100% |")
+    with pytest.raises(ValueError, match="Device kernels by self time"):
+        kernels_of_profile("no such section")
