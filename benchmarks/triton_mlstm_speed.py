@@ -21,6 +21,7 @@ kernels' stabilisers differ only where ``eps`` matters, see the module docstring
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -33,14 +34,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    REPO, forward_backward, machine, parse_call_shapes, parse_kernel_warps, random_mlstm_inputs, relative_error,
-    write_report,
+    REPO, constants_label, forward_backward, library_constants, machine, parse_call_shapes, parse_kernel_warps,
+    patch_constants, random_mlstm_inputs, relative_error, write_report,
 )
 
 sys.path.insert(0, str(REPO))
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "kernel_warps", "ours_fwd_ms", "tfla_fwd_ms",
+FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "kernel_warps", "settings", "ours_fwd_ms", "tfla_fwd_ms",
           "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms", "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [
           f"rel_err_{n}" for n in NAMES] + [
           f"{k}_vs_{ref}" for k in ("ours", "tfla") for ref in ("exact", "constant")] + ["note"]
@@ -166,6 +167,9 @@ def main(argv=None):
                              "forward, forward_states, forward_chunks, backward_states, backward_chunks), e.g. "
                              "backward_chunks=4 forward_states=4,backward_states=4 "
                              "(several: each is measured; 'none' for the library's)")
+    parser.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE[,VALUE]",
+                        help="library constants to measure at each of their values, e.g. "
+                             "triton_mlstm.STATE_PASS_TILES=head,exact (every combination is measured)")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time (ms)")
@@ -188,11 +192,13 @@ def main(argv=None):
 
     default_launch, tuned, rows = dict(triton_mlstm.LAUNCH), dict(triton_mlstm.TUNED_LAUNCH), []
     library_kernel_warps = dict(triton_mlstm.KERNEL_WARPS)
-    settings = [(b, w, st, kw) for b in args.block_v for w in args.warps for st in args.stages
-                for kw in args.kernel_warps]
+    settings = [(b, w, st, kw, c) for b in args.block_v for w in args.warps for st in args.stages
+                for kw in args.kernel_warps for c in library_constants(args.setting)]
+    stack = contextlib.ExitStack()  # the --setting constants of the current setting
     for shape in shapes:
         tfla = None  # TFLA does not depend on our settings: timed once a shape
-        for index, (block_v, warps, stages, kernel_warps) in enumerate(settings):
+        for index, (block_v, warps, stages, kernel_warps, constants) in enumerate(settings):
+            patch_constants(stack, constants)
             given = warps is not None or stages is not None  # given settings replace the tuned ones
             triton_mlstm.TUNED_LAUNCH = {} if given else tuned
             triton_mlstm.LAUNCH = {"num_warps": warps or default_launch["num_warps"],
@@ -204,7 +210,9 @@ def main(argv=None):
             row, tfla = measure(shape, args.chunk_size, block_v, warmup, args.rep, tfla)
             rows.append(row)
             rows[-1]["kernel_warps"] = ",".join(f"{k}={v}" for k, v in triton_mlstm.KERNEL_WARPS.items())
+            rows[-1]["settings"] = ", ".join(constants_label(constants))
             print(rows[-1], flush=True)
+    stack.close()
     triton_mlstm.LAUNCH, triton_mlstm.TUNED_LAUNCH = default_launch, tuned
     triton_mlstm.KERNEL_WARPS = library_kernel_warps
     lines = ["# Chunkwise Triton mLSTM (ours) vs TFLA `chunkwise--triton_xl_chunk`", "",
