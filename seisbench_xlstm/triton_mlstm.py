@@ -123,14 +123,6 @@ TWO_PASS_FORWARD_MIN_STATE = 128 * 64
 STATE_PASS_STAGES = 2
 
 
-#: Blocks of the state that the two state passes give each program: ``"head"``, the padded head dim x the value
-#: block of the other kernels (:func:`_tiles`); ``"exact"``, where a head dim is not a power of two, blocks of its
-#: largest power-of-two divisor (at least 16) instead, so that no program works on padding: at head dim 96, nine
-#: programs of 32 x 32 per sequence and head instead of one of 128 x 128, of which 44% is padding (the blocks of a
-#: state are independent given the gates: :func:`_mlstm_fwd_states_kernel`). Powers of two are the same either way.
-STATE_PASS_TILES = "head"
-
-
 #: Launch settings of every kernel of this module. 8 warps: ptxas (sm_90, bf16) spills fewer registers than with 4
 #: at every head dim and chunk size tried (static counts, not timings). ``benchmarks/triton_mlstm_speed.py --warps
 #: --stages`` times other settings side by side.
@@ -161,10 +153,8 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 #: - 8 warps for the one-pass forward were slower (1.87 and 1.84 ms at two U-Net shapes, same source).
 #: - State passes over value blocks of 64 columns (twice the programs, no extra work) were no faster at 256x4x1024x96:
 #:   3.51 ms at 4 warps, 4.55 at 8, against 3.52 (``triton_mlstm_state_blocks.md``); not kept.
-#: - The state passes' exact blocks of 32 x 32 (:data:`STATE_PASS_TILES`, head dim 96) at 4 warps: a first guess for a
-#:   tile of 1,024 values, to be timed against 2 and 8.
 KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8,
-                                "backward_chunks@128x128": 4, "forward_states@32x32": 4, "backward_states@32x32": 4}
+                                "backward_chunks@128x128": 4}
 KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks")
 
 
@@ -184,21 +174,6 @@ def _kernel_meta(meta: dict, kernel: str) -> dict:
 def _tiles(dqk: int, dv: int, block_v: int | None = None) -> tuple[int, int]:
     """``(BD, BV)``: the padded q/k head dim and the value columns per program the kernels run with."""
     return max(16, _next_pow2(dqk)), block_v or _default_block_v(dv, dqk)
-
-
-def _state_pass_meta(meta: dict, kernel: str) -> tuple[dict, int]:
-    """The launch metadata of a state pass (``kernel``: ``"forward_states"`` or ``"backward_states"``) at the
-    blocks :data:`STATE_PASS_TILES` gives, and the number of programs per sequence and head (grid axis 1)."""
-    if STATE_PASS_TILES not in ("head", "exact"):
-        raise ValueError(f"STATE_PASS_TILES must be 'head' or 'exact', got {STATE_PASS_TILES!r}")
-    D, DV, BD, BV = meta["D"], meta["DV"], meta["BD"], meta["BV"]
-    NDB = 1
-    if STATE_PASS_TILES == "exact":
-        if BD != D and D & -D >= 16:  # the largest power of two that divides D
-            BD, NDB = D & -D, D // (D & -D)
-        if triton.cdiv(DV, BV) * BV != DV and DV & -DV >= 16:
-            BV = DV & -DV
-    return _kernel_meta({**meta, "BD": BD, "BV": BV, "NDB": NDB}, kernel), triton.cdiv(DV, BV) * NDB
 
 
 def _two_pass_forward(chunks: int, BD: int, BV: int) -> bool:
@@ -272,9 +247,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), QK_ROW=qk_row, **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
-            states_meta, blocks = _state_pass_meta(meta, "forward_states")
-            _mlstm_fwd_states_kernel[(BH, blocks)](k, v, i, f, c_states, n_states, m_states, S, NC,
-                                                   STAGES=_state_pass_stages(), **states_meta)
+            _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC,
+                                                STAGES=_state_pass_stages(), **_kernel_meta(meta, "forward_states"))
             _mlstm_fwd_chunk_kernel[(BH, nvb, NC)](
                 q, k, v, i, f, h, m, ntil, c_states, n_states, m_states, D**-0.5, eps, S, NC, SAVE=save,
                 **_kernel_meta(meta, "forward_chunks"))
@@ -317,9 +291,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dc_states, dn_states = c_states, n_states  # not read with one chunk
         if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            states_meta, blocks = _state_pass_meta(meta, "backward_states")
-            _mlstm_bwd_states_kernel[(BH, blocks)](q, *scalars, dc_states, dn_states, D**-0.5, S, NC,
-                                                   STAGES=_state_pass_stages(), **states_meta)
+            _mlstm_bwd_states_kernel[(BH, nvb)](q, *scalars, dc_states, dn_states, D**-0.5, S, NC,
+                                                STAGES=_state_pass_stages(), **_kernel_meta(meta, "backward_states"))
         _mlstm_bwd_chunk_kernel[(BH, nvb, NC)](
             q, k, v, *scalars, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv, di_part,
             D**-0.5, S, NC, BH * S, LATER=later, **_kernel_meta(meta, "backward_chunks"))

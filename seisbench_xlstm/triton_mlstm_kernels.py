@@ -37,20 +37,6 @@ if triton is not None:
         return tl.program_id(0).to(tl.int64), pid_v, tl.arange(0, L), offs_d, offs_v, offs_d < D, offs_v < DV
 
     @triton.jit
-    def _state_program_block(D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr,
-                             BV: tl.constexpr, NDB: tl.constexpr):
-        """The state passes' :func:`_program_block`, over ``BD`` x ``BV`` blocks of the state: grid axis 1 is value
-        block x ``NDB`` + head-dim block (``NDB`` = 1: the whole padded head dim, as :func:`_program_block`). Also
-        returns whether this program holds head-dim block 0."""
-        pid_1 = tl.program_id(1)
-        pid_v = pid_1 // NDB
-        pid_d = pid_1 % NDB
-        offs_d = pid_d * BD + tl.arange(0, BD)
-        offs_v = pid_v * BV + tl.arange(0, BV)
-        return (tl.program_id(0).to(tl.int64), pid_v, pid_d == 0, tl.arange(0, L), offs_d, offs_v, offs_d < D,
-                offs_v < DV)
-
-    @triton.jit
     def _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
                        QK_ROW: tl.constexpr):
         """Steps, q/k offsets and value offsets of chunk ``c`` of this program's sequence and value block."""
@@ -173,12 +159,11 @@ if triton is not None:
 
     @triton.jit
     def _fwd_states_step(K, V, I, Fg, C_states, N_states, M_states, pid_bh, c, S, NC, offs_l, offs_d, offs_v, mask_d,
-                         mask_v, first, first_m, C, n, m_state, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+                         mask_v, first, C, n, m_state, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
                          PREC: tl.constexpr, QK_ROW: tl.constexpr):
-        """Chunk ``c`` of the forward's state pass: stores the state at its start (``n`` where ``first``, the
-        stabiliser where ``first_m``), returns the one at its end."""
+        """Chunk ``c`` of the forward's state pass: stores the state at its start, returns the one at its end."""
         _store_state(C_states, N_states, C, n, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
-        tl.store(M_states + pid_bh * NC + c, m_state, mask=first_m)
+        tl.store(M_states + pid_bh * NC + c, m_state, mask=first)
         _t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
         k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
         v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
@@ -189,27 +174,26 @@ if triton is not None:
     def _mlstm_fwd_states_kernel(
         K, V, I, Fg, C_states, N_states, M_states, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, STAGES: tl.constexpr, QK_ROW: tl.constexpr = 0, NDB: tl.constexpr = 1,
+        PREC: tl.constexpr, STAGES: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
-        """The states (C, n, stabiliser) at the start of every chunk: one program per (batch*head, block of the
-        state: :func:`_state_program_block`) over the chunks in order, with only the state update per chunk (the
-        first pass of the two-pass forward; the blocks of a state are independent given the gates). ``STAGES`` > 1:
-        a software-pipelined loop (the next chunks' loads issued before this chunk's product), else a plain one."""
-        pid_bh, pid_v, first_d, offs_l, offs_d, offs_v, mask_d, mask_v = _state_program_block(D, DV, L, BD, BV, NDB)
+        """The states (C, n, stabiliser) at the start of every chunk: one program per (batch*head, value block)
+        over the chunks in order, with only the state update per chunk (the first pass of the two-pass forward).
+        ``STAGES`` > 1: a software-pipelined loop (the next chunks' loads issued before this chunk's product), else a
+        plain one."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         first = pid_v == 0
-        first_m = first & first_d
         C, n, m_state = _zero_state(BD, BV)
         if STAGES > 1:
             for c in tl.range(0, NC, num_stages=STAGES):
                 C, n, m_state = _fwd_states_step(K, V, I, Fg, C_states, N_states, M_states, pid_bh, c, S, NC, offs_l,
-                                                 offs_d, offs_v, mask_d, mask_v, first, first_m, C, n, m_state, D, DV,
-                                                 L, PREC, QK_ROW)
+                                                 offs_d, offs_v, mask_d, mask_v, first, C, n, m_state, D, DV, L, PREC,
+                                                 QK_ROW)
         else:
             c = pid_v * 0  # a Triton value (see the forward kernel)
             while c < NC:
                 C, n, m_state = _fwd_states_step(K, V, I, Fg, C_states, N_states, M_states, pid_bh, c, S, NC, offs_l,
-                                                 offs_d, offs_v, mask_d, mask_v, first, first_m, C, n, m_state, D, DV,
-                                                 L, PREC, QK_ROW)
+                                                 offs_d, offs_v, mask_d, mask_v, first, C, n, m_state, D, DV, L, PREC,
+                                                 QK_ROW)
                 c += 1
 
     @triton.jit
@@ -315,13 +299,12 @@ if triton is not None:
         Q, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states,
         scale, S, NC,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, STAGES: tl.constexpr, QK_ROW: tl.constexpr = 0, NDB: tl.constexpr = 1,
+        PREC: tl.constexpr, STAGES: tl.constexpr, QK_ROW: tl.constexpr = 0,
     ):
-        """The state gradients (dC, dn) at the end of every chunk: one program per (batch*head, block of the state:
-        :func:`_state_program_block`) over the chunks in reverse, with only the state-gradient update per chunk;
-        stores them as the forward stores the states (dC in the input dtype, dn by value block 0). ``STAGES``: as
-        :func:`_mlstm_fwd_states_kernel`."""
-        pid_bh, pid_v, _first_d, offs_l, offs_d, offs_v, mask_d, mask_v = _state_program_block(D, DV, L, BD, BV, NDB)
+        """The state gradients (dC, dn) at the end of every chunk: one program per (batch*head, value block) over
+        the chunks in reverse, with only the state-gradient update per chunk; stores them as the forward stores
+        the states (dC in the input dtype, dn by value block 0). ``STAGES``: as :func:`_mlstm_fwd_states_kernel`."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         first = pid_v == 0
         ncol = first.to(tl.float32)
         dC, dn, _unused = _zero_state(BD, BV)

@@ -186,48 +186,6 @@ def test_forward_in_one_or_two_passes_agree(monkeypatch, block_v):
     torch.testing.assert_close(no_grad["two passes"], got["two passes"][0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dims", [(48, 48), (96, 96), (96, 32)], ids=lambda d: "x".join(map(str, d)))
-def test_state_passes_in_exact_blocks_give_the_same_values(monkeypatch, dims):
-    """``STATE_PASS_TILES = "exact"``: the state passes split a head dim that is not a power of two into blocks of
-    its largest power-of-two divisor (here 16 or 32) instead of padding it, several programs per state. Every
-    element of the state sums the same products over a chunk's steps either way: outputs and gradients agree with
-    the padded blocks' (up to the order of float32 sums inside the products) and with the reference, over 4 chunks,
-    with and without gradients."""
-    dqk, dv = dims
-    monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_MIN_STATE", 0)
-    inputs, grad = make_inputs(1, 2, 64, dqk, dv, "wide")
-    got, no_grad = {}, {}
-    for tiles in ("head", "exact"):
-        monkeypatch.setattr(triton_mlstm, "STATE_PASS_TILES", tiles)
-        got[tiles] = output_and_grads(kernel(16), inputs, grad)
-        with torch.no_grad():
-            no_grad[tiles] = kernel(16)(*inputs)
-    errors = rel_errors(got["exact"], got["head"])
-    assert max(errors.values()) < 1e-6, errors
-    assert float((no_grad["exact"] - no_grad["head"]).norm() / no_grad["head"].norm()) < 1e-6
-    want, tol = float32_reference_and_tolerance(inputs, grad)
-    assert_close(got["exact"], want, tol)
-
-
-def test_state_pass_blocks(monkeypatch):
-    """The blocks and programs per sequence and head of the state passes: exact blocks only where a head dim is
-    padded and has a power-of-two divisor of at least 16; an unknown setting is refused."""
-    def blocks(tiles, D, DV, BV):
-        monkeypatch.setattr(triton_mlstm, "STATE_PASS_TILES", tiles)
-        meta, programs = triton_mlstm._state_pass_meta(
-            {"D": D, "DV": DV, "BD": triton_mlstm._next_pow2(D), "BV": BV, "num_warps": 4}, "forward_states")
-        return meta["BD"], meta["BV"], meta["NDB"], programs
-
-    assert blocks("head", 96, 96, 128) == (128, 128, 1, 1)
-    assert blocks("exact", 96, 96, 128) == (32, 32, 3, 9)
-    assert blocks("exact", 64, 64, 64) == blocks("head", 64, 64, 64) == (64, 64, 1, 1)
-    assert blocks("exact", 256, 256, 64) == (256, 64, 1, 4)
-    assert blocks("exact", 24, 24, 32) == (32, 32, 1, 1)  # divisor 8: padded as before
-    monkeypatch.setattr(triton_mlstm, "STATE_PASS_TILES", "exakt")
-    with pytest.raises(ValueError, match="STATE_PASS_TILES must be 'head' or 'exact'"):
-        triton_mlstm._state_pass_meta({"D": 96, "DV": 96, "BD": 128, "BV": 128}, "forward_states")
-
-
 def test_state_passes_pipeline_their_loops_except_in_the_interpreter(monkeypatch):
     """``tl.range`` of a run-time bound runs on GPUs only: under Triton's interpreter the state passes take their
     plain loops (the same per-chunk steps)."""
