@@ -293,7 +293,7 @@ def _sequence_qk(qk, v, i, f, kernel: str) -> torch.Tensor:
     shape = kernel_shape(length, kernel_chunk_size(resolved, head_dim))
     if (resolved != OWN_TRITON_KERNEL or shape.padded_length != length
             or kernel_head_dim(head_dim, resolved) != head_dim):
-        return _sequence(*qk.split(head_dim, dim=-1), v, i, f, kernel)
+        return _sequence(*qk.split(head_dim, dim=-1), v, i, f, resolved)  # (a resolved name resolves to itself)
     return _own_kernel(qk, None, v, i, f, shape.chunk_size)
 
 
