@@ -56,9 +56,11 @@ def report(runs: list[tuple[str, object, object]], every: int) -> list[str]:
     for label, cfg, df in runs:
         rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
         val = df["val/codes_in_use"].dropna() if "val/codes_in_use" in df else []
+        n_steps = int(df["step"].max()) + 1 if len(df) else 0
+        rate_text = f"{rate.mean():.1f}" if len(rate) else "n/a"
+        val_text = f"{val.iloc[-1]:.3f}" if len(val) else "n/a"
         rows.append(f"| {label} | {cfg.name} | {cfg.data.batch_size} x {cfg.trainer.accumulate_grad_batches} | "
-                    f"{int(df['step'].max()) + 1 if len(df) else 0} | "
-                    f"{f'{rate.mean():.1f}' if len(rate) else 'n/a'} | {f'{val.iloc[-1]:.3f}' if len(val) else 'n/a'} |")
+                    f"{n_steps} | {rate_text} | {val_text} |")
     lines += rows
     for title, (key, digits) in KEYS.items():
         lines += ["", f"**{title}** (`{key}`) at step:", "",

@@ -41,8 +41,9 @@ from common import (  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 NAMES = ("h", "dq", "dk", "dv", "di", "df")
-FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "kernel_warps", "settings", "ours_fwd_ms", "tfla_fwd_ms",
-          "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms", "fwbw_speedup", "ours_peak_gib", "tfla_peak_gib"] + [
+FIELDS = ["device", "shape", "chunk", "block_v", "warps", "stages", "kernel_warps", "settings", "ours_fwd_ms",
+          "tfla_fwd_ms", "fwd_speedup", "ours_fwbw_ms", "tfla_fwbw_ms", "fwbw_speedup", "ours_peak_gib",
+          "tfla_peak_gib"] + [
           f"rel_err_{n}" for n in NAMES] + [
           f"{k}_vs_{ref}" for k in ("ours", "tfla") for ref in ("exact", "constant")] + ["note"]
 DEVICE = "cuda"
