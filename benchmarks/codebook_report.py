@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine  # noqa: E402
+from ddp_report import mean_window_rate  # noqa: E402
 
 KEYS = {"code perplexity": ("train/code_perplexity", 0), "codes in use": ("train/codes_in_use", 3),
         "contrastive loss": ("train/contrastive_loss", 3)}
@@ -54,10 +55,10 @@ def report(runs: list[tuple[str, object, object]], every: int) -> list[str]:
              "steps.", ""]
     rows = ["| run | experiment | batch | steps | windows/s | last val codes in use |", "|---|---|---|---|---|---|"]
     for label, cfg, df in runs:
-        rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
+        rate = mean_window_rate(df)
         val = df["val/codes_in_use"].dropna() if "val/codes_in_use" in df else []
         n_steps = int(df["step"].max()) + 1 if len(df) else 0
-        rate_text = f"{rate.mean():.1f}" if len(rate) else "n/a"
+        rate_text = "n/a" if rate != rate else f"{rate:.1f}"
         val_text = f"{val.iloc[-1]:.3f}" if len(val) else "n/a"
         rows.append(f"| {label} | {cfg.name} | {cfg.data.batch_size} x {cfg.trainer.accumulate_grad_batches} | "
                     f"{n_steps} | {rate_text} | {val_text} |")

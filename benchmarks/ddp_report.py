@@ -12,6 +12,13 @@ RUN_FIELDS = ["label", "device", "experiment", "devices", "batch", "workers_per_
               "codes_in_use"]
 
 
+def mean_window_rate(df) -> float:
+    """Mean ``train/windows_per_s`` of a run's metrics over every logging interval but the first (which holds
+    compilation); NaN when fewer than two were logged."""
+    rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
+    return float(rate.mean()) if len(rate) else float("nan")
+
+
 def summarise_run(run_dir: Path, label: str) -> dict:
     """A row of a real run from its ``config.yaml`` and CSV logs (``train/windows_per_s`` of every logging interval
     but the first, which holds compilation)."""
@@ -21,7 +28,6 @@ def summarise_run(run_dir: Path, label: str) -> dict:
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     df = read_metrics(run_dir / "logs")
-    rate = df["train/windows_per_s"].dropna().iloc[1:] if "train/windows_per_s" in df else []
     devices = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
     accumulate = int(cfg.trainer.accumulate_grad_batches)
     if cfg.data.num_workers is None:
@@ -40,7 +46,7 @@ def summarise_run(run_dir: Path, label: str) -> dict:
     prefix = "device/peak_gib_rank"  # pretrain.train.PeakDeviceMemory (GPU runs): rank 0 first
     ranks = sorted((int(key[len(prefix):]), key) for key in df.columns if key.startswith(prefix))
     peaks = " / ".join(f"{df[key].max():.1f}" for _, key in ranks if df[key].notna().any())
-    windows = float(rate.mean()) if len(rate) else float("nan")
+    windows = mean_window_rate(df)
     steps = int(df["step"].max()) + 1 if len(df) else 0
     return {"label": label, "device": machine(), "experiment": cfg.name, "devices": devices,
             "batch": cfg.data.batch_size if accumulate == 1 else f"{cfg.data.batch_size} x {accumulate} accumulated",

@@ -43,7 +43,8 @@ each) and measures every configuration: the same step as above at the same batch
 trainer), plus what the trainer's ``training_step`` adds per step (the loss and statistics all-reduced in one call,
 the finite check on the host). Per configuration and N: the step time (the slowest rank), the step under DDP's
 ``no_sync`` (no gradient all-reduce), the step around DDP with no collective at all (every device at once: the
-shared host's cost), the gradients' all-reduce alone (float32, as DDP sends them), peak memory per device; windows/s, scaling efficiency against N = 1 of the same invocation, and the data-loading need: windows/s per
+shared host's cost), the gradients' all-reduce alone (float32, as DDP sends them), peak memory per device;
+windows/s, scaling efficiency against N = 1 of the same invocation, and the data-loading need: windows/s per
 device / ``--loader-rate`` (default 800 windows/s per loader core, docs/data.md) against the CPU cores per device.
 The gap to N x splits into the exposed all-reduce (synced minus no-sync step) and the rest (no-sync step minus one
 device). ``--run-dir`` adds runs of ``python -m pretrain`` on real data: windows/s from their ``train/windows_per_s``
