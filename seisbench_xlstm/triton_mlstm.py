@@ -76,6 +76,7 @@ from .triton_mlstm_scalars import gate_gradients, normaliser_terms
 if triton is not None:
     from .triton_mlstm_kernels import (  # noqa: F401  (the kernels are this module's too, for benchmarks)
         _mlstm_bwd_chunk_kernel,
+        _mlstm_bwd_dq_kernel,
         _mlstm_bwd_states_kernel,
         _mlstm_fwd_chunk_kernel,
         _mlstm_fwd_kernel,
@@ -137,9 +138,9 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 
 
 #: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
-#: ``"forward_states"``, ``"forward_chunks"``, ``"backward_states"``, ``"backward_chunks"`` (:func:`_mlstm_fwd_kernel`,
-#: :func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_fwd_chunk_kernel`, :func:`_mlstm_bwd_states_kernel`,
-#: :func:`_mlstm_bwd_chunk_kernel`), for all tiles or, with ``@BDxBV`` (the padded head dim and the value columns of
+#: ``"forward_states"``, ``"forward_chunks"``, ``"backward_states"``, ``"backward_chunks"``, ``"backward_dq"``
+#: (:func:`_mlstm_fwd_kernel`, :func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_fwd_chunk_kernel`,
+#: :func:`_mlstm_bwd_states_kernel`, :func:`_mlstm_bwd_chunk_kernel`, :func:`_mlstm_bwd_dq_kernel`), for all tiles or, with ``@BDxBV`` (the padded head dim and the value columns of
 #: :func:`_tiles`), for those tiles only (which wins); a kernel not named here runs with those settings.
 #:
 #: - The two state passes at 8 warps: compiled for an H200 (sm_90, bf16, ``benchmarks/triton_mlstm_registers.py``,
@@ -155,7 +156,14 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 #:   3.51 ms at 4 warps, 4.55 at 8, against 3.52 (``triton_mlstm_state_blocks.md``); not kept.
 KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8,
                                 "backward_chunks@128x128": 4}
-KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks")
+KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks", "backward_dq")
+
+
+#: Where the backward computes dq: ``"joint"``, in the chunk kernel with dk and dv (seven products a chunk, one
+#: computation of the chunk's scores); ``"separate"``, in a kernel of its own (:func:`_mlstm_bwd_dq_kernel`, three
+#: products), the chunk kernel then doing dk and dv alone (six): two more products a chunk, fewer tiles alive in each
+#: program (the joint kernel spills at head dim 96). The same values.
+BACKWARD_DQ = "joint"
 
 
 def _kernel_meta(meta: dict, kernel: str) -> dict:
@@ -293,9 +301,15 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
             _mlstm_bwd_states_kernel[(BH, nvb)](q, *scalars, dc_states, dn_states, D**-0.5, S, NC,
                                                 STAGES=_state_pass_stages(), **_kernel_meta(meta, "backward_states"))
+        if BACKWARD_DQ not in ("joint", "separate"):
+            raise ValueError(f"BACKWARD_DQ must be 'joint' or 'separate', got {BACKWARD_DQ!r}")
+        dq_here = BACKWARD_DQ == "joint"
+        if not dq_here:
+            _mlstm_bwd_dq_kernel[(BH, nvb, NC)](k, v, *scalars, c_states, n_states, dq_part, D**-0.5, S, NC, BH * S,
+                                                **_kernel_meta(meta, "backward_dq"))
         _mlstm_bwd_chunk_kernel[(BH, nvb, NC)](
             q, k, v, *scalars, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv, di_part,
-            D**-0.5, S, NC, BH * S, LATER=later, **_kernel_meta(meta, "backward_chunks"))
+            D**-0.5, S, NC, BH * S, LATER=later, DQ_HERE=dq_here, **_kernel_meta(meta, "backward_chunks"))
         di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
         gates = (dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None)
         if qk_row:

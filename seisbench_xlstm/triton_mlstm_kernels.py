@@ -234,13 +234,19 @@ if triton is not None:
         return dnum, dnt, ig, fc, f_last, m, m_prev, m_last
 
     @triton.jit
+    def _bwd_chunk_dscores(v, dnum, dnt, ig, fc, m, offs_l, scale, PREC: tl.constexpr):
+        """The intra-chunk gates ``p = exp(a_tj - m_t)`` of one chunk and the gradient of its ungated score
+        products ``ds`` (in the dtype of dnum)."""
+        p = tl.exp(_log_decay(ig, fc, offs_l) - m[:, None])
+        dctil = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dnt[:, None]
+        return p, (dctil * p * scale).to(dnum.dtype)
+
+    @triton.jit
     def _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC: tl.constexpr):
         """The gated, stabilised intra-chunk scores ``ctil`` (float32) and the gradient of their ungated products
         ``ds`` (in the dtype of q) of one chunk."""
-        p = tl.exp(_log_decay(ig, fc, offs_l) - m[:, None])
-        ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p
-        dctil = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dnt[:, None]
-        return ctil, (dctil * p * scale).to(q.dtype)
+        p, ds = _bwd_chunk_dscores(v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+        return tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p, ds
 
     @triton.jit
     def _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC: tl.constexpr):
@@ -324,17 +330,50 @@ if triton is not None:
                      D, DV)
 
     @triton.jit
+    def _bwd_chunk_store_dq(C_states, N_states, DQ, pid_bh, pid_v, c, NC, BHS, qk_off, offs_d, offs_v, mask_d, mask_v,
+                            k, dnum, dnt, ds, fc, m, m_prev, scale, D: tl.constexpr, DV: tl.constexpr,
+                            PREC: tl.constexpr, QK_ROW: tl.constexpr):
+        """Writes dq of one chunk (this value block's part) from ``ds`` and the state at the chunk's start."""
+        ROW: tl.constexpr = D if QK_ROW == 0 else QK_ROW
+        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
+        tl.store(DQ + pid_v.to(tl.int64) * BHS * ROW + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+
+    @triton.jit
+    def _mlstm_bwd_dq_kernel(
+        K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DQ,
+        scale, S, NC, BHS,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr, QK_ROW: tl.constexpr = 0,
+    ):
+        """dq of one chunk alone (:func:`_mlstm_bwd_chunk_kernel` with ``DQ_HERE`` false does the rest): one
+        program per (batch*head, value block, chunk); three products instead of the seven of the joint kernel's
+        chunk, and fewer tiles alive at once."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        c = tl.program_id(2)
+        ncol = (pid_v == 0).to(tl.float32)
+        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
+        k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
+        v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
+        dnum, dnt, ig, fc, _f_last, m, m_prev, _m_last = _bwd_chunk_scalars(
+            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, k, L)
+        _p, ds = _bwd_chunk_dscores(v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+        _bwd_chunk_store_dq(C_states, N_states, DQ, pid_bh, pid_v, c, NC, BHS, qk_off, offs_d, offs_v, mask_d, mask_v,
+                            k, dnum, dnt, ds, fc, m, m_prev, scale, D, DV, PREC, QK_ROW)
+
+    @triton.jit
     def _mlstm_bwd_chunk_kernel(
         Q, K, V, I, Fg, DH, M_in, DEN, DNT, C_states, N_states, DC_states, DN_states, DQ, DK, DVout, DI,
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, LATER: tl.constexpr, QK_ROW: tl.constexpr = 0,
+        PREC: tl.constexpr, LATER: tl.constexpr, QK_ROW: tl.constexpr = 0, DQ_HERE: tl.constexpr = True,
     ):
         """dq, dk, dv and the input-gate term ``di_j = k_j . dk_j`` of one chunk: one program per (batch*head,
         value block, chunk), all chunks in parallel, given the states at the chunks' start (from the forward) and
         the state gradients at their end (from :func:`_mlstm_bwd_states_kernel`; ``LATER`` false: one chunk, no
         later steps, none needed). dq, dk and di are this value block's part: in their final dtype with one value
-        block, else float32 parts per value block, summed afterwards."""
+        block, else float32 parts per value block, summed afterwards. ``DQ_HERE`` false: no dq
+        (:func:`_mlstm_bwd_dq_kernel` writes it)."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         c = tl.program_id(2)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
@@ -346,9 +385,9 @@ if triton is not None:
         dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
             I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
         ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
-        c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
-        tl.store(DQ + part * ROW + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+        if DQ_HERE:
+            _bwd_chunk_store_dq(C_states, N_states, DQ, pid_bh, pid_v, c, NC, BHS, qk_off, offs_d, offs_v, mask_d,
+                                mask_v, k, dnum, dnt, ds, fc, m, m_prev, scale, D, DV, PREC, QK_ROW)
         if LATER:
             dC, dn = _load_state(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
         else:

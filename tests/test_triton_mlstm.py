@@ -313,6 +313,30 @@ def test_q_and_k_in_one_tensor_give_the_same_values(monkeypatch, shape, forward)
         mlstm_chunkwise_triton(torch.cat([q, k], dim=-1)[..., :-1], None, *rest)
 
 
+@pytest.mark.parametrize("qk", ["two tensors", "one tensor"])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
+def test_dq_in_a_kernel_of_its_own_gives_the_same_values(monkeypatch, shape, qk):
+    """``BACKWARD_DQ = "separate"``: dq from its own kernel, dk and dv from the chunk kernel without dq; every
+    gradient as with the joint kernel (bit for bit under the interpreter: the same operations; on CUDA within
+    1e-6 in float32, as the compiler may order a product's sums otherwise), with one chunk (no state gradients),
+    several chunks and several value blocks, q and k apart or as one tensor. Other values are refused."""
+    b, nh, s, dqk, dv, chunk, block_v = shape
+    inputs, grad = make_inputs(b, nh, s, dqk, dv, "wide")
+    call = kernel(chunk, block_v)
+    if qk == "one tensor":
+        call = lambda q, k, *x: mlstm_chunkwise_triton(  # noqa: E731
+            torch.cat([q, k], dim=-1), None, *x, chunk_size=chunk, eps=EPS, block_v=block_v)
+    got = {}
+    for where in ("joint", "separate"):
+        monkeypatch.setattr(triton_mlstm, "BACKWARD_DQ", where)
+        got[where] = output_and_grads(call, inputs, grad)
+    errors = rel_errors(got["separate"], got["joint"])
+    assert max(errors.values()) <= (1e-6 if DEVICE == "cuda" else 0.0), errors
+    monkeypatch.setattr(triton_mlstm, "BACKWARD_DQ", "apart")
+    with pytest.raises(ValueError, match="BACKWARD_DQ must be 'joint' or 'separate'"):
+        output_and_grads(call, inputs, grad)
+
+
 @pytest.mark.parametrize("steps", [64, 40])
 def test_layer_with_q_and_k_from_one_product(monkeypatch, steps):
     """``bimlstm.QK_ONE_PRODUCT``: a bidirectional layer (q/k/v form per_head, this kernel) gives the output, input
