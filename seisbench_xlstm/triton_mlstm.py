@@ -76,12 +76,15 @@ from .triton_mlstm_scalars import gate_gradients, normaliser_terms
 if triton is not None:
     from .triton_mlstm_kernels import (  # noqa: F401  (the kernels are this module's too, for benchmarks)
         _mlstm_bwd_chunk_kernel,
+        _mlstm_bwd_chunk_states_kernel,
         _mlstm_bwd_dq_kernel,
         _mlstm_bwd_states_kernel,
         _mlstm_fwd_chunk_kernel,
+        _mlstm_fwd_chunk_states_kernel,
         _mlstm_fwd_kernel,
         _mlstm_fwd_states_kernel,
         _row_dot_kernel,
+        _state_scan_kernel,
     )
 
 
@@ -137,10 +140,10 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
                 (256, 64): {"num_warps": 4, "num_stages": 1}}
 
 
-#: ``num_warps`` of single kernels, overriding the launch settings above for them: keys ``"forward"``,
-#: ``"forward_states"``, ``"forward_chunks"``, ``"backward_states"``, ``"backward_chunks"``, ``"backward_dq"``
-#: (:func:`_mlstm_fwd_kernel`, :func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_fwd_chunk_kernel`,
-#: :func:`_mlstm_bwd_states_kernel`, :func:`_mlstm_bwd_chunk_kernel`, :func:`_mlstm_bwd_dq_kernel`), for all tiles or, with ``@BDxBV`` (the padded head dim and the value columns of
+#: ``num_warps`` of single kernels, overriding the launch settings above for them: keys of :data:`KERNELS`
+#: (``"forward"``: :func:`_mlstm_fwd_kernel`, ``"forward_states"``: :func:`_mlstm_fwd_states_kernel` and so on;
+#: ``"backward_dq"``: :func:`_mlstm_bwd_dq_kernel`, ``"state_scan"``: :func:`_state_scan_kernel`, whose default is
+#: :data:`SCAN_WARPS`), for all tiles or, with ``@BDxBV`` (the padded head dim and the value columns of
 #: :func:`_tiles`), for those tiles only (which wins); a kernel not named here runs with those settings.
 #:
 #: - The two state passes at 8 warps: compiled for an H200 (sm_90, bf16, ``benchmarks/triton_mlstm_registers.py``,
@@ -156,7 +159,22 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 #:   3.51 ms at 4 warps, 4.55 at 8, against 3.52 (``triton_mlstm_state_blocks.md``); not kept.
 KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8,
                                 "backward_chunks@128x128": 4}
-KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks", "backward_dq")
+KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks", "backward_dq",
+           "forward_chunk_states", "backward_chunk_states", "state_scan")
+
+
+#: How the two state passes (the forward's states at the chunks' starts, the backward's state gradients at their
+#: ends) run: ``"loop"``, one program per (batch*head, value block) loops over the chunks with a product a chunk
+#: (:func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_bwd_states_kernel`); ``"scan"``, every chunk's own
+#: contribution in parallel (:func:`_mlstm_fwd_chunk_states_kernel`, :func:`_mlstm_bwd_chunk_states_kernel`, stored
+#: in the input dtype), then a scan over the chunks that only multiplies and adds (:func:`_state_scan_kernel`, one
+#: program per :data:`SCAN_ROWS` rows of a state). The loop is a chain of products, latency-bound on an H200 at head
+#: dim 96 (Nsight Compute, ``benchmarks/results/triton_mlstm_ncu.md``); the scan writes and reads the contributions
+#: once more. The same values up to the rounding of the contributions to the input dtype.
+STATE_PASS = "loop"
+#: Rows of a state per program of the scan (:data:`STATE_PASS`), and its warps.
+SCAN_ROWS = 32
+SCAN_WARPS = 4
 
 
 #: Where the backward computes dq: ``"joint"``, in the chunk kernel with dk and dv (seven products a chunk, one
@@ -194,6 +212,24 @@ def _state_pass_stages() -> int:
     """:data:`STATE_PASS_STAGES`, or 1 under Triton's interpreter (which cannot run ``tl.range`` of a run-time
     bound)."""
     return 1 if interpreted() else STATE_PASS_STAGES
+
+
+def _state_pass() -> str:
+    if STATE_PASS not in ("loop", "scan"):
+        raise ValueError(f"STATE_PASS must be 'loop' or 'scan', got {STATE_PASS!r}")
+    return STATE_PASS
+
+
+def _scan_states(c_states, n_states, m_states, delta_c, delta_n, scal_a, scal_b, meta: dict, reverse: bool) -> None:
+    """:func:`_state_scan_kernel` over states ``(batch*head, chunks, DHQK, DHHV)`` in the value blocks of ``meta``:
+    forward (stabilised, ``m_states`` written) or, ``reverse``, the backward's state gradients (``m_states``
+    unused)."""
+    BH, NC, D, DV = c_states.shape
+    rows = min(SCAN_ROWS, meta["BD"])
+    warps = _kernel_meta({"BD": meta["BD"], "BV": meta["BV"], "num_warps": SCAN_WARPS}, "state_scan")["num_warps"]
+    _state_scan_kernel[(BH, triton.cdiv(DV, meta["BV"]), triton.cdiv(D, rows))](
+        c_states, n_states, m_states, delta_c, delta_n, scal_a, scal_b, NC, D=D, DV=DV, RB=rows, BV=meta["BV"],
+        REVERSE=reverse, STABILISED=not reverse, STAGES=_state_pass_stages(), num_warps=warps, num_stages=1)
 
 
 def _launch_config(BD: int, BV: int) -> dict:
@@ -255,8 +291,15 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), QK_ROW=qk_row, **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
-            _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC,
-                                                STAGES=_state_pass_stages(), **_kernel_meta(meta, "forward_states"))
+            if _state_pass() == "scan":
+                delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
+                f_last, m_loc = torch.zeros(BH, NC, **f32), torch.zeros(BH, NC, **f32)
+                _mlstm_fwd_chunk_states_kernel[(BH, nvb, NC - 1)](
+                    k, v, i, f, delta_c, delta_n, f_last, m_loc, S, NC, **_kernel_meta(meta, "forward_chunk_states"))
+                _scan_states(c_states, n_states, m_states, delta_c, delta_n, f_last, m_loc, meta, reverse=False)
+            else:
+                _mlstm_fwd_states_kernel[(BH, nvb)](k, v, i, f, c_states, n_states, m_states, S, NC,
+                                                    STAGES=_state_pass_stages(), **_kernel_meta(meta, "forward_states"))
             _mlstm_fwd_chunk_kernel[(BH, nvb, NC)](
                 q, k, v, i, f, h, m, ntil, c_states, n_states, m_states, D**-0.5, eps, S, NC, SAVE=save,
                 **_kernel_meta(meta, "forward_chunks"))
@@ -299,8 +342,16 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dc_states, dn_states = c_states, n_states  # not read with one chunk
         if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            _mlstm_bwd_states_kernel[(BH, nvb)](q, *scalars, dc_states, dn_states, D**-0.5, S, NC,
-                                                STAGES=_state_pass_stages(), **_kernel_meta(meta, "backward_states"))
+            if _state_pass() == "scan":
+                delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
+                decay = torch.zeros(BH, NC, dtype=torch.float32, device=q.device)
+                _mlstm_bwd_chunk_states_kernel[(BH, nvb, NC - 1)](
+                    q, *scalars, delta_c, delta_n, decay, D**-0.5, S, NC, **_kernel_meta(meta, "backward_chunk_states"))
+                _scan_states(dc_states, dn_states, decay, delta_c, delta_n, decay, decay, meta, reverse=True)
+            else:
+                _mlstm_bwd_states_kernel[(BH, nvb)](
+                    q, *scalars, dc_states, dn_states, D**-0.5, S, NC, STAGES=_state_pass_stages(),
+                    **_kernel_meta(meta, "backward_states"))
         if BACKWARD_DQ not in ("joint", "separate"):
             raise ValueError(f"BACKWARD_DQ must be 'joint' or 'separate', got {BACKWARD_DQ!r}")
         dq_here = BACKWARD_DQ == "joint"

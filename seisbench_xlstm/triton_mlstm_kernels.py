@@ -197,6 +197,83 @@ if triton is not None:
                 c += 1
 
     @triton.jit
+    def _mlstm_fwd_chunk_states_kernel(
+        K, V, I, Fg, DELTA_C, DELTA_N, F_LAST, M_LOC, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr, QK_ROW: tl.constexpr = 0,
+    ):
+        """Each chunk's own contribution to the state, all chunks in parallel (the first half of the forward's state
+        pass as a scan; :func:`_state_scan_kernel` the second): one program per (batch*head, value block, chunk
+        ``c < NC - 1``) writes ``dC_c = sum_j exp(a_Lj - m_c) k_j v_j^T`` (input dtype), ``dn_c`` and the scalars
+        ``F`` of the chunk's last step and ``m_c = max_j a_Lj`` (the chunk's state update from a zero state)."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        c = tl.program_id(2)
+        first = pid_v == 0
+        _t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
+        k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
+        v = tl.load(V + v_off, mask=mask_v[None, :], other=0.0)
+        ig, fc, f_last = _chunk_gates(I, Fg, pid_bh * S + c * L, offs_l, L)
+        zero_c, zero_n, m_none = _zero_state(BD, BV)
+        dC, dn, m_loc = _fwd_state_update(k, v, ig, fc, f_last, zero_c, zero_n, m_none, PREC)
+        _store_state(DELTA_C, DELTA_N, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+        tl.store(F_LAST + pid_bh * NC + c, f_last, mask=first)
+        tl.store(M_LOC + pid_bh * NC + c, m_loc, mask=first)
+
+    @triton.jit
+    def _state_scan_step(C_states, N_states, M_states, DELTA_C, DELTA_N, SCAL_A, SCAL_B, pid_bh, c, NC, rows, offs_v,
+                         mask_r, mask_v, first, C, n, m, store_m, last, D: tl.constexpr, DV: tl.constexpr,
+                         STABILISED: tl.constexpr):
+        """Chunk ``c`` of :func:`_state_scan_kernel`: stores the state, returns it updated with the chunk's own
+        contribution (unless ``last``)."""
+        _store_state(C_states, N_states, C, n, pid_bh, c, NC, rows, offs_v, mask_r, mask_v, first, D, DV)
+        if STABILISED:
+            tl.store(M_states + pid_bh * NC + c, m, mask=store_m)
+            f_last = tl.load(SCAL_A + pid_bh * NC + c)
+            m_loc = tl.load(SCAL_B + pid_bh * NC + c)
+            m_next = tl.maximum(f_last + m, m_loc)
+            g, w = tl.exp(f_last + m - m_next), tl.exp(m_loc - m_next)
+        else:
+            m_next, g, w = m, tl.load(SCAL_A + pid_bh * NC + c), 1.0
+        d_c, d_n = _load_state(DELTA_C, DELTA_N, pid_bh, c, NC, rows, offs_v, mask_r & ~last, mask_v, D, DV)
+        return g * C + w * d_c.to(tl.float32), g * n + w * d_n, m_next
+
+    @triton.jit
+    def _state_scan_kernel(
+        C_states, N_states, M_states, DELTA_C, DELTA_N, SCAL_A, SCAL_B, NC,
+        D: tl.constexpr, DV: tl.constexpr, RB: tl.constexpr, BV: tl.constexpr,
+        REVERSE: tl.constexpr, STABILISED: tl.constexpr, STAGES: tl.constexpr,
+    ):
+        """The second half of a state pass as a scan: one program per (batch*head, value block, block of ``RB`` rows
+        of the state) walks the chunks (in reverse with ``REVERSE``), stores the state (``C_states`` in their dtype,
+        ``N_states`` by value block 0) and adds the chunk's own contribution ``DELTA_C``, ``DELTA_N``:
+        element-wise work, so the sequential part is one multiply-add a chunk. ``STABILISED`` (forward): the
+        stabiliser follows ``m' = max(F_last + m, m_c)`` from ``SCAL_A = F_last`` and ``SCAL_B = m_c`` of every
+        chunk, the state ``exp(F_last + m - m') C + exp(m_c - m') dC_c`` and ``M_states`` gets ``m``; else (the
+        backward's state gradients) ``C' = SCAL_A_c * C + dC_c``."""
+        pid_bh = tl.program_id(0).to(tl.int64)
+        pid_v = tl.program_id(1)
+        rows = tl.program_id(2) * RB + tl.arange(0, RB)
+        offs_v = pid_v * BV + tl.arange(0, BV)
+        mask_r, mask_v = rows < D, offs_v < DV
+        first = pid_v == 0
+        store_m = first & (tl.program_id(2) == 0)
+        C, n, m = _zero_state(RB, BV)
+        if STAGES > 1:
+            for j in tl.range(0, NC, num_stages=STAGES):
+                c = NC - 1 - j if REVERSE else j
+                C, n, m = _state_scan_step(C_states, N_states, M_states, DELTA_C, DELTA_N, SCAL_A, SCAL_B, pid_bh, c,
+                                           NC, rows, offs_v, mask_r, mask_v, first, C, n, m, store_m, j == NC - 1,
+                                           D, DV, STABILISED)
+        else:
+            j = pid_v * 0  # a Triton value (see the forward kernel)
+            while j < NC:
+                c = NC - 1 - j if REVERSE else j
+                C, n, m = _state_scan_step(C_states, N_states, M_states, DELTA_C, DELTA_N, SCAL_A, SCAL_B, pid_bh, c,
+                                           NC, rows, offs_v, mask_r, mask_v, first, C, n, m, store_m, j == NC - 1,
+                                           D, DV, STABILISED)
+                j += 1
+
+    @triton.jit
     def _mlstm_fwd_chunk_kernel(
         Q, K, V, I, Fg, H, M_out, N_out, C_states, N_states, M_states,
         scale, eps, S, NC,
@@ -299,6 +376,28 @@ if triton is not None:
         dnum, dnt, _ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
             I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
         return _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC)
+
+    @triton.jit
+    def _mlstm_bwd_chunk_states_kernel(
+        Q, I, Fg, DH, M_in, DEN, DNT, DELTA_C, DELTA_N, G,
+        scale, S, NC,
+        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+        PREC: tl.constexpr, QK_ROW: tl.constexpr = 0,
+    ):
+        """Each chunk's own contribution to the state gradient, all chunks ``c >= 1`` in parallel (one program per
+        (batch*head, value block, chunk - 1)): ``dC_c`` (input dtype), ``dn_c`` and the decay ``G_c`` of the state
+        gradient across the chunk, for :func:`_state_scan_kernel` (``REVERSE``, not ``STABILISED``)."""
+        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
+        c = tl.program_id(2) + 1
+        first = pid_v == 0
+        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
+        q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
+        dnum, dnt, _ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
+            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, first.to(tl.float32), q, L)
+        zero_c, zero_n, _unused = _zero_state(BD, BV)
+        dC, dn = _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, zero_c, zero_n, scale, PREC)
+        _store_state(DELTA_C, DELTA_N, dC, dn, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, first, D, DV)
+        tl.store(G + pid_bh * NC + c, tl.exp(f_last + m_prev - m_last), mask=first)
 
     @triton.jit
     def _mlstm_bwd_states_kernel(

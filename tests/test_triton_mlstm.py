@@ -337,6 +337,39 @@ def test_dq_in_a_kernel_of_its_own_gives_the_same_values(monkeypatch, shape, qk)
         output_and_grads(call, inputs, grad)
 
 
+@pytest.mark.parametrize("gates", ["wide", "fading"])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[5], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
+def test_state_passes_as_scans_give_the_same_values(monkeypatch, shape, gates):
+    """``STATE_PASS = "scan"`` (each chunk's contribution in parallel, then a scan over the chunks in blocks of
+    rows) against the loops: the same output and gradients up to float32 rounding, with and without gradients, in
+    both gradient conventions, over 4 to 8 chunks, one to three value blocks and rows in one or two blocks (head
+    dim 48, blocks of 32 rows, the last masked). "fading" gates (input gates falling from 10 to -10 along the
+    sequence, forget gates near 1) make the running stabiliser exceed a chunk's own, so that the scan rescales the
+    chunk's contribution (with the "wide" gates a chunk's own maximum wins nearly always). A value other than
+    "loop" or "scan" is refused."""
+    monkeypatch.setattr(triton_mlstm, "TWO_PASS_FORWARD_MIN_STATE", 0)
+    b, nh, s, dqk, dv, chunk, block_v = shape
+    inputs, grad = make_inputs(b, nh, s, dqk, dv, "wide")
+    if gates == "fading":
+        inputs[3] = torch.linspace(10, -10, s).expand(b, nh, s) + 0.5 * torch.randn(b, nh, s)
+        inputs[4] = torch.empty(b, nh, s).uniform_(4, 8)
+    got, no_grad = {}, {}
+    for state_pass in ("loop", "scan"):
+        monkeypatch.setattr(triton_mlstm, "STATE_PASS", state_pass)
+        for convention, constant in CONVENTIONS.items():
+            got[state_pass, convention] = output_and_grads(
+                kernel(chunk, block_v, constant_normaliser=constant), inputs, grad)
+        with torch.no_grad():
+            no_grad[state_pass] = kernel(chunk, block_v)(*inputs)
+    for convention in CONVENTIONS:
+        errors = rel_errors(got["scan", convention], got["loop", convention])
+        assert max(errors.values()) < 1e-5, (convention, errors)
+    assert rel_errors([no_grad["scan"]], [no_grad["loop"]])["h"] < 1e-5
+    monkeypatch.setattr(triton_mlstm, "STATE_PASS", "parallel")
+    with pytest.raises(ValueError, match="STATE_PASS must be 'loop' or 'scan'"):
+        kernel(chunk, block_v)(*inputs)
+
+
 @pytest.mark.parametrize("steps", [64, 40])
 def test_layer_with_q_and_k_from_one_product(monkeypatch, steps):
     """``bimlstm.QK_ONE_PRODUCT``: a bidirectional layer (q/k/v form per_head, this kernel) gives the output, input
