@@ -168,10 +168,16 @@ KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "ba
 #: (:func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_bwd_states_kernel`); ``"scan"``, every chunk's own
 #: contribution in parallel (:func:`_mlstm_fwd_chunk_states_kernel`, :func:`_mlstm_bwd_chunk_states_kernel`, stored
 #: in the input dtype), then a scan over the chunks that only multiplies and adds (:func:`_state_scan_kernel`, one
-#: program per :data:`SCAN_ROWS` rows of a state). The loop is a chain of products, latency-bound on an H200 at head
-#: dim 96 (Nsight Compute, ``benchmarks/results/triton_mlstm_ncu.md``); the scan writes and reads the contributions
-#: once more. The same values up to the rounding of the contributions to the input dtype.
-STATE_PASS = "loop"
+#: program per :data:`SCAN_ROWS` rows of a state); ``"auto"``, the scan at the tiles of :data:`SCAN_TILES`, else
+#: the loop. The same values up to the rounding of the contributions to the input dtype. The loop is a chain of
+#: products: at head dim 96 (tiles 128 x 128) one program an SM at 12.5% occupancy, 8 waves of 16 steps, DRAM
+#: 18% busy (Nsight Compute on an H200, ``benchmarks/results/triton_mlstm_ncu.md``); the scan writes and reads the
+#: contributions once more but has no chain of products. Measured on an H200 (2026-11-30, thirteenth session,
+#: ``triton_mlstm_state_scan.md``, ``pretrain_gpu.md``): at 256x4x1024x96 forward 1.107 against 1.187 ms,
+#: forward+backward 3.141 against 3.255; at 128x4x1024x64 (one-pass forward) 1.090 against 1.078 ms; recipe 2
+#: (U-Net) 157.6 against 155.6 ms a step.
+STATE_PASS = "auto"
+SCAN_TILES = ((128, 128),)
 #: Rows of a state per program of the scan (:data:`STATE_PASS`), and its warps.
 SCAN_ROWS = 32
 SCAN_WARPS = 4
@@ -180,8 +186,24 @@ SCAN_WARPS = 4
 #: Where the backward computes dq: ``"joint"``, in the chunk kernel with dk and dv (seven products a chunk, one
 #: computation of the chunk's scores); ``"separate"``, in a kernel of its own (:func:`_mlstm_bwd_dq_kernel`, three
 #: products), the chunk kernel then doing dk and dv alone (six): two more products a chunk, fewer tiles alive in each
-#: program (the joint kernel spills at head dim 96). The same values.
-BACKWARD_DQ = "joint"
+#: program (the joint kernel spills at head dim 96); ``"auto"``, separate at the tiles of :data:`SEPARATE_DQ_TILES`,
+#: else joint. The same values. Measured as :data:`STATE_PASS`: forward+backward at 256x4x1024x96 3.181 against
+#: 3.255 ms (3.066 against 3.141 with the scan), at 128x4x1024x64 1.105 against 1.078 ms; recipe 1 (both switches,
+#: the sequential backbone, batch 128) 209.6 and 209.6 against 213.7 and 213.6 ms a step in turns, recipe 2 160.4
+#: against 155.6 ms.
+BACKWARD_DQ = "auto"
+SEPARATE_DQ_TILES = ((128, 128),)
+
+
+def _resolved(name: str, choices: tuple[str, str], auto_tiles: tuple, BD: int, BV: int) -> str:
+    """The value of the module constant ``name`` (one of ``choices`` or ``"auto"``: the second choice at the tiles
+    ``auto_tiles``, else the first) for tiles ``(BD, BV)``."""
+    value = globals()[name]
+    if value == "auto":
+        return choices[1] if (BD, BV) in auto_tiles else choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be 'auto', {choices[0]!r} or {choices[1]!r}, got {value!r}")
+    return value
 
 
 def _kernel_meta(meta: dict, kernel: str) -> dict:
@@ -212,12 +234,6 @@ def _state_pass_stages() -> int:
     """:data:`STATE_PASS_STAGES`, or 1 under Triton's interpreter (which cannot run ``tl.range`` of a run-time
     bound)."""
     return 1 if interpreted() else STATE_PASS_STAGES
-
-
-def _state_pass() -> str:
-    if STATE_PASS not in ("loop", "scan"):
-        raise ValueError(f"STATE_PASS must be 'loop' or 'scan', got {STATE_PASS!r}")
-    return STATE_PASS
 
 
 def _scan_states(c_states, n_states, m_states, delta_c, delta_n, scal_a, scal_b, meta: dict, reverse: bool) -> None:
@@ -291,7 +307,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), QK_ROW=qk_row, **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
-            if _state_pass() == "scan":
+            if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, BD, BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
                 f_last, m_loc = torch.zeros(BH, NC, **f32), torch.zeros(BH, NC, **f32)
                 _mlstm_fwd_chunk_states_kernel[(BH, nvb, NC - 1)](
@@ -342,7 +358,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dc_states, dn_states = c_states, n_states  # not read with one chunk
         if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            if _state_pass() == "scan":
+            if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, meta["BD"], BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
                 decay = torch.zeros(BH, NC, dtype=torch.float32, device=q.device)
                 _mlstm_bwd_chunk_states_kernel[(BH, nvb, NC - 1)](
@@ -352,9 +368,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
                 _mlstm_bwd_states_kernel[(BH, nvb)](
                     q, *scalars, dc_states, dn_states, D**-0.5, S, NC, STAGES=_state_pass_stages(),
                     **_kernel_meta(meta, "backward_states"))
-        if BACKWARD_DQ not in ("joint", "separate"):
-            raise ValueError(f"BACKWARD_DQ must be 'joint' or 'separate', got {BACKWARD_DQ!r}")
-        dq_here = BACKWARD_DQ == "joint"
+        dq_here = _resolved("BACKWARD_DQ", ("joint", "separate"), SEPARATE_DQ_TILES, meta["BD"], BV) == "joint"
         if not dq_here:
             _mlstm_bwd_dq_kernel[(BH, nvb, NC)](k, v, *scalars, c_states, n_states, dq_part, D**-0.5, S, NC, BH * S,
                                                 **_kernel_meta(meta, "backward_dq"))

@@ -333,7 +333,7 @@ def test_dq_in_a_kernel_of_its_own_gives_the_same_values(monkeypatch, shape, qk)
     errors = rel_errors(got["separate"], got["joint"])
     assert max(errors.values()) <= (1e-6 if DEVICE == "cuda" else 0.0), errors
     monkeypatch.setattr(triton_mlstm, "BACKWARD_DQ", "apart")
-    with pytest.raises(ValueError, match="BACKWARD_DQ must be 'joint' or 'separate'"):
+    with pytest.raises(ValueError, match="BACKWARD_DQ must be 'auto', 'joint' or 'separate'"):
         output_and_grads(call, inputs, grad)
 
 
@@ -351,8 +351,8 @@ def test_state_passes_as_scans_give_the_same_values(monkeypatch, shape, gates):
     b, nh, s, dqk, dv, chunk, block_v = shape
     inputs, grad = make_inputs(b, nh, s, dqk, dv, "wide")
     if gates == "fading":
-        inputs[3] = torch.linspace(10, -10, s).expand(b, nh, s) + 0.5 * torch.randn(b, nh, s)
-        inputs[4] = torch.empty(b, nh, s).uniform_(4, 8)
+        inputs[3] = (torch.linspace(10, -10, s).expand(b, nh, s) + 0.5 * torch.randn(b, nh, s)).to(DEVICE)
+        inputs[4] = torch.empty(b, nh, s).uniform_(4, 8).to(DEVICE)
     got, no_grad = {}, {}
     for state_pass in ("loop", "scan"):
         monkeypatch.setattr(triton_mlstm, "STATE_PASS", state_pass)
@@ -366,8 +366,21 @@ def test_state_passes_as_scans_give_the_same_values(monkeypatch, shape, gates):
         assert max(errors.values()) < 1e-5, (convention, errors)
     assert rel_errors([no_grad["scan"]], [no_grad["loop"]])["h"] < 1e-5
     monkeypatch.setattr(triton_mlstm, "STATE_PASS", "parallel")
-    with pytest.raises(ValueError, match="STATE_PASS must be 'loop' or 'scan'"):
+    with pytest.raises(ValueError, match="STATE_PASS must be 'auto', 'loop' or 'scan'"):
         kernel(chunk, block_v)(*inputs)
+
+
+def test_auto_state_pass_and_dq_kernel_follow_the_tiles(monkeypatch):
+    """``"auto"``: the scan and the separate dq kernel at the tiles where they were timed faster (head dim 96, tiles
+    128 x 128), the loop and the joint kernel elsewhere; a value set by hand wins."""
+    resolved = triton_mlstm._resolved
+    assert triton_mlstm.STATE_PASS == triton_mlstm.BACKWARD_DQ == "auto"
+    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 128, 128) == "scan"
+    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 64, 64) == "loop"
+    assert resolved("BACKWARD_DQ", ("joint", "separate"), triton_mlstm.SEPARATE_DQ_TILES, 128, 128) == "separate"
+    assert resolved("BACKWARD_DQ", ("joint", "separate"), triton_mlstm.SEPARATE_DQ_TILES, 128, 64) == "joint"
+    monkeypatch.setattr(triton_mlstm, "STATE_PASS", "loop")
+    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 128, 128) == "loop"
 
 
 @pytest.mark.parametrize("steps", [64, 40])
