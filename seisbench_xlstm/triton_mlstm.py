@@ -78,7 +78,6 @@ if triton is not None:
         _mlstm_bwd_chunk_kernel,
         _mlstm_bwd_chunk_states_kernel,
         _mlstm_bwd_dq_kernel,
-        _mlstm_bwd_dv_kernel,
         _mlstm_bwd_states_kernel,
         _mlstm_fwd_chunk_kernel,
         _mlstm_fwd_chunk_states_kernel,
@@ -161,7 +160,7 @@ TUNED_LAUNCH = {(128, 128): {"num_warps": 4, "num_stages": 1}, (64, 64): {"num_w
 KERNEL_WARPS: dict[str, int] = {"forward_states": 8, "backward_states": 8, "backward_chunks": 8,
                                 "backward_chunks@128x128": 4}
 KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "backward_chunks", "backward_dq",
-           "backward_dv", "forward_chunk_states", "backward_chunk_states", "state_scan")
+           "forward_chunk_states", "backward_chunk_states", "state_scan")
 
 
 #: How the two state passes (the forward's states at the chunks' starts, the backward's state gradients at their
@@ -169,8 +168,8 @@ KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "ba
 #: (:func:`_mlstm_fwd_states_kernel`, :func:`_mlstm_bwd_states_kernel`); ``"scan"``, every chunk's own
 #: contribution in parallel (:func:`_mlstm_fwd_chunk_states_kernel`, :func:`_mlstm_bwd_chunk_states_kernel`, stored
 #: in the input dtype), then a scan over the chunks that only multiplies and adds (:func:`_state_scan_kernel`, one
-#: program per :data:`SCAN_ROWS` rows of a state); ``"auto"``, the choice of :data:`STATE_PASS_AUTO` for the
-#: tiles (:func:`_tiles`), else the loop. The same values up to the rounding of the contributions to the input dtype. The loop is a chain of
+#: program per :data:`SCAN_ROWS` rows of a state); ``"auto"``, the scan at the tiles of :data:`SCAN_TILES`, else
+#: the loop. The same values up to the rounding of the contributions to the input dtype. The loop is a chain of
 #: products: at head dim 96 (tiles 128 x 128) one program an SM at 12.5% occupancy, 8 waves of 16 steps, DRAM
 #: 18% busy (Nsight Compute on an H200, ``benchmarks/results/triton_mlstm_ncu.md``); the scan writes and reads the
 #: contributions once more but has no chain of products. Measured on an H200 (2026-11-30, thirteenth session,
@@ -178,34 +177,32 @@ KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "ba
 #: forward+backward 3.141 against 3.255; at 128x4x1024x64 (one-pass forward) 1.090 against 1.078 ms; recipe 2
 #: (U-Net) 157.6 against 155.6 ms a step.
 STATE_PASS = "auto"
-STATE_PASS_AUTO = {(128, 128): "scan"}
+SCAN_TILES = ((128, 128),)
 #: Rows of a state per program of the scan (:data:`STATE_PASS`), and its warps.
 SCAN_ROWS = 32
 SCAN_WARPS = 4
 
 
-#: How the backward's chunk-parallel work is split into kernels: ``"joint"``, dq, dk and dv in one kernel
-#: (:func:`_mlstm_bwd_chunk_kernel`: seven products a chunk, the chunk's scores computed once); ``"dq"``, dq in a
-#: kernel of its own (:func:`_mlstm_bwd_dq_kernel`: three products; the chunk kernel six); ``"each"``, dv in one more
-#: (:func:`_mlstm_bwd_dv_kernel`: three; the chunk kernel then three for dk and the gate term): as many products as
-#: ``"dq"``, each program with fewer tiles alive (the joint kernel spills at head dim 96,
-#: ``benchmarks/results/triton_mlstm_ncu.md``) and more loads; ``"auto"``, :data:`BACKWARD_KERNELS_AUTO` for the
-#: tiles, else joint. The same values. Measured as :data:`STATE_PASS`: forward+backward at 256x4x1024x96 3.181
-#: against 3.255 ms with dq apart (3.066 against 3.141 with the scan), at 128x4x1024x64 1.105 against 1.078 ms;
-#: recipe 1 (the scan and dq apart, the sequential backbone, batch 128) 209.6 and 209.6 against 213.7 and 213.6 ms a
-#: step in turns, recipe 2 160.4 against 155.6 ms.
-BACKWARD_KERNELS = "auto"
-BACKWARD_KERNELS_AUTO = {(128, 128): "dq"}
+#: Where the backward computes dq: ``"joint"``, in the chunk kernel with dk and dv (seven products a chunk, one
+#: computation of the chunk's scores); ``"separate"``, in a kernel of its own (:func:`_mlstm_bwd_dq_kernel`, three
+#: products), the chunk kernel then doing dk and dv alone (six): two more products a chunk, fewer tiles alive in each
+#: program (the joint kernel spills at head dim 96); ``"auto"``, separate at the tiles of :data:`SEPARATE_DQ_TILES`,
+#: else joint. The same values. Measured as :data:`STATE_PASS`: forward+backward at 256x4x1024x96 3.181 against
+#: 3.255 ms (3.066 against 3.141 with the scan), at 128x4x1024x64 1.105 against 1.078 ms; recipe 1 (both switches,
+#: the sequential backbone, batch 128) 209.6 and 209.6 against 213.7 and 213.6 ms a step in turns, recipe 2 160.4
+#: against 155.6 ms.
+BACKWARD_DQ = "auto"
+SEPARATE_DQ_TILES = ((128, 128),)
 
 
-def _resolved(name: str, choices: tuple[str, ...], BD: int, BV: int) -> str:
-    """The value of the module constant ``name`` (one of ``choices``, or ``"auto"``: the value ``name + "_AUTO"``
-    gives the tiles ``(BD, BV)``, else the first choice)."""
+def _resolved(name: str, choices: tuple[str, str], auto_tiles: tuple, BD: int, BV: int) -> str:
+    """The value of the module constant ``name`` (one of ``choices`` or ``"auto"``: the second choice at the tiles
+    ``auto_tiles``, else the first) for tiles ``(BD, BV)``."""
     value = globals()[name]
     if value == "auto":
-        return globals()[name + "_AUTO"].get((BD, BV), choices[0])
+        return choices[1] if (BD, BV) in auto_tiles else choices[0]
     if value not in choices:
-        raise ValueError(f"{name} must be 'auto' or one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise ValueError(f"{name} must be 'auto', {choices[0]!r} or {choices[1]!r}, got {value!r}")
     return value
 
 
@@ -310,7 +307,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), QK_ROW=qk_row, **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
-            if _resolved("STATE_PASS", ("loop", "scan"), BD, BV) == "scan":
+            if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, BD, BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
                 f_last, m_loc = torch.zeros(BH, NC, **f32), torch.zeros(BH, NC, **f32)
                 _mlstm_fwd_chunk_states_kernel[(BH, nvb, NC - 1)](
@@ -361,7 +358,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dc_states, dn_states = c_states, n_states  # not read with one chunk
         if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            if _resolved("STATE_PASS", ("loop", "scan"), meta["BD"], BV) == "scan":
+            if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, meta["BD"], BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
                 decay = torch.zeros(BH, NC, dtype=torch.float32, device=q.device)
                 _mlstm_bwd_chunk_states_kernel[(BH, nvb, NC - 1)](
@@ -371,17 +368,13 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
                 _mlstm_bwd_states_kernel[(BH, nvb)](
                     q, *scalars, dc_states, dn_states, D**-0.5, S, NC, STAGES=_state_pass_stages(),
                     **_kernel_meta(meta, "backward_states"))
-        split = _resolved("BACKWARD_KERNELS", ("joint", "dq", "each"), meta["BD"], BV)
-        if split != "joint":
+        dq_here = _resolved("BACKWARD_DQ", ("joint", "separate"), SEPARATE_DQ_TILES, meta["BD"], BV) == "joint"
+        if not dq_here:
             _mlstm_bwd_dq_kernel[(BH, nvb, NC)](k, v, *scalars, c_states, n_states, dq_part, D**-0.5, S, NC, BH * S,
                                                 **_kernel_meta(meta, "backward_dq"))
-        if split == "each":
-            _mlstm_bwd_dv_kernel[(BH, nvb, NC)](q, k, *scalars, dc_states, dn_states, dv, D**-0.5, S, NC, LATER=later,
-                                                **_kernel_meta(meta, "backward_dv"))
         _mlstm_bwd_chunk_kernel[(BH, nvb, NC)](
             q, k, v, *scalars, c_states, n_states, dc_states, dn_states, dq_part, dk_part, dv, di_part,
-            D**-0.5, S, NC, BH * S, LATER=later, DQ_HERE=split == "joint", DV_HERE=split != "each",
-            **_kernel_meta(meta, "backward_chunks"))
+            D**-0.5, S, NC, BH * S, LATER=later, DQ_HERE=dq_here, **_kernel_meta(meta, "backward_chunks"))
         di, df = gate_gradients(delta, m, ntil, i, f, di_part, terms, eps, constant)
         gates = (dv, di.to(i.dtype), df.to(f.dtype), None, None, None, None)
         if qk_row:

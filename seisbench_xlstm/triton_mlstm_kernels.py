@@ -326,17 +326,6 @@ if triton is not None:
         return tl.dot(q, tl.trans(k), input_precision=PREC) * scale * p, ds
 
     @triton.jit
-    def _bwd_later_state_grad(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v,
-                              D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                              LATER: tl.constexpr):
-        """The state gradient (dC, dn) at the end of chunk ``c``; zero without later chunks (``LATER`` false)."""
-        if LATER:
-            dC, dn = _load_state(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
-        else:
-            dC, dn, _unused = _zero_state(BD, BV)
-        return dC, dn
-
-    @triton.jit
     def _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC: tl.constexpr):
         """dq (float32, this value block's part) of one chunk: its intra-chunk part and the queries' read of the
         state at the chunk's start."""
@@ -345,22 +334,16 @@ if triton is not None:
             tl.dot(dnum, tl.trans(c_start.to(k.dtype)), input_precision=PREC) + dnt[:, None] * n_start[None, :])
 
     @triton.jit
-    def _bwd_chunk_dk(ds, q, v, w, dC, dn, ncol, PREC: tl.constexpr):
-        """dk (float32, this value block's part) of one chunk, given the state gradient (dC, dn) at its end and the
-        keys' weights ``w`` into it (:func:`_bwd_later_weights`)."""
+    def _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC: tl.constexpr):
+        """dk (float32, this value block's part) and dv of one chunk, given the state gradient (dC, dn) at its end."""
+        DT = q.dtype
         dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
-        return dk + w[:, None] * (tl.dot(v, tl.trans(dC.to(q.dtype)), input_precision=PREC) + ncol * dn[None, :])
-
-    @triton.jit
-    def _bwd_chunk_dv(ctil, k, dnum, w, dC, PREC: tl.constexpr):
-        """dv of one chunk, given the state gradient dC at its end and the values' weights ``w`` into it."""
-        dv = tl.dot(tl.trans(ctil.to(k.dtype)), dnum, input_precision=PREC)
-        return dv + w[:, None] * tl.dot(k, dC.to(k.dtype), input_precision=PREC)
-
-    @triton.jit
-    def _bwd_later_weights(ig, fc, f_last, m_last):
-        """How much each step's key and value feed all later steps through dC (stabilised by m_last)."""
-        return tl.exp(f_last - fc + ig - m_last)
+        dv = tl.dot(tl.trans(ctil.to(DT)), dnum, input_precision=PREC)
+        # keys and values of this chunk feed all later steps through dC (stabilised by m_last)
+        w = tl.exp(f_last - fc + ig - m_last)
+        dk += w[:, None] * (tl.dot(v, tl.trans(dC.to(DT)), input_precision=PREC) + ncol * dn[None, :])
+        dv += w[:, None] * tl.dot(k, dC.to(DT), input_precision=PREC)
+        return dk, dv
 
     @triton.jit
     def _bwd_state_update(q, dnum, dnt, fc, f_last, m, m_prev, m_last, dC, dn, scale, PREC: tl.constexpr):
@@ -483,14 +466,13 @@ if triton is not None:
         scale, S, NC, BHS,
         D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
         PREC: tl.constexpr, LATER: tl.constexpr, QK_ROW: tl.constexpr = 0, DQ_HERE: tl.constexpr = True,
-        DV_HERE: tl.constexpr = True,
     ):
         """dq, dk, dv and the input-gate term ``di_j = k_j . dk_j`` of one chunk: one program per (batch*head,
         value block, chunk), all chunks in parallel, given the states at the chunks' start (from the forward) and
         the state gradients at their end (from :func:`_mlstm_bwd_states_kernel`; ``LATER`` false: one chunk, no
         later steps, none needed). dq, dk and di are this value block's part: in their final dtype with one value
         block, else float32 parts per value block, summed afterwards. ``DQ_HERE`` false: no dq
-        (:func:`_mlstm_bwd_dq_kernel` writes it); ``DV_HERE`` false: no dv (:func:`_mlstm_bwd_dv_kernel`)."""
+        (:func:`_mlstm_bwd_dq_kernel` writes it)."""
         pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
         c = tl.program_id(2)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
@@ -501,41 +483,15 @@ if triton is not None:
                                                 D, DV, L, QK_ROW)
         dnum, dnt, ig, fc, f_last, m, m_prev, m_last = _bwd_chunk_scalars(
             I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, ncol, q, L)
-        if DV_HERE:
-            ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
-        else:
-            _p, ds = _bwd_chunk_dscores(v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
+        ctil, ds = _bwd_chunk_ds(q, k, v, dnum, dnt, ig, fc, m, offs_l, scale, PREC)
         if DQ_HERE:
             _bwd_chunk_store_dq(C_states, N_states, DQ, pid_bh, pid_v, c, NC, BHS, qk_off, offs_d, offs_v, mask_d,
                                 mask_v, k, dnum, dnt, ds, fc, m, m_prev, scale, D, DV, PREC, QK_ROW)
-        dC, dn = _bwd_later_state_grad(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV, BD,
-                                       BV, LATER)
-        w = _bwd_later_weights(ig, fc, f_last, m_last)
-        dk = _bwd_chunk_dk(ds, q, v, w, dC, dn, ncol, PREC)
+        if LATER:
+            dC, dn = _load_state(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
+        else:
+            dC, dn, _unused = _zero_state(BD, BV)
+        dk, dv = _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC)
         tl.store(DK + part * ROW + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
-        if DV_HERE:
-            dv = _bwd_chunk_dv(ctil, k, dnum, w, dC, PREC)
-            tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
-        tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))
-
-    @triton.jit
-    def _mlstm_bwd_dv_kernel(
-        Q, K, I, Fg, DH, M_in, DEN, DNT, DC_states, DN_states, DVout,
-        scale, S, NC,
-        D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-        PREC: tl.constexpr, LATER: tl.constexpr, QK_ROW: tl.constexpr = 0,
-    ):
-        """dv of one chunk alone (:func:`_mlstm_bwd_chunk_kernel` with ``DV_HERE`` false does dk and the gate term):
-        one program per (batch*head, value block, chunk); the chunk's scores, then two products."""
-        pid_bh, pid_v, offs_l, offs_d, offs_v, mask_d, mask_v = _program_block(D, DV, L, BD, BV)
-        c = tl.program_id(2)
-        t, qk_off, v_off = _chunk_offsets(pid_bh, c, S, offs_l, offs_d, offs_v, D, DV, L, QK_ROW)
-        q = tl.load(Q + qk_off, mask=mask_d[None, :], other=0.0)
-        k = tl.load(K + qk_off, mask=mask_d[None, :], other=0.0)
-        dnum, _dnt, ig, fc, f_last, m, _m_prev, m_last = _bwd_chunk_scalars(
-            I, Fg, DH, M_in, DEN, DNT, pid_bh, c, S, t, v_off, offs_l, mask_v, (pid_v == 0).to(tl.float32), q, L)
-        ctil = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * tl.exp(_log_decay(ig, fc, offs_l) - m[:, None])
-        dC, _dn = _bwd_later_state_grad(DC_states, DN_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV,
-                                        BD, BV, LATER)
-        dv = _bwd_chunk_dv(ctil, k, dnum, _bwd_later_weights(ig, fc, f_last, m_last), dC, PREC)
         tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
+        tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))

@@ -315,12 +315,11 @@ def test_q_and_k_in_one_tensor_give_the_same_values(monkeypatch, shape, forward)
 
 @pytest.mark.parametrize("qk", ["two tensors", "one tensor"])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
-def test_backward_split_into_more_kernels_gives_the_same_values(monkeypatch, shape, qk):
-    """``BACKWARD_KERNELS``: "dq" (dq from its own kernel, dk and dv from the chunk kernel) and "each" (dv from one
-    more) against "joint": every gradient the same (bit for bit under the interpreter: the same operations; on CUDA
-    within 1e-6 in float32, as the compiler may order a product's sums otherwise), with one chunk (no state
-    gradients), several chunks and several value blocks, q and k apart or as one tensor. Other values are
-    refused."""
+def test_dq_in_a_kernel_of_its_own_gives_the_same_values(monkeypatch, shape, qk):
+    """``BACKWARD_DQ = "separate"``: dq from its own kernel, dk and dv from the chunk kernel without dq; every
+    gradient as with the joint kernel (bit for bit under the interpreter: the same operations; on CUDA within
+    1e-6 in float32, as the compiler may order a product's sums otherwise), with one chunk (no state gradients),
+    several chunks and several value blocks, q and k apart or as one tensor. Other values are refused."""
     b, nh, s, dqk, dv, chunk, block_v = shape
     inputs, grad = make_inputs(b, nh, s, dqk, dv, "wide")
     call = kernel(chunk, block_v)
@@ -328,14 +327,13 @@ def test_backward_split_into_more_kernels_gives_the_same_values(monkeypatch, sha
         call = lambda q, k, *x: mlstm_chunkwise_triton(  # noqa: E731
             torch.cat([q, k], dim=-1), None, *x, chunk_size=chunk, eps=EPS, block_v=block_v)
     got = {}
-    for split in ("joint", "dq", "each"):
-        monkeypatch.setattr(triton_mlstm, "BACKWARD_KERNELS", split)
-        got[split] = output_and_grads(call, inputs, grad)
-    for split in ("dq", "each"):
-        errors = rel_errors(got[split], got["joint"])
-        assert max(errors.values()) <= (1e-6 if DEVICE == "cuda" else 0.0), (split, errors)
-    monkeypatch.setattr(triton_mlstm, "BACKWARD_KERNELS", "apart")
-    with pytest.raises(ValueError, match="BACKWARD_KERNELS must be 'auto' or one of 'joint', 'dq', 'each'"):
+    for where in ("joint", "separate"):
+        monkeypatch.setattr(triton_mlstm, "BACKWARD_DQ", where)
+        got[where] = output_and_grads(call, inputs, grad)
+    errors = rel_errors(got["separate"], got["joint"])
+    assert max(errors.values()) <= (1e-6 if DEVICE == "cuda" else 0.0), errors
+    monkeypatch.setattr(triton_mlstm, "BACKWARD_DQ", "apart")
+    with pytest.raises(ValueError, match="BACKWARD_DQ must be 'auto', 'joint' or 'separate'"):
         output_and_grads(call, inputs, grad)
 
 
@@ -368,22 +366,21 @@ def test_state_passes_as_scans_give_the_same_values(monkeypatch, shape, gates):
         assert max(errors.values()) < 1e-5, (convention, errors)
     assert rel_errors([no_grad["scan"]], [no_grad["loop"]])["h"] < 1e-5
     monkeypatch.setattr(triton_mlstm, "STATE_PASS", "parallel")
-    with pytest.raises(ValueError, match="STATE_PASS must be 'auto' or one of 'loop', 'scan'"):
+    with pytest.raises(ValueError, match="STATE_PASS must be 'auto', 'loop' or 'scan'"):
         kernel(chunk, block_v)(*inputs)
 
 
-def test_auto_state_pass_and_backward_kernels_follow_the_tiles(monkeypatch):
-    """``"auto"``: the scan and the split backward at the tiles where they were timed faster (head dim 96, tiles
+def test_auto_state_pass_and_dq_kernel_follow_the_tiles(monkeypatch):
+    """``"auto"``: the scan and the separate dq kernel at the tiles where they were timed faster (head dim 96, tiles
     128 x 128), the loop and the joint kernel elsewhere; a value set by hand wins."""
     resolved = triton_mlstm._resolved
-    assert triton_mlstm.STATE_PASS == triton_mlstm.BACKWARD_KERNELS == "auto"
-    assert resolved("STATE_PASS", ("loop", "scan"), 128, 128) == "scan"
-    assert resolved("STATE_PASS", ("loop", "scan"), 64, 64) == "loop"
-    assert resolved("BACKWARD_KERNELS", ("joint", "dq", "each"), 128, 128) == triton_mlstm.BACKWARD_KERNELS_AUTO[
-        128, 128] != "joint"
-    assert resolved("BACKWARD_KERNELS", ("joint", "dq", "each"), 128, 64) == "joint"
+    assert triton_mlstm.STATE_PASS == triton_mlstm.BACKWARD_DQ == "auto"
+    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 128, 128) == "scan"
+    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 64, 64) == "loop"
+    assert resolved("BACKWARD_DQ", ("joint", "separate"), triton_mlstm.SEPARATE_DQ_TILES, 128, 128) == "separate"
+    assert resolved("BACKWARD_DQ", ("joint", "separate"), triton_mlstm.SEPARATE_DQ_TILES, 128, 64) == "joint"
     monkeypatch.setattr(triton_mlstm, "STATE_PASS", "loop")
-    assert resolved("STATE_PASS", ("loop", "scan"), 128, 128) == "loop"
+    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 128, 128) == "loop"
 
 
 @pytest.mark.parametrize("steps", [64, 40])
