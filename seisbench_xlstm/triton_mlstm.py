@@ -174,8 +174,9 @@ KERNELS = ("forward", "forward_states", "forward_chunks", "backward_states", "ba
 #: 18% busy (Nsight Compute on an H200, ``benchmarks/results/triton_mlstm_ncu.md``); the scan writes and reads the
 #: contributions once more but has no chain of products. Measured on an H200 (2026-11-30, thirteenth session,
 #: ``triton_mlstm_state_scan.md``, ``pretrain_gpu.md``): at 256x4x1024x96 forward 1.107 against 1.187 ms,
-#: forward+backward 3.141 against 3.255; at 128x4x1024x64 (one-pass forward) 1.090 against 1.078 ms; recipe 2
-#: (U-Net) 157.6 against 155.6 ms a step.
+#: forward+backward 3.141 against 3.255; at 128x4x1024x64 (one-pass forward) 1.090 against 1.078 ms, at 128x4x256x128
+#: (tiles 128 x 64) 1.666 against 1.169 ms (``triton_mlstm_backward_split.md``); recipe 2 (U-Net) 157.6 against
+#: 155.6 ms a step.
 STATE_PASS = "auto"
 SCAN_TILES = ((128, 128),)
 #: Rows of a state per program of the scan (:data:`STATE_PASS`), and its warps.
@@ -190,7 +191,9 @@ SCAN_WARPS = 4
 #: else joint. The same values. Measured as :data:`STATE_PASS`: forward+backward at 256x4x1024x96 3.181 against
 #: 3.255 ms (3.066 against 3.141 with the scan), at 128x4x1024x64 1.105 against 1.078 ms; recipe 1 (both switches,
 #: the sequential backbone, batch 128) 209.6 and 209.6 against 213.7 and 213.6 ms a step in turns, recipe 2 160.4
-#: against 155.6 ms.
+#: against 155.6 ms. dv in a third kernel as well (as many products as "separate", still fewer tiles alive) was
+#: slower: 3.294 against 3.101 ms at 256x4x1024x96 with the scan, recipe 1 218.9 and 218.0 against 213.0 and 212.3
+#: ms a step in turns (``triton_mlstm_backward_split.md``); removed again.
 BACKWARD_DQ = "auto"
 SEPARATE_DQ_TILES = ((128, 128),)
 
