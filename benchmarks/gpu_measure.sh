@@ -41,7 +41,9 @@
 # pretrain_speed.py's settings; prepare the trees here first).
 # Measured on nvidia-h200-x2 (2026-11-30): annotate_speed 235 s (one kernel) to 350 s (two), pytest -k gpu 87 to 95 s,
 # pretrain_speed about 70 s a configuration, triton_mlstm_speed.py 120 s, the Triton tests without the grid about
-# 125 s, the grid 262 s.
+# 125 s, the grid 262 s. On nvidia-h200 (2026-11-30, thirteenth session) the Triton tests without the grid took 334 s,
+# 111 s of them compiling test_float32_project_head_dims_wide_gates[96-exact] (float32 kernels at tiles 128 x 128),
+# and pytest -k gpu did not finish its last two tests (compiled U-Net annotate, tiny fine-tuning) in 240 s.
 # DRY_RUN=1: the same steps on this machine's CPU with tiny backbones (checks the wiring, not the figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
