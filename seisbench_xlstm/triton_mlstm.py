@@ -312,6 +312,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             m_states = torch.empty(BH, NC, **f32)
             if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, BD, BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
+                # zeros: the scan also reads the last chunk's scalars, and drops the update they make
                 f_last, m_loc = torch.zeros(BH, NC, **f32), torch.zeros(BH, NC, **f32)
                 _mlstm_fwd_chunk_states_kernel[(BH, nvb, NC - 1)](
                     k, v, i, f, delta_c, delta_n, f_last, m_loc, S, NC, **_kernel_meta(meta, "forward_chunk_states"))
