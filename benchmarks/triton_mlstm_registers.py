@@ -1,6 +1,7 @@
 """Registers and spills of this project's Triton mLSTM kernels, compiled for a GPU without one.
 
-Compiles each kernel of ``seisbench_xlstm/triton_mlstm.py`` (forward, backward dq, backward loop) and of
+Compiles each kernel of ``seisbench_xlstm/triton_mlstm.py`` that the library launches at a shape (the forward and
+backward passes, with the state passes and the backward's split that ``STATE_PASS`` and ``BACKWARD_DQ`` choose) and of
 ``seisbench_xlstm/triton_mlstm_scalars.py`` for a CUDA target (default sm_90, the H200) with Triton's compiler, as
 the library launches them (bf16 inputs, ``DISABLE_LLVM_OPT=1``), and reads what ``ptxas -v`` (shipped with triton)
 reports: registers per thread, stack frame, spill stores and loads. It needs triton but no GPU, so tile and warp
@@ -62,7 +63,8 @@ def compile_kernel(fn, signature: dict, constexprs: dict, warps: int, arch: int,
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constexprs = {**constexprs, **{k: 1 for k, v in ints.items() if v == 1}}
+    constexprs = {k: v for k, v in {**constexprs, **{k: 1 for k, v in ints.items() if v == 1}}.items()
+                  if k in fn.arg_names}
     signature = {k: v for k, v in signature.items() if k not in constexprs}
     signature = {k: signature.get(k, "constexpr") for k in fn.arg_names}
     divisible = [k for k, v in signature.items() if v.startswith("*") or (k in ints and ints[k] % 16 == 0)]
@@ -91,25 +93,47 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
     later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
     two_pass = tm._two_pass_forward(ints["NC"], BD, BV)
+    scan = tm._resolved("STATE_PASS", ("loop", "scan"), tm.SCAN_TILES, BD, BV) == "scan"
+    dq_apart = tm._resolved("BACKWARD_DQ", ("joint", "separate"), tm.SEPARATE_DQ_TILES, BD, BV) == "separate"
     stages = {"STAGES": tm.STATE_PASS_STAGES}  # as the library launches the state passes on a GPU
+    contributions = dict(DELTA_C=bf, DELTA_N=f32, S="i32", NC="i32")
+    scan_args = dict(C_states=bf, N_states=f32, M_states=f32, DELTA_C=bf, DELTA_N=f32, SCAL_A=f32, SCAL_B=f32,
+                     NC="i32")
+    scan_constexprs = {"RB": min(tm.SCAN_ROWS, BD), **stages}
+    bwd_chunks = dict(Q=bf, K=bf, V=bf, **scalars, C_states=bf, N_states=f32, DC_states=bf, DN_states=f32, DQ=part,
+                      DK=part, DVout=bf, DI=f32, scale="fp32", S="i32", NC="i32", BHS="i32")
+    # (row label, name in KERNEL_WARPS, kernel, argument types, constexprs beyond the common ones, launched)
     kernels = [
-        ("forward_states", tm._mlstm_fwd_states_kernel, dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32,
-                                                              M_states=f32, S="i32", NC="i32"), stages),
-        ("forward_chunks", tm._mlstm_fwd_chunk_kernel, {**forward, "M_states": f32}, {"SAVE": True}),
-        ("forward", tm._mlstm_fwd_kernel, forward, {"SAVE": True}),
-        ("backward_states", tm._mlstm_bwd_states_kernel, dict(Q=bf, **scalars, DC_states=bf, DN_states=f32,
-                                                               scale="fp32", S="i32", NC="i32"), stages),
-        ("backward_chunks", tm._mlstm_bwd_chunk_kernel,
-         dict(Q=bf, K=bf, V=bf, **scalars, C_states=bf, N_states=f32, DC_states=bf, DN_states=f32, DQ=part,
-              DK=part, DVout=bf, DI=f32, scale="fp32", S="i32", NC="i32", BHS="i32"), {"LATER": later}),
+        ("forward_states", "forward_states", tm._mlstm_fwd_states_kernel,
+         dict(K=bf, V=bf, I=f32, Fg=f32, C_states=bf, N_states=f32, M_states=f32, S="i32", NC="i32"), stages,
+         two_pass and not scan),
+        ("forward_chunk_states", "forward_chunk_states", tm._mlstm_fwd_chunk_states_kernel,
+         dict(K=bf, V=bf, I=f32, Fg=f32, F_LAST=f32, M_LOC=f32, **contributions), {}, two_pass and scan),
+        ("state_scan (forward)", "state_scan", tm._state_scan_kernel, scan_args,
+         {**scan_constexprs, "REVERSE": False, "STABILISED": True}, two_pass and scan),
+        ("forward_chunks", "forward_chunks", tm._mlstm_fwd_chunk_kernel, {**forward, "M_states": f32}, {"SAVE": True},
+         two_pass),
+        ("forward", "forward", tm._mlstm_fwd_kernel, forward, {"SAVE": True}, not two_pass),
+        ("backward_states", "backward_states", tm._mlstm_bwd_states_kernel,
+         dict(Q=bf, **scalars, DC_states=bf, DN_states=f32, scale="fp32", S="i32", NC="i32"), stages,
+         later and not scan),
+        ("backward_chunk_states", "backward_chunk_states", tm._mlstm_bwd_chunk_states_kernel,
+         dict(Q=bf, **scalars, G=f32, scale="fp32", **contributions), {}, later and scan),
+        ("state_scan (backward)", "state_scan", tm._state_scan_kernel, scan_args,
+         {**scan_constexprs, "REVERSE": True, "STABILISED": False}, later and scan),
+        ("backward_dq", "backward_dq", tm._mlstm_bwd_dq_kernel,
+         {k: v for k, v in bwd_chunks.items() if k not in ("Q", "DC_states", "DN_states", "DK", "DVout", "DI")}, {},
+         dq_apart),
+        ("backward_chunks", "backward_chunks", tm._mlstm_bwd_chunk_kernel, bwd_chunks,
+         {"LATER": later, "DQ_HERE": not dq_apart}, True),
     ]
-    launched = {"forward_states": two_pass, "forward_chunks": two_pass, "forward": not two_pass,
-                "backward_states": later, "backward_chunks": True}
-    kernels = [k for k in kernels if launched[k[0]]]
     rows = []
-    for name, fn, signature, extra in kernels:
-        n_warps = warps or tm._kernel_meta({**launch, "BD": BD, "BV": BV}, name)["num_warps"]
-        rows.append({"kernel": name, "warps": n_warps, "block_v": BV,
+    for label, name, fn, signature, extra, launched in kernels:
+        if not launched:
+            continue
+        base = tm.SCAN_WARPS if name == "state_scan" else launch["num_warps"]
+        n_warps = warps or tm._kernel_meta({**launch, "num_warps": base, "BD": BD, "BV": BV}, name)["num_warps"]
+        rows.append({"kernel": label, "warps": n_warps, "block_v": BV,
                      **compile_kernel(fn, signature, {**constexprs, **extra}, n_warps, arch,
                                       {k: v for k, v in ints.items() if k in signature})})
     return rows

@@ -200,12 +200,14 @@ def test_triton_registers_reports_every_kernel(tmp_path):
 
     rows = triton_mlstm_registers.main(["--shapes", "128x4x64x64", "128x4x128x96", "--out",
                                         str(tmp_path / "registers.md")])
-    # as the library launches them: one chunk: one pass, no state-gradient kernel; two chunks of head dim 96: the
-    # state passes
-    assert [r["kernel"] for r in rows] == ["forward", "backward_chunks", "forward_states", "forward_chunks",
-                                           "backward_states", "backward_chunks", "scalars_normaliser", "scalars_gates"]
+    # as the library launches them: one chunk: one pass, no state-gradient kernel; two chunks of head dim 96 (tiles
+    # 128 x 128): the state passes as contributions and scans, dq in a kernel of its own
+    assert [r["kernel"] for r in rows] == [
+        "forward", "backward_chunks",
+        "forward_chunk_states", "state_scan (forward)", "forward_chunks", "backward_chunk_states",
+        "state_scan (backward)", "backward_dq", "backward_chunks", "scalars_normaliser", "scalars_gates"]
     assert all(0 < r["registers"] <= 255 and r["stack_bytes"] >= 0 for r in rows)
-    assert len(list(csv.DictReader(open(tmp_path / "registers.csv")))) == 8
+    assert len(list(csv.DictReader(open(tmp_path / "registers.csv")))) == 11
 
 
 def test_triton_speed_times_tfla_once_a_shape(monkeypatch, tmp_path):
