@@ -15,7 +15,9 @@ was called directly, with float32 gates, and ran unpadded, and wrong, at 96). TF
 later rows of the shape, which vary our kernel's settings only, reuse its figures). Agreement: relative L2 error
 ``|ours - tfla| / |tfla|`` of the output and of each input gradient (both kernels in bf16, so ~1e-2 is rounding; the
 kernels' stabilisers differ only where ``eps`` matters, see the module docstring of
-``seisbench_xlstm/triton_mlstm.py``).
+``seisbench_xlstm/triton_mlstm.py``). Peak memory (:func:`call_peak_gib`): the inputs and upstream gradient plus the
+most a forward+backward allocated at once; until 2026-11-30 (thirteenth session) the device's whole peak, which also
+counted the outputs kept for the agreement columns, so the earlier tables' figures grow from row to row of a shape.
 """
 
 from __future__ import annotations
@@ -103,11 +105,7 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int,
                                                     rep=rep), 3)
             for t in inputs:
                 t.grad = None
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            forward_backward(fn, inputs, grad)
-            torch.cuda.synchronize()
-            row[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            row[f"{name}_peak_gib"] = call_peak_gib(lambda fn=fn: forward_backward(fn, inputs, grad), [*inputs, grad])
         except Exception as err:  # record and go on: one failing kernel or shape must not hide the others
             row["note"] += f"{name}: {type(err).__name__}: {str(err)[:120]} "
             print(f"  {shape} {name} failed: {err}", flush=True)
@@ -121,6 +119,19 @@ def measure(shape, chunk_size: int, block_v: int | None, warmup: int, rep: int,
     if tfla is None and "tfla" in outputs:
         tfla = {"outputs": outputs["tfla"], "fields": {k: v for k, v in row.items() if k.startswith("tfla_")}}
     return row, tfla
+
+
+def call_peak_gib(call, tensors: list) -> float:
+    """GiB that ``call()`` needs at its peak: ``tensors`` (what it reads: the inputs and the upstream gradient) plus
+    the most it allocated at once (its outputs and gradients included), whatever else the process holds (the
+    outputs this script keeps for the agreement columns)."""
+    torch.cuda.synchronize()
+    held_before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    call()
+    torch.cuda.synchronize()
+    read = sum(t.numel() * t.element_size() for t in tensors)
+    return round((torch.cuda.max_memory_allocated() - held_before + read) / 2**30, 2)
 
 
 def against_reference(shape, chunk_size: int, block_v: int | None, runs: dict | None = None) -> dict:
@@ -223,7 +234,8 @@ def main(argv=None):
              f"L2 error of ours against TFLA; `*_vs_exact`, `*_vs_constant`: each kernel's largest relative error "
              f"(output and five gradients) against the quadratic mLSTM in float32 on {REFERENCE_SEQUENCES} sequences "
              f"of the shape (up to {REFERENCE_MAX_STEPS:,} steps), same rounded inputs, with the exact gradient or with stabiliser and normaliser constant "
-             "(TFLA's convention; `seisbench_xlstm.kernels.quadratic_mlstm`); our chunk size "
+             "(TFLA's convention; `seisbench_xlstm.kernels.quadratic_mlstm`); `*_peak_gib`: the inputs and upstream "
+             "gradient plus the most a forward+backward allocated at once; our chunk size "
              f"{args.chunk_size}, block_v and launch settings per row, gradient "
              f"{'constant normaliser (as TFLA)' if args.constant_normaliser else 'exact'}.",
              ""]

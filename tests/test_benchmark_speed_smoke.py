@@ -245,6 +245,27 @@ def test_triton_speed_times_tfla_once_a_shape(monkeypatch, tmp_path):
     assert rows[0]["tfla_fwbw_ms"] == rows[1]["tfla_fwbw_ms"] and rows[1]["rel_err_h"] == "0.0e+00"
 
 
+def test_triton_speed_peak_counts_the_call_not_what_the_process_holds(monkeypatch):
+    """``call_peak_gib``: the inputs read plus the most the call allocated, not the device's whole peak (which
+    counted the outputs the script keeps for its agreement columns, so that the figures grew from row to row).
+    Stand-in CUDA memory counters: 5 GiB held before the call, 1.5 GiB allocated by it at its peak."""
+    import triton_mlstm_speed as speed
+
+    gib = 2**30
+    held = {"now": 5 * gib, "peak": 5 * gib}
+
+    def call():
+        held["peak"] = max(held["peak"], held["now"] + int(1.5 * gib))
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: held.update(peak=held["now"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: held["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: held["peak"])
+    read = [torch.empty(gib // 4, dtype=torch.uint8, device="meta"),  # 0.25 + 0.25 GiB, not allocated
+            torch.empty(gib // 8, dtype=torch.float16, device="meta")]
+    assert speed.call_peak_gib(call, read) == 2.0
+
+
 def test_ab_revisions_refuses_unknown_revisions_and_missing_trees():
     import subprocess
 
