@@ -45,7 +45,9 @@ input dtype, for the same reason as ``C``); then one program per (batch*head, va
 computes dq (from the state at the chunk's start), dk, dv (from the state gradient at its end) and the input-gate
 term ``k_j . dk_j`` from one computation of the chunk's scores. With one chunk only the second kernel runs. With one
 value block dq, dk and the gate term are written in their final dtype; with several, as float32 parts per value
-block, summed afterwards.
+block, summed afterwards. Both state passes can instead run as a scan (:data:`STATE_PASS`: every chunk's own
+contribution in parallel, then a pass that only multiplies and adds), and dq in a kernel of its own
+(:data:`BACKWARD_DQ`); by default both at head dim 96 only, where they were timed faster.
 The per-step scalars (O(S) work; :mod:`seisbench_xlstm.triton_mlstm_scalars`, in PyTorch or in two Triton kernels)
 follow from these properties of the exact (autograd) gradient (the constant convention: see above):
 
