@@ -46,6 +46,13 @@ if triton is not None:
         return t, qk_off, pid_bh * S * DV + t[:, None] * DV + offs_v[None, :]
 
     @triton.jit
+    def _qk_part_offset(pid_v, BHS, D: tl.constexpr, QK_ROW: tl.constexpr):
+        """Offset of value block ``pid_v``'s part in a dq or dk tensor of parts (each ``BHS`` rows of q/k's row
+        length)."""
+        ROW: tl.constexpr = D if QK_ROW == 0 else QK_ROW
+        return pid_v.to(tl.int64) * BHS * ROW
+
+    @triton.jit
     def _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
                     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, QK_ROW: tl.constexpr):
         """Steps, q/k and value offsets and the q, k, v tiles of chunk ``c`` of this program's sequence and value
@@ -433,10 +440,9 @@ if triton is not None:
                             k, dnum, dnt, ds, fc, m, m_prev, scale, D: tl.constexpr, DV: tl.constexpr,
                             PREC: tl.constexpr, QK_ROW: tl.constexpr):
         """Writes dq of one chunk (this value block's part) from ``ds`` and the state at the chunk's start."""
-        ROW: tl.constexpr = D if QK_ROW == 0 else QK_ROW
         c_start, n_start = _load_state(C_states, N_states, pid_bh, c, NC, offs_d, offs_v, mask_d, mask_v, D, DV)
         dq = _bwd_chunk_dq(ds, k, dnum, dnt, fc, m, m_prev, c_start, n_start, scale, PREC)
-        tl.store(DQ + pid_v.to(tl.int64) * BHS * ROW + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
+        tl.store(DQ + _qk_part_offset(pid_v, BHS, D, QK_ROW) + qk_off, dq.to(DQ.dtype.element_ty), mask=mask_d[None, :])
 
     @triton.jit
     def _mlstm_bwd_dq_kernel(
@@ -477,7 +483,6 @@ if triton is not None:
         c = tl.program_id(2)
         # the normaliser is an extra value column of ones; only value block 0 counts its contributions
         ncol = (pid_v == 0).to(tl.float32)
-        ROW: tl.constexpr = D if QK_ROW == 0 else QK_ROW
         part = pid_v.to(tl.int64) * BHS
         t, qk_off, v_off, q, k, v = _load_chunk(Q, K, V, pid_bh, c, S, offs_l, offs_d, offs_v, mask_d, mask_v,
                                                 D, DV, L, QK_ROW)
@@ -492,6 +497,6 @@ if triton is not None:
         else:
             dC, dn, _unused = _zero_state(BD, BV)
         dk, dv = _bwd_chunk_dk_dv(ctil, ds, q, k, v, dnum, ig, fc, f_last, m_last, dC, dn, ncol, PREC)
-        tl.store(DK + part * ROW + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
+        tl.store(DK + _qk_part_offset(pid_v, BHS, D, QK_ROW) + qk_off, dk.to(DK.dtype.element_ty), mask=mask_d[None, :])
         tl.store(DVout + v_off, dv.to(DVout.dtype.element_ty), mask=mask_v[None, :])
         tl.store(DI + part + pid_bh * S + t, tl.sum(k.to(tl.float32) * dk, axis=1))
