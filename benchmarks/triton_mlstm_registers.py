@@ -93,8 +93,8 @@ def mlstm_kernels(shape: tuple, chunk: int, block_v: int | None, warps: int | No
     scalars = dict(I=f32, Fg=f32, DH=bf, M_in=f32, DEN=f32, DNT=f32)
     later = ints["NC"] > 1  # as the library: the state passes run from 2 chunks on
     two_pass = tm._two_pass_forward(ints["NC"], BD, BV)
-    scan = tm._resolved("STATE_PASS", ("loop", "scan"), tm.SCAN_TILES, BD, BV) == "scan"
-    dq_apart = tm._resolved("BACKWARD_DQ", ("joint", "separate"), tm.SEPARATE_DQ_TILES, BD, BV) == "separate"
+    scan = tm._resolved("STATE_PASS", BD, BV) == "scan"
+    dq_apart = tm._resolved("BACKWARD_DQ", BD, BV) == "separate"
     stages = {"STAGES": tm.STATE_PASS_STAGES}  # as the library launches the state passes on a GPU
     contributions = dict(DELTA_C=bf, DELTA_N=f32, S="i32", NC="i32")
     scan_args = dict(C_states=bf, N_states=f32, M_states=f32, DELTA_C=bf, DELTA_N=f32, SCAL_A=f32, SCAL_B=f32,

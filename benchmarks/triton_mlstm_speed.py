@@ -175,13 +175,13 @@ def main(argv=None):
                              "measured)")
     parser.add_argument("--stages", type=int, nargs="+", default=[None], help="num_stages, the same way")
     parser.add_argument("--kernel-warps", nargs="+", default=[None], metavar="KERNEL=WARPS[,KERNEL=WARPS]",
-                        help="num_warps of single kernels (seisbench_xlstm.triton_mlstm.KERNEL_WARPS; kernels "
-                             "forward, forward_states, forward_chunks, backward_states, backward_chunks), e.g. "
+                        help="num_warps of single kernels (seisbench_xlstm.triton_mlstm.KERNEL_WARPS; the kernels "
+                             "of triton_mlstm.KERNELS), e.g. "
                              "backward_chunks=4 forward_states=4,backward_states=4 "
                              "(several: each is measured; 'none' for the library's)")
     parser.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE[,VALUE]",
                         help="library constants to measure at each of their values, e.g. "
-                             "triton_mlstm.STATE_PASS_TILES=head,exact (every combination is measured)")
+                             "triton_mlstm.STATE_PASS=loop,scan (every combination is measured)")
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD",
                         help="shapes to run instead of the project's, e.g. 256x4x1024x96")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time (ms)")

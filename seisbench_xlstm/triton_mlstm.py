@@ -200,12 +200,19 @@ BACKWARD_DQ = "auto"
 SEPARATE_DQ_TILES = ((128, 128),)
 
 
-def _resolved(name: str, choices: tuple[str, str], auto_tiles: tuple, BD: int, BV: int) -> str:
-    """The value of the module constant ``name`` (one of ``choices`` or ``"auto"``: the second choice at the tiles
-    ``auto_tiles``, else the first) for tiles ``(BD, BV)``."""
+#: The switches :func:`_resolved` reads: their choices (the first the default, the second taken by ``"auto"``) and
+#: the name of the constant that holds the tiles where ``"auto"`` takes the second.
+_SWITCHES = {"STATE_PASS": (("loop", "scan"), "SCAN_TILES"),
+             "BACKWARD_DQ": (("joint", "separate"), "SEPARATE_DQ_TILES")}
+
+
+def _resolved(name: str, BD: int, BV: int) -> str:
+    """The value of the switch ``name`` (:data:`STATE_PASS` or :data:`BACKWARD_DQ`: one of its choices, or
+    ``"auto"``: the second choice at the tiles of its constant, else the first) for tiles ``(BD, BV)``."""
+    choices, auto_tiles = _SWITCHES[name]
     value = globals()[name]
     if value == "auto":
-        return choices[1] if (BD, BV) in auto_tiles else choices[0]
+        return choices[1] if (BD, BV) in globals()[auto_tiles] else choices[0]
     if value not in choices:
         raise ValueError(f"{name} must be 'auto', {choices[0]!r} or {choices[1]!r}, got {value!r}")
     return value
@@ -312,7 +319,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         meta = dict(D=D, DV=DV, L=L, BD=BD, BV=BV, PREC=_prec(q.dtype), QK_ROW=qk_row, **_launch_config(BD, BV))
         if two_pass:
             m_states = torch.empty(BH, NC, **f32)
-            if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, BD, BV) == "scan":
+            if _resolved("STATE_PASS", BD, BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
                 # zeros: the scan also reads the last chunk's scalars, and drops the update they make
                 f_last, m_loc = torch.zeros(BH, NC, **f32), torch.zeros(BH, NC, **f32)
@@ -364,7 +371,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         dc_states, dn_states = c_states, n_states  # not read with one chunk
         if later:  # the state gradients at the chunks' ends, as the forward's states (and so in the same dtypes)
             dc_states, dn_states = torch.empty_like(c_states), torch.empty_like(n_states)
-            if _resolved("STATE_PASS", ("loop", "scan"), SCAN_TILES, meta["BD"], BV) == "scan":
+            if _resolved("STATE_PASS", meta["BD"], BV) == "scan":
                 delta_c, delta_n = torch.empty_like(c_states), torch.empty_like(n_states)
                 decay = torch.zeros(BH, NC, dtype=torch.float32, device=q.device)
                 _mlstm_bwd_chunk_states_kernel[(BH, nvb, NC - 1)](
@@ -374,7 +381,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
                 _mlstm_bwd_states_kernel[(BH, nvb)](
                     q, *scalars, dc_states, dn_states, D**-0.5, S, NC, STAGES=_state_pass_stages(),
                     **_kernel_meta(meta, "backward_states"))
-        dq_here = _resolved("BACKWARD_DQ", ("joint", "separate"), SEPARATE_DQ_TILES, meta["BD"], BV) == "joint"
+        dq_here = _resolved("BACKWARD_DQ", meta["BD"], BV) == "joint"
         if not dq_here:
             _mlstm_bwd_dq_kernel[(BH, nvb, NC)](k, v, *scalars, c_states, n_states, dq_part, D**-0.5, S, NC, BH * S,
                                                 **_kernel_meta(meta, "backward_dq"))

@@ -375,12 +375,12 @@ def test_auto_state_pass_and_dq_kernel_follow_the_tiles(monkeypatch):
     128 x 128), the loop and the joint kernel elsewhere; a value set by hand wins."""
     resolved = triton_mlstm._resolved
     assert triton_mlstm.STATE_PASS == triton_mlstm.BACKWARD_DQ == "auto"
-    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 128, 128) == "scan"
-    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 64, 64) == "loop"
-    assert resolved("BACKWARD_DQ", ("joint", "separate"), triton_mlstm.SEPARATE_DQ_TILES, 128, 128) == "separate"
-    assert resolved("BACKWARD_DQ", ("joint", "separate"), triton_mlstm.SEPARATE_DQ_TILES, 128, 64) == "joint"
+    assert resolved("STATE_PASS", 128, 128) == "scan"
+    assert resolved("STATE_PASS", 64, 64) == "loop"
+    assert resolved("BACKWARD_DQ", 128, 128) == "separate"
+    assert resolved("BACKWARD_DQ", 128, 64) == "joint"
     monkeypatch.setattr(triton_mlstm, "STATE_PASS", "loop")
-    assert resolved("STATE_PASS", ("loop", "scan"), triton_mlstm.SCAN_TILES, 128, 128) == "loop"
+    assert resolved("STATE_PASS", 128, 128) == "loop"
 
 
 @pytest.mark.parametrize("steps", [64, 40])
