@@ -42,6 +42,8 @@ from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
 from .kernels import AUTO, kernel_head_dim, mlstm_sequence, mlstm_sequence_qk, query_scale
 from .triton_conv import TAPS as CONV_TRITON_TAPS
 from .triton_conv import causal_conv_silu, causal_conv_silu_heads, causal_depthwise_conv
+from .triton_input_stage import TAPS as INPUT_STAGE_TAPS
+from .triton_input_stage import mlstm_input_stage, sub_channels
 from .triton_output_gate import normed_output_gate, triton
 
 
@@ -106,6 +108,13 @@ CONV_WRITES_HEAD_LAYOUT = False
 #: gradient in place by this project's Triton kernel (:func:`seisbench_xlstm.kernels.mlstm_sequence_qk`). H200 (tenth
 #: session run 1): recipe 1 213.3 against 219.0 ms a step (61.5 against 66.0 GiB), recipe 2 156.1 against 160.6 ms.
 QK_ONE_PRODUCT = True
+#: Where the branches' input stage runs (the conv and its SiLU, the headwise q/k/v and the gates) with q/k/v form
+#: ``per_head``, q and k as one tensor and no head padding: ``"triton"`` (:mod:`seisbench_xlstm.triton_input_stage`:
+#: one kernel forward, two backward, outputs in the mLSTM kernel's layout; on CPU tensors only under Triton's
+#: interpreter), ``"torch"`` (:data:`CONV_STAGE`, then :func:`_qkv_gates_per_head`) or ``"auto"`` (Triton on CUDA
+#: where it is installed). Layers whose head dim, block size, conv or gates the kernels cannot take run the torch
+#: stage under any setting. The same function.
+INPUT_STAGE = "torch"
 
 
 @dataclass
@@ -224,16 +233,23 @@ def mlstm_branches(
         return _stacked(directions, get)
 
     form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
-    x_conv, heads_layout = _conv_stage(x_mlstm, directions, heads if form == "per_head" else 0)
     gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
     gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
     w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
     if form == "per_head":
-        q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads, kernel_dim,
-                                            heads_layout)
+        if kernel_dim == head_dim and _triton_input_stage(x_mlstm, directions, head_dim):
+            weight, bias = (stacked(lambda d, n=n: getattr(d.conv1d.conv, n)) for n in ("weight", "bias"))
+            x_conv, q, v, i, f = mlstm_input_stage(x_mlstm, weight[:, :, 0], bias, w_q, w_k, w_v,
+                                                   *_folded_gate_weights((w_q, w_k, w_v), gate_w), gate_b, heads)
+            k = None  # q holds q and k
+        else:
+            x_conv, heads_layout = _conv_stage(x_mlstm, directions, heads)
+            q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads,
+                                                kernel_dim, heads_layout)
         h = mlstm_sequence(q, k, v, i, f, kernel=kernel) if k is not None else mlstm_sequence_qk(q, v, i, f, kernel)
         h = h[..., :head_dim]  # (directions * heads, batch, steps, hd)
         return _output_stage(h.unflatten(0, (n_dir, heads)), x_conv, z, directions)
+    x_conv, _ = _conv_stage(x_mlstm, directions)
     if form == "fused":
         q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
     elif form == "dense":
@@ -305,6 +321,14 @@ def _in_triton(setting: str, what: str, x: torch.Tensor) -> bool:
     if setting not in STAGE_SETTINGS:
         raise ValueError(f"Unknown {what} {setting!r}; known: {', '.join(STAGE_SETTINGS)}")
     return setting == "triton" or (setting == "auto" and x.is_cuda and triton is not None)
+
+
+def _triton_input_stage(x: torch.Tensor, directions: list[MLSTMDirection], head_dim: int) -> bool:
+    """Whether the input stage runs in Triton (:data:`INPUT_STAGE`) for these branches: q and k as one tensor, a
+    conv with a bias and at most :data:`seisbench_xlstm.triton_input_stage.TAPS` taps, a head dim the kernels tile."""
+    config, conv = directions[0].config, directions[0].conv1d.conv
+    return _in_triton(INPUT_STAGE, "input stage", x) and QK_ONE_PRODUCT and conv.bias is not None and (
+        conv.kernel_size[0] <= INPUT_STAGE_TAPS) and sub_channels(head_dim, config.qkv_proj_blocksize) > 0
 
 
 def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection], heads: int = 0):
@@ -472,9 +496,17 @@ def _folded_gates(
     """Gate pre-activations (without bias) ``(directions, batch, steps, 2 * heads)`` straight from the inputs of q, k
     and v: the gates are linear in q, k and v, so their weights fold into the headwise projections (two thin GEMMs
     instead of three over q, k and v)."""
-    g_q, g_k, g_v = gate_w.split(x_conv.shape[-1], dim=-1)
+    on_conv, on_input = _folded_gate_weights(qkv_weights, gate_w)
+    return _batched_linear(x_conv, on_conv) + _batched_linear(x_mlstm, on_input)
+
+
+def _folded_gate_weights(qkv_weights: tuple[torch.Tensor, ...], gate_w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The gates' weights ``(directions, 2 * heads, 3 * inner)`` over ``[q, k, v]`` folded into the headwise
+    projections: those on the conv output (the input of q and k) and on the branch input (that of v), each
+    ``(directions, 2 * heads, inner)``."""
+    g_q, g_k, g_v = gate_w.split(gate_w.shape[-1] // 3, dim=-1)
     w_q, w_k, w_v = (_block_diagonal(w) for w in qkv_weights)
-    return _batched_linear(x_conv, g_q @ w_q + g_k @ w_k) + _batched_linear(x_mlstm, g_v @ w_v)
+    return g_q @ w_q + g_k @ w_k, g_v @ w_v
 
 
 def _qkv_gates_fused(
