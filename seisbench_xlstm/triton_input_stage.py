@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .triton_layout import last_axis_contiguous, leading_strides
+from .triton_layout import autotuned, interpreter_setting, last_axis_contiguous, leading_strides
 from .triton_mlstm_kernels import tl, triton
 
 #: Channel sub-block widths, in order of preference: the first that divides the head dim and is a multiple of the
@@ -51,14 +51,20 @@ from .triton_mlstm_kernels import tl, triton
 SUB_CHANNELS = (32, 16)
 #: The conv's largest kernel size (smaller ones are zero-padded in front: the same causal conv).
 TAPS = 4
-#: Forward: steps per program and warps.
-FORWARD_BLOCK_T = 64
-FORWARD_WARPS = 4
-#: Backward: steps per program (its partial sums of the weights' gradients are laid out by it), looped over in blocks
-#: of ``BACKWARD_BLOCK_T``; warps.
+#: Launch settings the autotuner chooses from per channel count and head dim on the first call of each kernel (not
+#: under the interpreter, which runs the first): steps per program (forward) or per loop step (backward), warps,
+#: pipelining stages. Compiled for sm_90 at recipe 1's shape (``ptxas -v``, bf16, head dim 96): none of these spills
+#: but the first backward kernel's with 8 warps (4 bytes); that kernel spilled 184 to 312 bytes at 16 steps with 2
+#: warps, 32 with 4 and 64 with 8, the forward 48 bytes at 64 steps with 8 warps.
+FORWARD_TUNING = [{"BLOCK_T": 32, "num_warps": 4, "num_stages": 1}, {"BLOCK_T": 16, "num_warps": 4, "num_stages": 1},
+                  {"BLOCK_T": 32, "num_warps": 8, "num_stages": 1}]
+BACKWARD_CONV_TUNING = [{"BLOCK_T": 16, "num_warps": 4, "num_stages": 1},
+                        {"BLOCK_T": 16, "num_warps": 8, "num_stages": 1}]
+BACKWARD_X_TUNING = [{"BLOCK_T": 16, "num_warps": 4, "num_stages": 1}, {"BLOCK_T": 32, "num_warps": 4, "num_stages": 1},
+                     {"BLOCK_T": 64, "num_warps": 8, "num_stages": 1}]
+#: Steps per backward program, looped over in blocks of the tuned ``BLOCK_T`` (fixed: the partial sums of the weights'
+#: gradients are laid out by it).
 BACKWARD_ROWS = 512
-BACKWARD_BLOCK_T = 32
-BACKWARD_WARPS = 4
 
 
 def sub_channels(head_dim: int, block: int) -> int:
@@ -93,17 +99,24 @@ if triton is not None:
         return w0, w1, w2, w3, tl.load(CB + d * channels + cols)[None, :]
 
     @triton.jit
-    def _projection(WT, d, cb, subs, which, SUB: tl.constexpr):
+    def _projection(WT, d, cb, subs, which, SUB: tl.constexpr, TRANSPOSED: tl.constexpr):
         """Sub-block ``cb``'s projection matrix ``which`` (0: q, 1: k, 2: v), ``(SUB, SUB)``, input channels along the
-        rows."""
+        rows (``TRANSPOSED``: along the columns)."""
         s = tl.arange(0, SUB)
-        return tl.load(WT + ((d * subs + cb) * 3 + which) * SUB * SUB + s[:, None] * SUB + s[None, :])
+        return tl.load(WT + ((d * subs + cb) * 3 + which) * SUB * SUB + s[:, None] * (1 if TRANSPOSED else SUB)
+                       + s[None, :] * (SUB if TRANSPOSED else 1))
 
     @triton.jit
     def _gate_columns(GT, d, cb, subs, which, SUB: tl.constexpr, GP: tl.constexpr):
         """Sub-block ``cb``'s columns of the gate weights ``which`` (0: on ``x_conv``, 1: on ``x``), ``(SUB, GP)``."""
-        s = tl.arange(0, SUB)
-        return tl.load(GT + ((d * subs + cb) * 2 + which) * SUB * GP + s[:, None] * GP + tl.arange(0, GP)[None, :])
+        base = GT + ((d * subs + cb) * 2 + which) * SUB * GP
+        return tl.load(base + tl.arange(0, SUB)[:, None] * GP + tl.arange(0, GP)[None, :])
+
+    @triton.jit
+    def _gate_rows(GT, d, cb, subs, which, SUB: tl.constexpr, GP: tl.constexpr):
+        """The same, transposed: ``(GP, SUB)``."""
+        base = GT + ((d * subs + cb) * 2 + which) * SUB * GP
+        return tl.load(base + tl.arange(0, SUB)[None, :] * GP + tl.arange(0, GP)[:, None])
 
     @triton.jit
     def _head_rows(d, heads, batch, steps, b, t, cb, HD: tl.constexpr, SUB: tl.constexpr):
@@ -144,8 +157,8 @@ if triton is not None:
             xc = (pre * tl.sigmoid(pre)).to(XC.dtype.element_ty)
             tl.store(XC + ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :], xc, mask=tmask)
             xm = x3.to(XC.dtype.element_ty)
-            wq, wk, wv = (_projection(WT, d, cb, subs, 0, SUB), _projection(WT, d, cb, subs, 1, SUB),
-                          _projection(WT, d, cb, subs, 2, SUB))
+            wq, wk, wv = (_projection(WT, d, cb, subs, 0, SUB, False), _projection(WT, d, cb, subs, 1, SUB, False),
+                          _projection(WT, d, cb, subs, 2, SUB, False))
             gc, gm = _gate_columns(GT, d, cb, subs, 0, SUB, GP), _gate_columns(GT, d, cb, subs, 1, SUB, GP)
             rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
             q = tl.dot(xc, wq, input_precision=PREC)
@@ -179,17 +192,15 @@ if triton is not None:
         subs = channels // SUB
         DT = X.dtype.element_ty
         w0, w1, w2, w3, bias = _conv_weights(CW, CB, d, channels, cols)
-        wq, wk = _projection(WT, d, cb, subs, 0, SUB), _projection(WT, d, cb, subs, 1, SUB)
-        gc = _gate_columns(GT, d, cb, subs, 0, SUB, GP)
         xw = X + d * sx_d + b * sx_b
         acc_q = tl.zeros([SUB, SUB], dtype=tl.float32)
         acc_k = tl.zeros([SUB, SUB], dtype=tl.float32)
         acc_g = tl.zeros([SUB, GP], dtype=tl.float32)
-        dw0 = tl.zeros([BLOCK_T, SUB], dtype=tl.float32)
-        dw1 = tl.zeros([BLOCK_T, SUB], dtype=tl.float32)
-        dw2 = tl.zeros([BLOCK_T, SUB], dtype=tl.float32)
-        dw3 = tl.zeros([BLOCK_T, SUB], dtype=tl.float32)
-        db = tl.zeros([BLOCK_T, SUB], dtype=tl.float32)
+        dw0 = tl.zeros([SUB], dtype=tl.float32)
+        dw1 = tl.zeros([SUB], dtype=tl.float32)
+        dw2 = tl.zeros([SUB], dtype=tl.float32)
+        dw3 = tl.zeros([SUB], dtype=tl.float32)
+        db = tl.zeros([SUB], dtype=tl.float32)
         t0 = tl.program_id(1) * ROWS
         end = tl.minimum(t0 + ROWS, steps)
         while t0 < end:
@@ -202,8 +213,10 @@ if triton is not None:
             dg = tl.load(gptr, mask=gmask, other=0.0).to(DT)
             tok = ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :]
             dxc = tl.load(DXC + d * sd_d + b * sd_b + t[:, None] * sd_t + cols[None, :], mask=tmask, other=0.0)
-            dxc = dxc.to(tl.float32) + tl.dot(dq, tl.trans(wq), input_precision=PREC)
-            dxc += tl.dot(dk, tl.trans(wk), input_precision=PREC) + tl.dot(dg, tl.trans(gc), input_precision=PREC)
+            # the weights loaded where they are used (L1 hits): held across the loop, they spilled (ptxas, sm_90)
+            dxc = dxc.to(tl.float32) + tl.dot(dq, _projection(WT, d, cb, subs, 0, SUB, True), input_precision=PREC)
+            dxc += tl.dot(dk, _projection(WT, d, cb, subs, 1, SUB, True), input_precision=PREC)
+            dxc += tl.dot(dg, _gate_rows(GT, d, cb, subs, 0, SUB, GP), input_precision=PREC)
             x0, x1, x2, x3 = _taps(xw, t, cols, steps, sx_t)
             pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
             sig = tl.sigmoid(pre)
@@ -214,11 +227,11 @@ if triton is not None:
             acc_q += tl.dot(xct, dq, input_precision=PREC)
             acc_k += tl.dot(xct, dk, input_precision=PREC)
             acc_g += tl.dot(xct, dg, input_precision=PREC)
-            dw0 += dpre * x0
-            dw1 += dpre * x1
-            dw2 += dpre * x2
-            dw3 += dpre * x3
-            db += dpre
+            dw0 += tl.sum(dpre * x0, axis=0)
+            dw1 += tl.sum(dpre * x1, axis=0)
+            dw2 += tl.sum(dpre * x2, axis=0)
+            dw3 += tl.sum(dpre * x3, axis=0)
+            db += tl.sum(dpre, axis=0)
             t0 += BLOCK_T
         part = PART + ((pid * tl.num_programs(1) + tl.program_id(1)) * subs + cb) * (2 * SUB * SUB + SUB * GP + 5 * SUB)
         square = s[:, None] * SUB + s[None, :]
@@ -226,11 +239,11 @@ if triton is not None:
         tl.store(part + SUB * SUB + square, acc_k)
         tl.store(part + 2 * SUB * SUB + s[:, None] * GP + tl.arange(0, GP)[None, :], acc_g)
         taps = part + 2 * SUB * SUB + SUB * GP + s
-        tl.store(taps, tl.sum(dw0, axis=0))
-        tl.store(taps + SUB, tl.sum(dw1, axis=0))
-        tl.store(taps + 2 * SUB, tl.sum(dw2, axis=0))
-        tl.store(taps + 3 * SUB, tl.sum(dw3, axis=0))
-        tl.store(taps + 4 * SUB, tl.sum(db, axis=0))
+        tl.store(taps, dw0)
+        tl.store(taps + SUB, dw1)
+        tl.store(taps + 2 * SUB, dw2)
+        tl.store(taps + 3 * SUB, dw3)
+        tl.store(taps + 4 * SUB, db)
 
     @triton.jit
     def _input_bwd_x_kernel(
@@ -248,7 +261,6 @@ if triton is not None:
         subs = channels // SUB
         DT = X.dtype.element_ty
         w0, w1, w2, w3, _ = _conv_weights(CW, CB, d, channels, cols)
-        wv, gm = _projection(WT, d, cb, subs, 2, SUB), _gate_columns(GT, d, cb, subs, 1, SUB, GP)
         xw = X + d * sx_d + b * sx_b
         pw = DPRE + (d * batch + b) * steps * channels
         acc_v = tl.zeros([SUB, SUB], dtype=tl.float32)
@@ -266,8 +278,9 @@ if triton is not None:
             p1 = tl.load(pw + (t + 1)[:, None] * channels + cols[None, :], mask=(t + 1 < steps)[:, None], other=0.0)
             p2 = tl.load(pw + (t + 2)[:, None] * channels + cols[None, :], mask=(t + 2 < steps)[:, None], other=0.0)
             p3 = tl.load(pw + (t + 3)[:, None] * channels + cols[None, :], mask=(t + 3 < steps)[:, None], other=0.0)
-            dx = w3 * p0 + w2 * p1 + w1 * p2 + w0 * p3 + tl.dot(dv, tl.trans(wv), input_precision=PREC)
-            dx += tl.dot(dg, tl.trans(gm), input_precision=PREC)
+            dx = w3 * p0 + w2 * p1 + w1 * p2 + w0 * p3
+            dx += tl.dot(dv, _projection(WT, d, cb, subs, 2, SUB, True), input_precision=PREC)
+            dx += tl.dot(dg, _gate_rows(GT, d, cb, subs, 1, SUB, GP), input_precision=PREC)
             tl.store(DX + ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :],
                      dx.to(DX.dtype.element_ty), mask=tmask)
             xt = tl.trans(tl.load(xw + t[:, None] * sx_t + cols[None, :], mask=tmask, other=0.0))
@@ -277,6 +290,19 @@ if triton is not None:
         part = PART + ((pid * tl.num_programs(1) + tl.program_id(1)) * subs + cb) * (SUB * SUB + SUB * GP)
         tl.store(part + s[:, None] * SUB + s[None, :], acc_v)
         tl.store(part + SUB * SUB + s[:, None] * GP + tl.arange(0, GP)[None, :], acc_g)
+
+
+def build_launchers() -> None:
+    """(Re)builds the three kernels' launchers from the tuning lists: autotuned, or the kernels themselves under the
+    interpreter. Runs at import; benchmarks that change the lists call it again."""
+    global _fwd_launcher, _bwd_conv_launcher, _bwd_x_launcher
+    _fwd_launcher = autotuned(_input_fwd_kernel, FORWARD_TUNING, key=["channels", "HD"])
+    _bwd_conv_launcher = autotuned(_input_bwd_conv_kernel, BACKWARD_CONV_TUNING, key=["channels", "HD"])
+    _bwd_x_launcher = autotuned(_input_bwd_x_kernel, BACKWARD_X_TUNING, key=["channels", "HD"])
+
+
+if triton is not None:
+    build_launchers()
 
 
 def _sub_block_matrices(w: torch.Tensor, sub: int) -> torch.Tensor:
@@ -334,9 +360,9 @@ def _input_stage(
     taps, bias, wt, gt = _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts)
     gb = F.pad(gate_b.float(), (0, consts["GP"] - gate_b.shape[1])).contiguous()
     x_conv, qk, v, gates = _empty_outputs(x, heads)
-    _input_fwd_kernel[(n_dir * batch, triton.cdiv(steps, FORWARD_BLOCK_T))](
+    _fwd_launcher[lambda meta: (n_dir * batch, triton.cdiv(steps, meta["BLOCK_T"]))](
         x, taps, bias, wt, gt, gb, x_conv, qk, v, gates, *leading_strides(x, 3), n_dir, batch, steps, channels,
-        heads, BLOCK_T=FORWARD_BLOCK_T, num_warps=FORWARD_WARPS, **consts,
+        heads, **consts, **interpreter_setting(FORWARD_TUNING),
     )
     return x_conv, qk, v, gates
 
@@ -377,14 +403,14 @@ def _input_stage_backward(
     size1, size2 = 2 * sub * sub + sub * gp + 5 * sub, sub * sub + sub * gp
     parts1 = torch.empty(n_dir, batch * grid[1], subs, size1, dtype=torch.float32, device=x.device)
     parts2 = torch.empty(n_dir, batch * grid[1], subs, size2, dtype=torch.float32, device=x.device)
-    launch = dict(ROWS=BACKWARD_ROWS, BLOCK_T=BACKWARD_BLOCK_T, num_warps=BACKWARD_WARPS, **consts)
-    _input_bwd_conv_kernel[grid](
+    _bwd_conv_launcher[grid](
         dx_conv, dqk, dgates, x, taps, bias, wt, gt, dpre, parts1, *leading_strides(x, 3),
-        *leading_strides(dx_conv, 3), n_dir, batch, steps, channels, heads, **launch,
+        *leading_strides(dx_conv, 3), n_dir, batch, steps, channels, heads, ROWS=BACKWARD_ROWS, **consts,
+        **interpreter_setting(BACKWARD_CONV_TUNING),
     )
-    _input_bwd_x_kernel[grid](
+    _bwd_x_launcher[grid](
         dpre, dv, dgates, x, taps, bias, wt, gt, dx, parts2, *leading_strides(x, 3), n_dir, batch, steps, channels,
-        heads, **launch,
+        heads, ROWS=BACKWARD_ROWS, **consts, **interpreter_setting(BACKWARD_X_TUNING),
     )
     sums1, sums2 = parts1.sum(1), parts2.sum(1)  # (directions, subs, size)
     square = (n_dir, subs, sub, sub)
