@@ -53,18 +53,18 @@ SUB_CHANNELS = (32, 16)
 TAPS = 4
 #: Launch settings the autotuner chooses from per channel count and head dim on the first call of each kernel (not
 #: under the interpreter, which runs the first): steps per program (forward) or per loop step (backward), warps,
-#: pipelining stages. Compiled for sm_90 at recipe 1's shape (``ptxas -v``, bf16, head dim 96): none of these spills
-#: but the first backward kernel's with 8 warps (4 bytes); that kernel spilled 184 to 312 bytes at 16 steps with 2
-#: warps, 32 with 4 and 64 with 8, the forward 48 bytes at 64 steps with 8 warps.
-FORWARD_TUNING = [{"BLOCK_T": 32, "num_warps": 4, "num_stages": 1}, {"BLOCK_T": 16, "num_warps": 4, "num_stages": 1},
-                  {"BLOCK_T": 32, "num_warps": 8, "num_stages": 1}]
+#: pipelining stages. Compiled for sm_90 at recipe 1's shape (``ptxas -v``, bf16, head dim 96), none of these spills
+#: but the first backward kernel's with 8 warps (16 bytes); the forward spilled 300 bytes at 128 steps with 4 warps,
+#: the first backward kernel 184 to 312 bytes at 16 steps with 2 warps, 32 with 4 and 64 with 8.
+FORWARD_TUNING = [{"BLOCK_T": 32, "num_warps": 4, "num_stages": 1}, {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1},
+                  {"BLOCK_T": 64, "num_warps": 8, "num_stages": 1}, {"BLOCK_T": 128, "num_warps": 8, "num_stages": 1}]
 BACKWARD_CONV_TUNING = [{"BLOCK_T": 16, "num_warps": 4, "num_stages": 1},
-                        {"BLOCK_T": 16, "num_warps": 8, "num_stages": 1}]
+                        {"BLOCK_T": 32, "num_warps": 8, "num_stages": 1}]
 BACKWARD_X_TUNING = [{"BLOCK_T": 16, "num_warps": 4, "num_stages": 1}, {"BLOCK_T": 32, "num_warps": 4, "num_stages": 1},
                      {"BLOCK_T": 64, "num_warps": 8, "num_stages": 1}]
 #: Steps per backward program, looped over in blocks of the tuned ``BLOCK_T`` (fixed: the partial sums of the weights'
 #: gradients are laid out by it).
-BACKWARD_ROWS = 512
+BACKWARD_ROWS = 256
 
 
 def sub_channels(head_dim: int, block: int) -> int:
@@ -136,49 +136,57 @@ if triton is not None:
         return ptr, (t < steps)[:, None] & (g < 2 * heads)[None, :]
 
     @triton.jit
+    def _store_blocks(PART, acc, SUB: tl.constexpr, BS: tl.constexpr):
+        """The diagonal ``BS x BS`` blocks of ``acc`` ``(SUB, SUB)`` (``[in, out]``) at ``PART`` as ``(SUB / BS, out,
+        in)``, the layout of the headwise weights."""
+        i, o = tl.arange(0, SUB)[:, None], tl.arange(0, SUB)[None, :]
+        tl.store(PART + (o // BS) * BS * BS + (o % BS) * BS + i % BS, acc, mask=(i // BS) == (o // BS))
+
+    @triton.jit
+    def _store_gate_columns(PART, acc, heads, SUB: tl.constexpr, GP: tl.constexpr):
+        """The ``2 * heads`` gate columns of ``acc`` ``(SUB, GP)`` at ``PART`` as ``(2 * heads, SUB)``."""
+        i, g = tl.arange(0, SUB)[:, None], tl.arange(0, GP)[None, :]
+        tl.store(PART + g * SUB + i, acc, mask=g < 2 * heads)
+
+    @triton.jit
     def _input_fwd_kernel(
-        X, CW, CB, WT, GT, GB, XC, QK, V, G, sx_d, sx_b, sx_t, n_dir, batch, steps, channels, heads,
+        X, CW, CB, WT, GT, XC, QK, V, GPART, sx_d, sx_b, sx_t, n_dir, batch, steps, channels, heads,
         HD: tl.constexpr, SUB: tl.constexpr, GP: tl.constexpr, BLOCK_T: tl.constexpr, PREC: tl.constexpr,
     ):
+        # Program (direction, window), BLOCK_T steps, sub-block cb: x_conv, q, k, v of the sub-block's channels and
+        # its part of the gates (the parts of all sub-blocks are summed afterwards).
         pid = tl.program_id(0).to(tl.int64)
         d, b = pid // batch, pid % batch
+        cb = tl.program_id(2)
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = (t < steps)[:, None]
-        s = tl.arange(0, SUB)
-        xw = X + d * sx_d + b * sx_b
+        cols = cb * SUB + tl.arange(0, SUB)
         subs = channels // SUB
-        gates = tl.zeros([BLOCK_T, GP], dtype=tl.float32)
-        cb = 0
-        while cb < subs:  # while, not range(): see triton_mlstm_kernels (the interpreter and run-time bounds)
-            cols = cb * SUB + s
-            x0, x1, x2, x3 = _taps(xw, t, cols, steps, sx_t)
-            w0, w1, w2, w3, bias = _conv_weights(CW, CB, d, channels, cols)
-            pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
-            xc = (pre * tl.sigmoid(pre)).to(XC.dtype.element_ty)
-            tl.store(XC + ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :], xc, mask=tmask)
-            xm = x3.to(XC.dtype.element_ty)
-            wq, wk, wv = (_projection(WT, d, cb, subs, 0, SUB, False), _projection(WT, d, cb, subs, 1, SUB, False),
-                          _projection(WT, d, cb, subs, 2, SUB, False))
-            gc, gm = _gate_columns(GT, d, cb, subs, 0, SUB, GP), _gate_columns(GT, d, cb, subs, 1, SUB, GP)
-            rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
-            q = tl.dot(xc, wq, input_precision=PREC)
-            tl.store(QK + rows[:, None] * (2 * HD) + hc[None, :], q.to(QK.dtype.element_ty), mask=tmask)
-            k = tl.dot(xc, wk, input_precision=PREC)
-            tl.store(QK + rows[:, None] * (2 * HD) + HD + hc[None, :], k.to(QK.dtype.element_ty), mask=tmask)
-            v = tl.dot(xm, wv, input_precision=PREC)
-            tl.store(V + rows[:, None] * HD + hc[None, :], v.to(V.dtype.element_ty), mask=tmask)
-            gates += tl.dot(xc, gc, input_precision=PREC) + tl.dot(xm, gm, input_precision=PREC)
-            cb += 1
-        gates += tl.load(GB + d * GP + tl.arange(0, GP))[None, :]
-        ptr, mask = _gate_offsets(G, d, n_dir, heads, batch, steps, b, t, GP)
+        x0, x1, x2, x3 = _taps(X + d * sx_d + b * sx_b, t, cols, steps, sx_t)
+        w0, w1, w2, w3, bias = _conv_weights(CW, CB, d, channels, cols)
+        pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
+        xc = (pre * tl.sigmoid(pre)).to(XC.dtype.element_ty)
+        tl.store(XC + ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :], xc, mask=tmask)
+        xm = x3.to(XC.dtype.element_ty)
+        rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
+        q = tl.dot(xc, _projection(WT, d, cb, subs, 0, SUB, False), input_precision=PREC)
+        tl.store(QK + rows[:, None] * (2 * HD) + hc[None, :], q.to(QK.dtype.element_ty), mask=tmask)
+        k = tl.dot(xc, _projection(WT, d, cb, subs, 1, SUB, False), input_precision=PREC)
+        tl.store(QK + rows[:, None] * (2 * HD) + HD + hc[None, :], k.to(QK.dtype.element_ty), mask=tmask)
+        v = tl.dot(xm, _projection(WT, d, cb, subs, 2, SUB, False), input_precision=PREC)
+        tl.store(V + rows[:, None] * HD + hc[None, :], v.to(V.dtype.element_ty), mask=tmask)
+        gates = tl.dot(xc, _gate_columns(GT, d, cb, subs, 0, SUB, GP), input_precision=PREC)
+        gates += tl.dot(xm, _gate_columns(GT, d, cb, subs, 1, SUB, GP), input_precision=PREC)
+        ptr, mask = _gate_offsets(GPART + cb.to(tl.int64) * (2 * n_dir * heads * batch * steps), d, n_dir, heads,
+                                  batch, steps, b, t, GP)
         tl.store(ptr, gates, mask=mask)
 
     @triton.jit
     def _input_bwd_conv_kernel(
         DXC, DQK, DG, X, CW, CB, WT, GT, DPRE, PART, sx_d, sx_b, sx_t, sd_d, sd_b, sd_t,
         n_dir, batch, steps, channels, heads,
-        HD: tl.constexpr, SUB: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr,
-        PREC: tl.constexpr,
+        HD: tl.constexpr, SUB: tl.constexpr, GP: tl.constexpr, BS: tl.constexpr, ROWS: tl.constexpr,
+        BLOCK_T: tl.constexpr, PREC: tl.constexpr,
     ):
         # Program (direction, window), ROWS steps, sub-block cb: the gradient of x_conv (from q, k, the gates and
         # the output stage), of the conv's pre-activation (written for the second kernel), and this program's
@@ -233,12 +241,13 @@ if triton is not None:
             dw3 += tl.sum(dpre * x3, axis=0)
             db += tl.sum(dpre, axis=0)
             t0 += BLOCK_T
-        part = PART + ((pid * tl.num_programs(1) + tl.program_id(1)) * subs + cb) * (2 * SUB * SUB + SUB * GP + 5 * SUB)
-        square = s[:, None] * SUB + s[None, :]
-        tl.store(part + square, acc_q)
-        tl.store(part + SUB * SUB + square, acc_k)
-        tl.store(part + 2 * SUB * SUB + s[:, None] * GP + tl.arange(0, GP)[None, :], acc_g)
-        taps = part + 2 * SUB * SUB + SUB * GP + s
+        # this program's partial sums: q's and k's blocks, the gates' columns, the conv's taps and bias
+        part = PART + ((pid * tl.num_programs(1) + tl.program_id(1)) * subs + cb) * (
+            2 * SUB * BS + 2 * heads * SUB + 5 * SUB)
+        _store_blocks(part, acc_q, SUB, BS)
+        _store_blocks(part + SUB * BS, acc_k, SUB, BS)
+        _store_gate_columns(part + 2 * SUB * BS, acc_g, heads, SUB, GP)
+        taps = part + 2 * SUB * BS + 2 * heads * SUB + s
         tl.store(taps, dw0)
         tl.store(taps + SUB, dw1)
         tl.store(taps + 2 * SUB, dw2)
@@ -248,8 +257,8 @@ if triton is not None:
     @triton.jit
     def _input_bwd_x_kernel(
         DPRE, DV, DG, X, CW, CB, WT, GT, DX, PART, sx_d, sx_b, sx_t, n_dir, batch, steps, channels, heads,
-        HD: tl.constexpr, SUB: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr,
-        PREC: tl.constexpr,
+        HD: tl.constexpr, SUB: tl.constexpr, GP: tl.constexpr, BS: tl.constexpr, ROWS: tl.constexpr,
+        BLOCK_T: tl.constexpr, PREC: tl.constexpr,
     ):
         # Same programs: the gradient of x (the conv's transpose of the pre-activation gradient, v's and the gates'
         # transposed products) and the partial sums of the gradients of the v matrix and the gates' x weights.
@@ -287,10 +296,9 @@ if triton is not None:
             acc_v += tl.dot(xt, dv, input_precision=PREC)
             acc_g += tl.dot(xt, dg, input_precision=PREC)
             t0 += BLOCK_T
-        part = PART + ((pid * tl.num_programs(1) + tl.program_id(1)) * subs + cb) * (SUB * SUB + SUB * GP)
-        tl.store(part + s[:, None] * SUB + s[None, :], acc_v)
-        tl.store(part + SUB * SUB + s[:, None] * GP + tl.arange(0, GP)[None, :], acc_g)
-
+        part = PART + ((pid * tl.num_programs(1) + tl.program_id(1)) * subs + cb) * (SUB * BS + 2 * heads * SUB)
+        _store_blocks(part, acc_v, SUB, BS)
+        _store_gate_columns(part + SUB * BS, acc_g, heads, SUB, GP)
 
 def build_launchers() -> None:
     """(Re)builds the three kernels' launchers from the tuning lists: autotuned, or the kernels themselves under the
@@ -316,15 +324,6 @@ def _sub_block_matrices(w: torch.Tensor, sub: int) -> torch.Tensor:
     return full.reshape(n_dir, blocks // per_sub, sub, sub).transpose(-1, -2)
 
 
-def _diagonal_blocks(grad: torch.Tensor, block: int) -> torch.Tensor:
-    """Gradients of the sub-blocks' transposed matrices ``(directions, subs, sub, sub)`` ``[in, out]`` to those of
-    the headwise weights ``(directions, channels / block, block, block)`` ``[out, in]`` (the diagonal blocks)."""
-    n_dir, subs, sub, _ = grad.shape
-    per_sub = sub // block
-    full = grad.transpose(-1, -2).reshape(n_dir, subs, per_sub, block, per_sub, block)
-    return full.diagonal(dim1=2, dim2=4).permute(0, 1, 4, 2, 3).reshape(n_dir, subs * per_sub, block, block)
-
-
 def _gate_columns_tensor(gate_c: torch.Tensor, gate_m: torch.Tensor, sub: int, gp: int) -> torch.Tensor:
     """Folded gate weights ``(directions, 2 * heads, channels)`` (two of them) to ``(directions, channels / sub, 2,
     sub, gp)``: each sub-block's columns, gates zero-padded to ``gp``."""
@@ -336,6 +335,19 @@ def _gate_columns_tensor(gate_c: torch.Tensor, gate_m: torch.Tensor, sub: int, g
 def _launch_constants(x: torch.Tensor, head_dim: int, block: int, gates: int) -> dict:
     return {"HD": head_dim, "SUB": sub_channels(head_dim, block), "GP": max(16, triton.next_power_of_2(gates)),
             "PREC": "ieee" if x.dtype == torch.float32 else "tf32"}
+
+
+def _sub_block_sums(parts: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Partial sums ``(directions, programs, subs, sum(sizes))`` summed over the programs and split into pieces of
+    ``sizes`` values a sub-block, each ``(directions, subs, size)``."""
+    return list(parts.sum(1).split(sizes, dim=-1))
+
+
+def _per_channel(piece: torch.Tensor, rows: int) -> torch.Tensor:
+    """A piece ``(directions, subs, rows * sub)`` laid out ``(rows, sub)`` per sub-block to ``(directions, rows,
+    channels)``."""
+    n_dir, subs, size = piece.shape
+    return piece.view(n_dir, subs, rows, size // rows).transpose(1, 2).reshape(n_dir, rows, -1)
 
 
 def _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts):
@@ -358,12 +370,15 @@ def _input_stage(
     head_dim = channels // heads
     consts = _launch_constants(x, head_dim, w_q.shape[-1], gate_c.shape[1])
     taps, bias, wt, gt = _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts)
-    gb = F.pad(gate_b.float(), (0, consts["GP"] - gate_b.shape[1])).contiguous()
-    x_conv, qk, v, gates = _empty_outputs(x, heads)
-    _fwd_launcher[lambda meta: (n_dir * batch, triton.cdiv(steps, meta["BLOCK_T"]))](
-        x, taps, bias, wt, gt, gb, x_conv, qk, v, gates, *leading_strides(x, 3), n_dir, batch, steps, channels,
-        heads, **consts, **interpreter_setting(FORWARD_TUNING),
+    x_conv, qk, v, _ = _empty_outputs(x, heads)
+    subs = channels // consts["SUB"]
+    parts = torch.empty(subs, 2, n_dir * heads, batch, steps, dtype=torch.float32, device=x.device)
+    _fwd_launcher[lambda meta: (n_dir * batch, triton.cdiv(steps, meta["BLOCK_T"]), subs)](
+        x, taps, bias, wt, gt, x_conv, qk, v, parts, *leading_strides(x, 3), n_dir, batch, steps, channels, heads,
+        **consts, **interpreter_setting(FORWARD_TUNING),
     )
+    # the sub-blocks' parts summed; the biases (directions, [input, forget] x heads) -> (2, directions * heads)
+    gates = parts.sum(0) + gate_b.float().view(n_dir, 2, heads).transpose(0, 1).reshape(2, -1, 1, 1)
     return x_conv, qk, v, gates
 
 
@@ -400,38 +415,28 @@ def _input_stage_backward(
     dpre = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grid = (n_dir * batch, triton.cdiv(steps, BACKWARD_ROWS), subs)
-    size1, size2 = 2 * sub * sub + sub * gp + 5 * sub, sub * sub + sub * gp
-    parts1 = torch.empty(n_dir, batch * grid[1], subs, size1, dtype=torch.float32, device=x.device)
-    parts2 = torch.empty(n_dir, batch * grid[1], subs, size2, dtype=torch.float32, device=x.device)
+    gates = 2 * heads
+    sizes1, sizes2 = [sub * block, sub * block, gates * sub, 5 * sub], [sub * block, gates * sub]
+    parts1 = torch.empty(n_dir, batch * grid[1], subs, sum(sizes1), dtype=torch.float32, device=x.device)
+    parts2 = torch.empty(n_dir, batch * grid[1], subs, sum(sizes2), dtype=torch.float32, device=x.device)
     _bwd_conv_launcher[grid](
         dx_conv, dqk, dgates, x, taps, bias, wt, gt, dpre, parts1, *leading_strides(x, 3),
-        *leading_strides(dx_conv, 3), n_dir, batch, steps, channels, heads, ROWS=BACKWARD_ROWS, **consts,
+        *leading_strides(dx_conv, 3), n_dir, batch, steps, channels, heads, BS=block, ROWS=BACKWARD_ROWS, **consts,
         **interpreter_setting(BACKWARD_CONV_TUNING),
     )
     _bwd_x_launcher[grid](
         dpre, dv, dgates, x, taps, bias, wt, gt, dx, parts2, *leading_strides(x, 3), n_dir, batch, steps, channels,
-        heads, ROWS=BACKWARD_ROWS, **consts, **interpreter_setting(BACKWARD_X_TUNING),
+        heads, BS=block, ROWS=BACKWARD_ROWS, **consts, **interpreter_setting(BACKWARD_X_TUNING),
     )
-    sums1, sums2 = parts1.sum(1), parts2.sum(1)  # (directions, subs, size)
-    square = (n_dir, subs, sub, sub)
-    dw_q = _diagonal_blocks(sums1[..., :sub * sub].reshape(square), block)
-    dw_k = _diagonal_blocks(sums1[..., sub * sub:2 * sub * sub].reshape(square), block)
-    dw_v = _diagonal_blocks(sums2[..., :sub * sub].reshape(square), block)
-    gates = gate_c.shape[1]
-
-    def gate_grad(columns):  # (directions, subs, sub * gp) -> (directions, 2 * heads, channels)
-        return columns.reshape(n_dir, channels, gp)[..., :gates].transpose(1, 2)
-
-    dgate_c = gate_grad(sums1[..., 2 * sub * sub:2 * sub * sub + sub * gp])
-    dgate_m = gate_grad(sums2[..., sub * sub:])
-    conv = sums1[..., 2 * sub * sub + sub * gp:].reshape(n_dir, subs, 5, sub).permute(0, 2, 1, 3).reshape(
-        n_dir, 5, channels)
+    dw_q, dw_k, dgate_c, conv = _sub_block_sums(parts1, sizes1)
+    dw_v, dgate_m = _sub_block_sums(parts2, sizes2)
+    conv = _per_channel(conv, 5)  # (directions, taps + bias, channels)
     dconv_w = conv[:, TAPS - conv_w.shape[-1]:TAPS].transpose(1, 2)
-    dgate_b = dgates.sum((2, 3)).view(2, n_dir, heads).permute(1, 0, 2).reshape(n_dir, 2 * heads)
+    dgate_b = dgates.sum((2, 3)).view(2, n_dir, heads).transpose(0, 1).reshape(n_dir, gates)
+    weight_grads = [(g.reshape(w.shape), w) for g, w in ((dw_q, w_q), (dw_k, w_k), (dw_v, w_v))]
+    weight_grads += [(_per_channel(dgate_c, gates), gate_c), (_per_channel(dgate_m, gates), gate_m)]
     return (dx, dconv_w.to(conv_w.dtype).contiguous(), conv[:, TAPS].to(conv_b.dtype).contiguous(),
-            *(g.to(w.dtype).contiguous() for g, w in ((dw_q, w_q), (dw_k, w_k), (dw_v, w_v))),
-            dgate_c.to(gate_c.dtype).contiguous(), dgate_m.to(gate_m.dtype).contiguous(),
-            dgate_b.to(gate_b.dtype).contiguous())
+            *(g.to(w.dtype).contiguous() for g, w in weight_grads), dgate_b.to(gate_b.dtype).contiguous())
 
 
 @_input_stage_backward.register_fake
