@@ -2,12 +2,14 @@
 PyTorch stage compiled by ``torch.compile`` (``bimlstm.OUTPUT_STAGE = "torch"``, as the compiled layers run it)
 against the Triton kernels (``seisbench_xlstm.triton_output_gate``), each of its launch settings forced in turn and
 the autotuner's choice; with ``--stage conv`` the same for the causal conv and its SiLU (``bimlstm.CONV_STAGE``,
-``seisbench_xlstm.triton_conv``).
+``seisbench_xlstm.triton_conv``); with ``--stage input`` for the per-head input stage (conv, SiLU, q/k/v and gates:
+``bimlstm.INPUT_STAGE``, ``seisbench_xlstm.triton_input_stage``; the PyTorch stage with the library's conv stage).
 
 Run on a CUDA machine (writes ``benchmarks/results/output_stage_speed.md``, ``conv_stage_speed.md``)::
 
     python benchmarks/output_stage_speed.py
     python benchmarks/output_stage_speed.py --stage conv
+    python benchmarks/output_stage_speed.py --stage input
     python benchmarks/output_stage_speed.py --shapes 2x4x128x1024x96 --only triton   # e.g. under ncu
 
 Shapes: directions x heads x batch x steps x head dim, bf16 ``h`` (the kernel's layout), ``x_conv``, ``z`` and
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, write_report  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from seisbench_xlstm import bimlstm, triton_conv, triton_layout, triton_output_gate  # noqa: E402
+from seisbench_xlstm import bimlstm, triton_conv, triton_input_stage, triton_layout, triton_output_gate  # noqa: E402
 
 #: the recipe-1 layer (batch 128) and the U-Net's three levels at recipe 2's batch 256
 SHAPES = [(2, 4, 128, 1024, 96), (2, 4, 256, 1024, 64), (2, 4, 256, 256, 128), (2, 4, 256, 64, 256)]
@@ -136,21 +138,61 @@ def conv_rows(shape, device, args):
     return rows
 
 
+def input_rows(shape, device, args):
+    """The same for the per-head input stage (``bimlstm.per_head_inputs``): input ``(directions, batch, steps, heads *
+    head_dim)``; a fused stage reads x and writes x_conv, q, k, v (forward), then reads their gradients and x and
+    writes dx and the conv's pre-activation gradient (float32) and reads it back (backward). The PyTorch stage
+    compiled; the Triton stage autotuned, then each launch setting of its forward kernel forced (backward autotuned)."""
+    _, x_conv, _, _, directions = stage_inputs(shape, device)
+    for d in directions:  # the branches as the backbones build them: blocks of 4 (U-Net) or 8 (sequential)
+        d.config.qkv_proj_blocksize = 8 if shape[-1] == 96 else 4
+    blocks = x_conv.shape[-1] // directions[0].config.qkv_proj_blocksize
+    for d in directions:
+        for proj in (d.q_proj, d.k_proj, d.v_proj):
+            block = x_conv.shape[-1] // blocks
+            proj.weight = torch.nn.Parameter(torch.randn(blocks, block, block, device=device) * block ** -0.5)
+    moved = (6 + 8 + 2) * x_conv.numel() * x_conv.element_size()
+    compiled = torch.compile(bimlstm.per_head_inputs)
+    library = bimlstm.INPUT_STAGE, triton_input_stage.FORWARD_TUNING
+    stages = [("torch (compiled)", "torch", None), ("triton, autotuned (compiled graph)", "triton", list(library[1]))]
+    stages += [(f"triton, forward {s['BLOCK_T']} steps, {s['num_warps']} warps", "triton", [s]) for s in library[1]]
+    rows = []
+
+    def call(x):
+        x_conv, q, _, v, i, f = compiled(x, directions)
+        return x_conv.float().sum() + q.float().sum() + v.float().sum() + i.sum() + f.sum()
+
+    try:
+        for name, setting, tuning in stages:
+            if args.only not in ("both", setting):
+                continue
+            bimlstm.INPUT_STAGE = setting
+            if tuning is not None:
+                triton_input_stage.FORWARD_TUNING = tuning
+                triton_input_stage.build_launchers()
+            torch._dynamo.reset()
+            fwd, fwbw = timings(call, (x_conv,), torch.ones((), device=device), args.warmup, args.rep)
+            rows.append((name, fwd, fwbw, moved))
+    finally:
+        bimlstm.INPUT_STAGE, triton_input_stage.FORWARD_TUNING = library
+        triton_input_stage.build_launchers()
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", metavar="DxHxBxSxD", help="directions x heads x batch x steps x dim")
-    parser.add_argument("--stage", choices=["output", "conv"], default="output",
-                        help="the output stage (default) or the causal conv and SiLU")
+    parser.add_argument("--stage", choices=["output", "conv", "input"], default="output",
+                        help="the output stage (default), the causal conv and SiLU, or the per-head input stage")
     parser.add_argument("--only", choices=["torch", "triton", "both"], default="both")
     parser.add_argument("--rows", type=int, nargs="+", default=[triton_output_gate.ROWS_PER_PROGRAM],
                         help="ROWS_PER_PROGRAM values to time")
     parser.add_argument("--warmup", type=int, default=25)
     parser.add_argument("--rep", type=int, default=100)
-    parser.add_argument("--out", type=Path, help="default benchmarks/results/output_stage_speed.md (--stage conv: "
-                        "conv_stage_speed.md)")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/STAGE_stage_speed.md")
     args = parser.parse_args(argv)
     results = REPO / "benchmarks" / "results"
-    args.out = args.out or results / ("conv_stage_speed.md" if args.stage == "conv" else "output_stage_speed.md")
+    args.out = args.out or results / f"{args.stage}_stage_speed.md"
     interpreted = triton_layout.interpreted()
     if not (torch.cuda.is_available() or interpreted):
         raise SystemExit("output_stage_speed.py needs a CUDA GPU (or TRITON_INTERPRET=1 and tiny --shapes, a check)")
@@ -158,11 +200,12 @@ def main(argv=None):
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
     if any(len(s) != 5 for s in shapes):
         raise SystemExit("shapes are directions x heads x batch x steps x head_dim, e.g. 2x4x128x1024x96")
-    lines = [f"# {'Causal conv and SiLU' if args.stage == 'conv' else 'Output stage'} of the mLSTM branches: "
+    title = {"conv": "Causal conv and SiLU", "output": "Output stage", "input": "Input stage"}[args.stage]
+    lines = [f"# {title} of the mLSTM branches: "
              "PyTorch (compiled) against the Triton kernels", "",
              f"`benchmarks/output_stage_speed.py --stage {args.stage}` (see its docstring), {machine()}.", "",
              "| shape | stage | fwd ms | fwd+bwd ms | GB/s (fwd+bwd, fused bytes) |", "|---|---|---|---|---|"]
-    measure = conv_rows if args.stage == "conv" else output_rows
+    measure = {"conv": conv_rows, "output": output_rows, "input": input_rows}[args.stage]
     for shape in shapes:
         for name, fwd, fwbw, moved in measure(shape, device, args):
             shape_text = "x".join(map(str, shape))

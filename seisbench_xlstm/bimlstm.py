@@ -229,26 +229,13 @@ def mlstm_branches(
     # "auto" (or HEAD_PAD_IN_LAYOUT off): head_dim here, and mlstm_sequence pads if it must
     kernel_dim = kernel_head_dim(head_dim, kernel) if HEAD_PAD_IN_LAYOUT else head_dim
 
-    def stacked(get):
-        return _stacked(directions, get)
-
     form = _qkv_form(x_mlstm, heads, directions[0].config.qkv_proj_blocksize)
-    gate_w = stacked(lambda d: torch.cat([d.igate.weight, d.fgate.weight]))  # (directions, 2 * heads, 3 * inner)
-    gate_b = stacked(lambda d: torch.cat([d.igate.bias, d.fgate.bias]))
-    w_q, w_k, w_v = (stacked(lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
     if form == "per_head":
-        if kernel_dim == head_dim and _triton_input_stage(x_mlstm, directions, head_dim):
-            weight, bias = (stacked(lambda d, n=n: getattr(d.conv1d.conv, n)) for n in ("weight", "bias"))
-            x_conv, q, v, i, f = mlstm_input_stage(x_mlstm, weight[:, :, 0], bias, w_q, w_k, w_v,
-                                                   *_folded_gate_weights((w_q, w_k, w_v), gate_w), gate_b, heads)
-            k = None  # q holds q and k
-        else:
-            x_conv, heads_layout = _conv_stage(x_mlstm, directions, heads)
-            q, k, v, i, f = _qkv_gates_per_head(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w, gate_b, heads,
-                                                kernel_dim, heads_layout)
+        x_conv, q, k, v, i, f = per_head_inputs(x_mlstm, directions, kernel_dim)
         h = mlstm_sequence(q, k, v, i, f, kernel=kernel) if k is not None else mlstm_sequence_qk(q, v, i, f, kernel)
         h = h[..., :head_dim]  # (directions * heads, batch, steps, hd)
         return _output_stage(h.unflatten(0, (n_dir, heads)), x_conv, z, directions)
+    (w_q, w_k, w_v), gate_w, gate_b = _branch_weights(directions)
     x_conv, _ = _conv_stage(x_mlstm, directions)
     if form == "fused":
         q, k, v, gates = _qkv_gates_fused(x_conv, x_mlstm, (w_q, w_k, w_v), gate_w)
@@ -273,6 +260,27 @@ def mlstm_branches(
     return _output_stage(h.unflatten(0, (n_dir, batch)).transpose(1, 2), x_conv, z, directions)
 
 
+def per_head_inputs(x_mlstm: torch.Tensor, directions: list[MLSTMDirection], kernel_dim: int | None = None):
+    """The input stage of q/k/v form ``per_head``: the conv output and the mLSTM kernel's inputs, in Triton
+    (:mod:`seisbench_xlstm.triton_input_stage`) where :data:`INPUT_STAGE` says so and the branches allow it, else
+    :func:`_conv_stage` and :func:`_qkv_gates_per_head`.
+
+    :param x_mlstm: ``(directions, batch, steps, inner)``
+    :param kernel_dim: head dim of q, k, v for the kernel (default the head dim; larger: zero-padded, PyTorch stage)
+    :return: ``x_conv`` ``(directions, batch, steps, inner)`` and q, k, v, i, f as :func:`_qkv_gates_per_head`
+        returns them (k None: q holds q and k)
+    """
+    heads = directions[0].config.num_heads
+    head_dim = x_mlstm.shape[-1] // heads
+    qkv, gate_w, gate_b = _branch_weights(directions)
+    if kernel_dim in (None, head_dim) and _triton_input_stage(x_mlstm, directions, head_dim):
+        x_conv, qk, v, i, f = mlstm_input_stage(x_mlstm, *_conv_weights(directions), *qkv,
+                                                *_folded_gate_weights(qkv, gate_w), gate_b, heads)
+        return x_conv, qk, None, v, i, f
+    x_conv, heads_layout = _conv_stage(x_mlstm, directions, heads)
+    return x_conv, *_qkv_gates_per_head(x_conv, x_mlstm, qkv, gate_w, gate_b, heads, kernel_dim, heads_layout)
+
+
 #: :func:`normed_output_gate` hidden from ``torch.compile`` (its kernels run as they are; the code around them is
 #: compiled in graphs of their own), as the layers run it unless :data:`OUTPUT_STAGE_IN_GRAPH`.
 _opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
@@ -281,6 +289,21 @@ _opaque_normed_output_gate = torch.compiler.disable(normed_output_gate)
 def _stacked(directions: list[MLSTMDirection], get) -> torch.Tensor:
     """One tensor per direction, stacked along a new leading axis."""
     return torch.stack([get(d) for d in directions])
+
+
+def _conv_weights(directions: list[MLSTMDirection]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The directions' conv weights ``(directions, inner, kernel)`` and biases ``(directions, inner)`` (or None)."""
+    conv = directions[0].conv1d.conv
+    return (_stacked(directions, lambda d: d.conv1d.conv.weight[:, 0]),
+            None if conv.bias is None else _stacked(directions, lambda d: d.conv1d.conv.bias))
+
+
+def _branch_weights(directions: list[MLSTMDirection]):
+    """The directions' headwise q/k/v weights (three ``(directions, blocks, block, block)``), gate weights
+    ``(directions, 2 * heads, 3 * inner)`` and gate biases ``(directions, 2 * heads)``, stacked."""
+    qkv = tuple(_stacked(directions, lambda d, n=n: getattr(d, n).weight) for n in ("q_proj", "k_proj", "v_proj"))
+    return (qkv, _stacked(directions, lambda d: torch.cat([d.igate.weight, d.fgate.weight])),
+            _stacked(directions, lambda d: torch.cat([d.igate.bias, d.fgate.bias])))
 
 
 def _qkv_form(x: torch.Tensor, heads: int, blocksize: int) -> str:
@@ -335,8 +358,7 @@ def _conv_stage(x_mlstm: torch.Tensor, directions: list[MLSTMDirection], heads: 
     """The causal depthwise conv of each direction and its SiLU, ``(directions, batch, steps, inner)``, in Triton
     where :data:`CONV_STAGE` says so; and, with ``heads`` and :data:`CONV_WRITES_HEAD_LAYOUT`, the conv's output and
     input laid out per head as the Triton kernel writes them (else None)."""
-    weight = _stacked(directions, lambda d: d.conv1d.conv.weight[:, 0])  # (directions, inner, kernel)
-    bias = None if directions[0].conv1d.conv.bias is None else _stacked(directions, lambda d: d.conv1d.conv.bias)
+    weight, bias = _conv_weights(directions)
     if bias is not None and weight.shape[-1] <= CONV_TRITON_TAPS and _in_triton(CONV_STAGE, "conv stage", x_mlstm):
         if heads and CONV_WRITES_HEAD_LAYOUT:
             y, y_heads, x_heads = causal_conv_silu_heads(x_mlstm, weight, bias, heads)

@@ -408,7 +408,7 @@ def _input_stage_backward(
     head_dim = channels // heads
     block = w_q.shape[-1]
     consts = _launch_constants(x, head_dim, block, gate_c.shape[1])
-    sub, gp = consts["SUB"], consts["GP"]
+    sub = consts["SUB"]
     subs = channels // sub
     taps, bias, wt, gt = _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts)
     dx_conv, dqk, dv, dgates = (t.contiguous() for t in (dx_conv, dqk, dv, dgates))
