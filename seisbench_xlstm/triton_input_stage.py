@@ -20,6 +20,12 @@ backward): about 65 ms of recipe 1's ~210 ms step on an H200 (2026-11-30 profile
 ``x_conv``, ``qk``, ``v`` and the gates; the backward reads the gradients of those and ``x`` and writes the
 gradient of ``x`` (and the conv's pre-activation gradient once, which its transposed conv reads back).
 
+Measured. Slower, so not the library's default: recipe 1 on an H200 took 322.2 ms a step against 209.9 with the
+PyTorch stage (2026-11-30, ``benchmarks/results/pretrain_gpu.md``, fourteenth session), at 51.19 against 61.73 GiB
+peak memory. The kernels took 34.7 (forward) and 102.1 and 39.0 ms (backward) a step, bound by instructions and
+latency at 12.5 to 18.8% occupancy, DRAM 5 to 13% busy (Nsight Compute,
+``benchmarks/results/triton_input_stage_ncu_2x128x1024x384.txt``).
+
 How. The channels are taken in sub-blocks of :data:`SUB_CHANNELS` (32 or 16, within one head, a multiple of the
 block size), on which the projections are small dense products (each sub-block's block-diagonal matrix, on tensor
 cores) and the gates a product with the sub-block's columns of the folded weights, summed over sub-blocks. The
