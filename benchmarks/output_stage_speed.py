@@ -53,8 +53,9 @@ def stage_inputs(shape, device):
 
 
 def timings(call, inputs, dy, warmup: int, rep: int) -> tuple[float, float]:
-    """Median ms of ``call(*inputs)`` without gradients and of it with ``.backward(dy)``."""
-    if dy.is_cuda:
+    """Median ms of ``call(*inputs)`` without gradients and of it with its backward pass from ``dy`` (a tensor, or
+    one per output where ``call`` returns several)."""
+    if inputs[0].is_cuda:
         from triton.testing import do_bench
     else:  # the wiring check on a CPU under Triton's interpreter: one call each
         def do_bench(fn, warmup, rep):
@@ -68,7 +69,8 @@ def timings(call, inputs, dy, warmup: int, rep: int) -> tuple[float, float]:
         with torch.no_grad():
             call(*args)
 
-    return do_bench(forward, warmup=warmup, rep=rep), do_bench(lambda: call(*args).backward(dy), warmup=warmup, rep=rep)
+    return (do_bench(forward, warmup=warmup, rep=rep),
+            do_bench(lambda: torch.autograd.backward(call(*args), dy), warmup=warmup, rep=rep))
 
 
 def settings(only: str, rows_per_program: list[int]) -> list[tuple[str, int | None, list | None]]:
@@ -142,7 +144,8 @@ def input_rows(shape, device, args):
     """The same for the per-head input stage (``bimlstm.per_head_inputs``): input ``(directions, batch, steps, heads *
     head_dim)``; a fused stage reads x and writes x_conv, q, k, v (forward), then reads their gradients and x and
     writes dx and the conv's pre-activation gradient (float32) and reads it back (backward). The PyTorch stage
-    compiled; the Triton stage autotuned, then each launch setting of its forward kernel forced (backward autotuned)."""
+    compiled; the Triton stage autotuned, then each launch setting of its forward kernel forced (backward autotuned).
+    The backward pass starts from random gradients of all five outputs (as in the layer, where each has one)."""
     _, x_conv, _, _, directions = stage_inputs(shape, device)
     for d in directions:  # the branches as the backbones build them: blocks of 4 (U-Net) or 8 (sequential)
         d.config.qkv_proj_blocksize = 8 if shape[-1] == 96 else 4
@@ -158,9 +161,8 @@ def input_rows(shape, device, args):
     stages += [(f"triton, forward {s['BLOCK_T']} steps, {s['num_warps']} warps", "triton", [s]) for s in library[1]]
     rows = []
 
-    def call(x):
-        x_conv, q, _, v, i, f = compiled(x, directions)
-        return x_conv.float().sum() + q.float().sum() + v.float().sum() + i.sum() + f.sum()
+    def call(x):  # x_conv, q (with k), v, i, f: the outputs the layer uses
+        return tuple(t for t in compiled(x, directions) if t is not None)
 
     try:
         for name, setting, tuning in stages:
@@ -171,7 +173,8 @@ def input_rows(shape, device, args):
                 triton_input_stage.FORWARD_TUNING = tuning
                 triton_input_stage.build_launchers()
             torch._dynamo.reset()
-            fwd, fwbw = timings(call, (x_conv,), torch.ones((), device=device), args.warmup, args.rep)
+            grads = tuple(torch.randn_like(t) for t in call(x_conv))
+            fwd, fwbw = timings(call, (x_conv,), grads, args.warmup, args.rep)
             rows.append((name, fwd, fwbw, moved))
     finally:
         bimlstm.INPUT_STAGE, triton_input_stage.FORWARD_TUNING = library

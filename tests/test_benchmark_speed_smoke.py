@@ -323,3 +323,20 @@ def test_pipeline_timeline_records_each_step_and_restores_the_model(shared_data)
     assert "stream_to_array" not in vars(model) and pickers.demean_segments is demean_segments
     table = timeline_table(calls, 1.0)
     assert table[0] == "One annotate call, 1.00 s:" and any(row.startswith("| _predict_windows | ") for row in table)
+
+
+def test_input_stage_speed_times_each_setting(tmp_path):
+    """``output_stage_speed.py --stage input`` under Triton's interpreter (the wiring: one row per stage and forward
+    launch setting; the figures are not timings)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton stage runs on CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1)")
+    import output_stage_speed
+    from seisbench_xlstm import bimlstm, triton_input_stage
+
+    library = bimlstm.INPUT_STAGE, list(triton_input_stage.FORWARD_TUNING)
+    output_stage_speed.main(["--stage", "input", "--shapes", "2x2x2x24x16", "--out", str(tmp_path / "in.md")])
+    rows = [line for line in (tmp_path / "in.md").read_text().splitlines() if line.startswith("| 2x2x2x24x16")]
+    assert [r.split(" | ")[1] for r in rows][:2] == ["torch (compiled)", "triton, autotuned (compiled graph)"]
+    assert len(rows) == 2 + len(library[1])
+    assert (bimlstm.INPUT_STAGE, triton_input_stage.FORWARD_TUNING) == library  # restored
