@@ -142,6 +142,14 @@ if triton is not None:
         return ptr, (t < steps)[:, None] & (g < 2 * heads)[None, :]
 
     @triton.jit
+    def _sub_block_program(batch, channels, SUB: tl.constexpr):
+        """This program's (direction, window) index (grid axis 0), direction, window, channel sub-block (axis 2), the
+        sub-block's channels and the number of sub-blocks."""
+        pid = tl.program_id(0).to(tl.int64)
+        cb = tl.program_id(2)
+        return pid, pid // batch, pid % batch, cb, cb * SUB + tl.arange(0, SUB), channels // SUB
+
+    @triton.jit
     def _store_blocks(PART, acc, SUB: tl.constexpr, BS: tl.constexpr):
         """The diagonal ``BS x BS`` blocks of ``acc`` ``(SUB, SUB)`` (``[in, out]``) at ``PART`` as ``(SUB / BS, out,
         in)``, the layout of the headwise weights."""
@@ -161,13 +169,9 @@ if triton is not None:
     ):
         # Program (direction, window), BLOCK_T steps, sub-block cb: x_conv, q, k, v of the sub-block's channels and
         # its part of the gates (the parts of all sub-blocks are summed afterwards).
-        pid = tl.program_id(0).to(tl.int64)
-        d, b = pid // batch, pid % batch
-        cb = tl.program_id(2)
+        pid, d, b, cb, cols, subs = _sub_block_program(batch, channels, SUB)
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = (t < steps)[:, None]
-        cols = cb * SUB + tl.arange(0, SUB)
-        subs = channels // SUB
         x0, x1, x2, x3 = _taps(X + d * sx_d + b * sx_b, t, cols, steps, sx_t)
         w0, w1, w2, w3, bias = _conv_weights(CW, CB, d, channels, cols)
         pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
@@ -198,12 +202,7 @@ if triton is not None:
         # the output stage), of the conv's pre-activation (written for the second kernel), and this program's
         # partial sums of the gradients of the q and k matrices, the gates' x_conv weights and the conv's taps and
         # bias.
-        pid = tl.program_id(0).to(tl.int64)
-        d, b = pid // batch, pid % batch
-        cb = tl.program_id(2)
-        s = tl.arange(0, SUB)
-        cols = cb * SUB + s
-        subs = channels // SUB
+        pid, d, b, cb, cols, subs = _sub_block_program(batch, channels, SUB)
         DT = X.dtype.element_ty
         w0, w1, w2, w3, bias = _conv_weights(CW, CB, d, channels, cols)
         xw = X + d * sx_d + b * sx_b
@@ -253,7 +252,7 @@ if triton is not None:
         _store_blocks(part, acc_q, SUB, BS)
         _store_blocks(part + SUB * BS, acc_k, SUB, BS)
         _store_gate_columns(part + 2 * SUB * BS, acc_g, heads, SUB, GP)
-        taps = part + 2 * SUB * BS + 2 * heads * SUB + s
+        taps = part + 2 * SUB * BS + 2 * heads * SUB + tl.arange(0, SUB)
         tl.store(taps, dw0)
         tl.store(taps + SUB, dw1)
         tl.store(taps + 2 * SUB, dw2)
@@ -268,12 +267,7 @@ if triton is not None:
     ):
         # Same programs: the gradient of x (the conv's transpose of the pre-activation gradient, v's and the gates'
         # transposed products) and the partial sums of the gradients of the v matrix and the gates' x weights.
-        pid = tl.program_id(0).to(tl.int64)
-        d, b = pid // batch, pid % batch
-        cb = tl.program_id(2)
-        s = tl.arange(0, SUB)
-        cols = cb * SUB + s
-        subs = channels // SUB
+        pid, d, b, cb, cols, subs = _sub_block_program(batch, channels, SUB)
         DT = X.dtype.element_ty
         w0, w1, w2, w3, _ = _conv_weights(CW, CB, d, channels, cols)
         xw = X + d * sx_d + b * sx_b
