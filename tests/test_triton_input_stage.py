@@ -67,7 +67,7 @@ def outputs_and_grads(fn, args, heads, seed=1):
 
 @pytest.mark.parametrize("steps,heads,head_dim,block,size,strided", [
     (77, 2, 32, 8, 4, False),   # sub-blocks of 32, several per head
-    (600, 4, 16, 4, 4, True),   # two backward programs along the steps (BACKWARD_ROWS = 512), 16-wide sub-blocks
+    (600, 4, 16, 4, 4, True),   # three backward programs along the steps (BACKWARD_ROWS = 256), 16-wide sub-blocks
     (5, 1, 16, 4, 2, False),    # fewer steps than one block; a shorter conv (zero taps in front)
     (1, 2, 16, 16, 4, False),   # one step; the block as wide as the sub-block
     (40, 3, 32, 4, 3, True),
