@@ -163,6 +163,12 @@ if triton is not None:
         tl.store(PART + g * SUB + i, acc, mask=g < 2 * heads)
 
     @triton.jit
+    def _gate_gradients(DG, d, n_dir, heads, batch, steps, b, t, GP: tl.constexpr):
+        """The gates' gradients ``(BLOCK_T, GP)`` at steps ``t`` (zero in the padded columns), float32."""
+        ptr, mask = _gate_offsets(DG, d, n_dir, heads, batch, steps, b, t, GP)
+        return tl.load(ptr, mask=mask, other=0.0)
+
+    @triton.jit
     def _input_fwd_kernel(
         X, CW, CB, WT, GT, XC, QK, V, GPART, sx_d, sx_b, sx_t, n_dir, batch, steps, channels, heads,
         HD: tl.constexpr, SUB: tl.constexpr, GP: tl.constexpr, BLOCK_T: tl.constexpr, PREC: tl.constexpr,
@@ -222,8 +228,7 @@ if triton is not None:
             rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
             dq = tl.load(DQK + rows[:, None] * (2 * HD) + hc[None, :], mask=tmask, other=0.0).to(DT)
             dk = tl.load(DQK + rows[:, None] * (2 * HD) + HD + hc[None, :], mask=tmask, other=0.0).to(DT)
-            gptr, gmask = _gate_offsets(DG, d, n_dir, heads, batch, steps, b, t, GP)
-            dg = tl.load(gptr, mask=gmask, other=0.0).to(DT)
+            dg = _gate_gradients(DG, d, n_dir, heads, batch, steps, b, t, GP).to(DT)
             tok = ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :]
             dxc = tl.load(DXC + d * sd_d + b * sd_b + t[:, None] * sd_t + cols[None, :], mask=tmask, other=0.0)
             # the weights loaded where they are used (L1 hits): held across the loop, they spilled (ptxas, sm_90)
@@ -281,8 +286,7 @@ if triton is not None:
             tmask = (t < steps)[:, None]
             rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
             dv = tl.load(DV + rows[:, None] * HD + hc[None, :], mask=tmask, other=0.0).to(DT)
-            gptr, gmask = _gate_offsets(DG, d, n_dir, heads, batch, steps, b, t, GP)
-            dg = tl.load(gptr, mask=gmask, other=0.0).to(DT)
+            dg = _gate_gradients(DG, d, n_dir, heads, batch, steps, b, t, GP).to(DT)
             p0 = tl.load(pw + t[:, None] * channels + cols[None, :], mask=tmask, other=0.0)
             p1 = tl.load(pw + (t + 1)[:, None] * channels + cols[None, :], mask=(t + 1 < steps)[:, None], other=0.0)
             p2 = tl.load(pw + (t + 2)[:, None] * channels + cols[None, :], mask=(t + 2 < steps)[:, None], other=0.0)
