@@ -4,9 +4,11 @@ Compiles each kernel of ``seisbench_xlstm/triton_mlstm.py`` that the library lau
 backward passes, with the state passes and the backward's split that ``STATE_PASS`` and ``BACKWARD_DQ`` choose) and of
 ``seisbench_xlstm/triton_mlstm_scalars.py`` for a CUDA target (default sm_90, the H200) with Triton's compiler, as
 the library launches them (bf16 inputs, ``DISABLE_LLVM_OPT=1``), and reads what ``ptxas -v`` (shipped with triton)
-reports: registers per thread, stack frame, spill stores and loads. It needs triton but no GPU, so tile and warp
-settings can be screened here before their time is measured on a GPU (``triton_mlstm_speed.py``). Spills are not
-times: a setting with fewer spills can still be slower.
+reports: registers per thread, stack frame, spill stores and loads, and counts the assembled kernel's machine
+instructions (``nvdisasm``, static). With ``--input-stage`` also the kernels of ``seisbench_xlstm/triton_input_stage.py``
+at each shape's layer. It needs triton but no GPU, so tile and warp settings can be screened here before their time
+is measured on a GPU (``triton_mlstm_speed.py``). Spills and counts are not times: a setting with fewer spills can
+still be slower.
 
     PYTHONPATH=/path/to/triton python benchmarks/triton_mlstm_registers.py               # the defaults
     PYTHONPATH=/path/to/triton python benchmarks/triton_mlstm_registers.py --warps 4 8 --block-v 64 128 \\
@@ -36,24 +38,31 @@ from common import MLSTM_CALL_SHAPES, REPO, parse_call_shapes, write_report  # n
 sys.path.insert(0, str(REPO))
 
 FIELDS = ["target", "shape", "chunk", "block_v", "kernel", "warps", "registers", "stack_bytes", "spill_store_bytes",
-          "spill_load_bytes"]
+          "spill_load_bytes", "instructions"]
 PTXAS_LINE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
+#: a machine instruction in ``nvdisasm``'s listing (an address comment, an optional predicate, an opcode)
+SASS_LINE = re.compile(r"\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?[A-Z]")
+
+
 def ptxas_report(ptx: str, arch: int) -> dict:
-    """``ptxas -v`` of one kernel's PTX: registers, stack frame and spill bytes."""
+    """``ptxas -v`` of one kernel's PTX: registers, stack frame and spill bytes; and the number of machine
+    instructions of the assembled kernel (``nvdisasm``; static: a loop's body counts once)."""
     import triton
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.ptx"
+        path, cubin = Path(tmp) / "kernel.ptx", Path(tmp) / "kernel.cubin"
         path.write_text(ptx)
-        out = subprocess.run([str(ptxas), "-v", f"--gpu-name=sm_{arch}a", str(path), "-o", os.devnull],
+        out = subprocess.run([str(tools / "ptxas"), "-v", f"--gpu-name=sm_{arch}a", str(path), "-o", str(cubin)],
                              capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([str(tools / "nvdisasm"), str(cubin)], capture_output=True, text=True).stdout
     frame = PTXAS_LINE.search(out)
     registers = re.search(r"Used (\d+) registers", out)
     return {"registers": int(registers.group(1)), "stack_bytes": int(frame.group(1)),
-            "spill_store_bytes": int(frame.group(2)), "spill_load_bytes": int(frame.group(3))}
+            "spill_store_bytes": int(frame.group(2)), "spill_load_bytes": int(frame.group(3)),
+            "instructions": sum(1 for line in sass.splitlines() if SASS_LINE.match(line)) or ""}
 
 
 def compile_kernel(fn, signature: dict, constexprs: dict, warps: int, arch: int, ints: dict) -> dict:
@@ -158,6 +167,41 @@ def scalar_kernels(arch: int, shape: tuple = MLSTM_CALL_SHAPES[0]) -> list[dict]
     ]
 
 
+def input_stage_kernels(shape: tuple, arch: int) -> list[dict]:
+    """The three kernels of ``triton_input_stage`` (the branches' conv, q/k/v and gates) for the layer whose mLSTM call
+    has ``shape`` (its batch: two directions times the windows; projection blocks of 8 at head dim 96, else 4, as the
+    backbones), in bf16, at each launch setting of their tuning lists."""
+    from seisbench_xlstm import triton_input_stage as ti
+
+    calls, heads, steps, head_dim = shape
+    batch = max(1, calls // 2)
+    channels, block = heads * head_dim, 8 if head_dim == 96 else 4
+    if not ti.sub_channels(head_dim, block):
+        return []
+    token = steps * channels
+    ints = dict(n_dir=2, batch=batch, steps=steps, channels=channels, heads=heads, sx_d=batch * token, sx_b=token,
+                sx_t=channels, sd_d=batch * token, sd_b=token, sd_t=channels)
+    constexprs = dict(HD=head_dim, SUB=ti.sub_channels(head_dim, block), GP=max(16, 1 << (2 * heads - 1).bit_length()),
+                      PREC="tf32", BS=block, ROWS=ti.BACKWARD_ROWS)
+    bf, f32 = "*bf16", "*fp32"
+    weights = dict(CW=f32, CB=f32, WT=bf, GT=bf)
+    kernels = [("input_forward", ti._input_fwd_kernel, dict(X=bf, **weights, XC=bf, QK=bf, V=bf, GPART=f32),
+                ti.FORWARD_TUNING),
+               ("input_backward_conv", ti._input_bwd_conv_kernel,
+                dict(DXC=bf, DQK=bf, DG=f32, X=bf, **weights, DPRE=f32, PART=f32), ti.BACKWARD_CONV_TUNING),
+               ("input_backward_x", ti._input_bwd_x_kernel, dict(DPRE=f32, DV=bf, DG=f32, X=bf, **weights, DX=bf,
+                                                                 PART=f32), ti.BACKWARD_X_TUNING)]
+    rows = []
+    for label, fn, pointers, tuning in kernels:
+        signature = {**pointers, **{k: "i32" for k in ints if k in fn.arg_names}}
+        for setting in tuning:
+            rows.append({"kernel": f"{label} ({setting['BLOCK_T']} steps)", "warps": setting["num_warps"],
+                         **compile_kernel(fn, signature, {**constexprs, "BLOCK_T": setting["BLOCK_T"]},
+                                          setting["num_warps"], arch, {k: v for k, v in ints.items()
+                                                                       if k in fn.arg_names})})
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxHxSxD")
@@ -165,6 +209,8 @@ def main(argv=None):
     parser.add_argument("--block-v", type=int, nargs="+", default=[None])
     parser.add_argument("--warps", type=int, nargs="+", default=[None])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100/H200)")
+    parser.add_argument("--input-stage", action="store_true",
+                        help="also the input stage's kernels (triton_input_stage) at each shape's layer")
     parser.add_argument("--out", type=Path, default=None, help="Markdown report (and its CSV next to it)")
     args = parser.parse_args(argv)
     try:
@@ -187,13 +233,17 @@ def main(argv=None):
                         rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)),
                                      "chunk": min(chunk, steps), **row})
                         print(rows[-1], flush=True)
+        for row in input_stage_kernels(shape, args.arch) if args.input_stage else []:
+            rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)), "chunk": "", "block_v": "",
+                         **row})
+            print(rows[-1], flush=True)
     for row in scalar_kernels(args.arch):
         rows.append({"target": f"sm_{args.arch}", "shape": "any", "chunk": "", "block_v": "", **row})
         print(rows[-1], flush=True)
     lines = ["# Registers and spills of the Triton mLSTM kernels", "",
              "`benchmarks/triton_mlstm_registers.py` (see its docstring): each kernel compiled by Triton for "
-             f"sm_{args.arch} without a GPU, bf16, `DISABLE_LLVM_OPT=1`; figures from `ptxas -v`. Spills are not "
-             "times.", "",
+             f"sm_{args.arch} without a GPU, bf16, `DISABLE_LLVM_OPT=1`; figures from `ptxas -v`, instructions counted "
+             "in `nvdisasm`'s listing (static: a loop's body once). Spills and counts are not times.", "",
              "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in FIELDS) + " |" for r in rows]
     write_report(lines, args.out)

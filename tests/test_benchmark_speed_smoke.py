@@ -340,3 +340,19 @@ def test_input_stage_speed_times_each_setting(tmp_path):
     assert [r.split(" | ")[1] for r in rows][:2] == ["torch (compiled)", "triton, autotuned (compiled graph)"]
     assert len(rows) == 2 + len(library[1])
     assert (bimlstm.INPUT_STAGE, triton_input_stage.FORWARD_TUNING) == library  # restored
+
+
+def test_triton_registers_reports_the_input_stage_kernels(tmp_path):
+    """``--input-stage``: the input stage's three kernels at each launch setting of their tuning lists, with
+    registers and a machine instruction count (compiled for sm_90 without a GPU; skipped without Triton's compiler)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("compiling for a GPU target needs Triton's compiler, not its interpreter")
+    import triton_mlstm_registers
+    from seisbench_xlstm import triton_input_stage as ti
+
+    rows = triton_mlstm_registers.main(["--shapes", "16x4x64x64", "--input-stage", "--out",
+                                        str(tmp_path / "registers.md")])
+    stage = [r for r in rows if r["kernel"].startswith("input_")]
+    assert len(stage) == len(ti.FORWARD_TUNING) + len(ti.BACKWARD_CONV_TUNING) + len(ti.BACKWARD_X_TUNING)
+    assert all(0 < r["registers"] <= 255 and r["instructions"] > 100 for r in rows)
