@@ -38,10 +38,12 @@ from seisbench_xlstm import bimlstm, triton_conv, triton_input_stage, triton_lay
 SHAPES = [(2, 4, 128, 1024, 96), (2, 4, 256, 1024, 64), (2, 4, 256, 256, 128), (2, 4, 256, 64, 256)]
 
 
-def stage_inputs(shape, device):
-    """``h``, ``x_conv``, ``z``, the upstream gradient and two directions' modules for one shape."""
+def stage_inputs(shape, device, block: int = 4):
+    """``h``, ``x_conv``, ``z``, the upstream gradient and two directions' modules (q/k/v projection blocks of
+    ``block``) for one shape."""
     n_dir, heads, batch, steps, hd = shape
-    config = bimlstm.BiMLSTMLayerConfig(embedding_dim=heads * hd // 2, num_heads=heads, round_inner_to=16)
+    config = bimlstm.BiMLSTMLayerConfig(embedding_dim=heads * hd // 2, num_heads=heads, round_inner_to=16,
+                                        qkv_proj_blocksize=block)
     assert config.inner_dim == heads * hd, (config.inner_dim, heads * hd)
     directions = [bimlstm.MLSTMDirection(config).to(device) for _ in range(n_dir)]
     g = torch.Generator(device=device).manual_seed(0)
@@ -146,14 +148,8 @@ def input_rows(shape, device, args):
     writes dx and the conv's pre-activation gradient (float32) and reads it back (backward). The PyTorch stage
     compiled; the Triton stage autotuned, then each launch setting of its forward kernel forced (backward autotuned).
     The backward pass starts from random gradients of all five outputs (as in the layer, where each has one)."""
-    _, x_conv, _, _, directions = stage_inputs(shape, device)
-    for d in directions:  # the branches as the backbones build them: blocks of 4 (U-Net) or 8 (sequential)
-        d.config.qkv_proj_blocksize = 8 if shape[-1] == 96 else 4
-    blocks = x_conv.shape[-1] // directions[0].config.qkv_proj_blocksize
-    for d in directions:
-        for proj in (d.q_proj, d.k_proj, d.v_proj):
-            block = x_conv.shape[-1] // blocks
-            proj.weight = torch.nn.Parameter(torch.randn(blocks, block, block, device=device) * block ** -0.5)
+    # the branches as the backbones build them: projection blocks of 8 (sequential, head dim 96) or 4 (U-Net)
+    _, x_conv, _, _, directions = stage_inputs(shape, device, block=8 if shape[-1] == 96 else 4)
     moved = (6 + 8 + 2) * x_conv.numel() * x_conv.element_size()
     compiled = torch.compile(bimlstm.per_head_inputs)
     library = bimlstm.INPUT_STAGE, triton_input_stage.FORWARD_TUNING

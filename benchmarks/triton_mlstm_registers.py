@@ -171,6 +171,8 @@ def input_stage_kernels(shape: tuple, arch: int) -> list[dict]:
     """The three kernels of ``triton_input_stage`` (the branches' conv, q/k/v and gates) for the layer whose mLSTM call
     has ``shape`` (its batch: two directions times the windows; projection blocks of 8 at head dim 96, else 4, as the
     backbones), in bf16, at each launch setting of their tuning lists."""
+    import torch
+
     from seisbench_xlstm import triton_input_stage as ti
 
     calls, heads, steps, head_dim = shape
@@ -181,8 +183,8 @@ def input_stage_kernels(shape: tuple, arch: int) -> list[dict]:
     token = steps * channels
     ints = dict(n_dir=2, batch=batch, steps=steps, channels=channels, heads=heads, sx_d=batch * token, sx_b=token,
                 sx_t=channels, sd_d=batch * token, sd_b=token, sd_t=channels)
-    constexprs = dict(HD=head_dim, SUB=ti.sub_channels(head_dim, block), GP=max(16, 1 << (2 * heads - 1).bit_length()),
-                      PREC="tf32", BS=block, ROWS=ti.BACKWARD_ROWS)
+    constexprs = dict(**ti.launch_constants(torch.bfloat16, head_dim, block, 2 * heads), BS=block,
+                      ROWS=ti.BACKWARD_ROWS)
     bf, f32 = "*bf16", "*fp32"
     weights = dict(CW=f32, CB=f32, WT=bf, GT=bf)
     kernels = [("input_forward", ti._input_fwd_kernel, dict(X=bf, **weights, XC=bf, QK=bf, V=bf, GPART=f32),

@@ -60,7 +60,7 @@ TAPS = 4
 #: Launch settings the autotuner chooses from per channel count and head dim on the first call of each kernel (not
 #: under the interpreter, which runs the first): steps per program (forward) or per loop step (backward), warps,
 #: pipelining stages. Compiled for sm_90 at recipe 1's shape (``ptxas -v``, bf16, head dim 96), none of these spills
-#: but the first backward kernel's with 8 warps (16 bytes); the forward spilled 300 bytes at 128 steps with 4 warps,
+#: but the first backward kernel's with 8 warps (12 bytes); the forward spilled 300 bytes at 128 steps with 4 warps,
 #: the first backward kernel 184 to 312 bytes at 16 steps with 2 warps, 32 with 4 and 64 with 8.
 FORWARD_TUNING = [{"BLOCK_T": 32, "num_warps": 4, "num_stages": 1}, {"BLOCK_T": 64, "num_warps": 4, "num_stages": 1},
                   {"BLOCK_T": 64, "num_warps": 8, "num_stages": 1}, {"BLOCK_T": 128, "num_warps": 8, "num_stages": 1}]
@@ -133,6 +133,12 @@ if triton is not None:
         return rows, (cb * SUB) % HD + tl.arange(0, SUB)
 
     @triton.jit
+    def _token_offsets(d, batch, b, steps, t, channels, cols):
+        """Offsets of steps ``t`` and channels ``cols`` of window ``b`` of direction ``d`` in a contiguous
+        ``(directions, batch, steps, channels)`` tensor, ``(BLOCK_T, SUB)``."""
+        return ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :]
+
+    @triton.jit
     def _gate_offsets(G, d, n_dir, heads, batch, steps, b, t, GP: tl.constexpr):
         """Pointers of the gates ``(2, directions * heads, batch, steps)`` for this program's steps ``t`` and gate
         columns ``(BLOCK_T, GP)`` (columns ``g < heads``: input gates, then forget gates), and their mask."""
@@ -182,7 +188,7 @@ if triton is not None:
         w0, w1, w2, w3, bias = _conv_weights(CW, CB, d, channels, cols)
         pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
         xc = (pre * tl.sigmoid(pre)).to(XC.dtype.element_ty)
-        tl.store(XC + ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :], xc, mask=tmask)
+        tl.store(XC + _token_offsets(d, batch, b, steps, t, channels, cols), xc, mask=tmask)
         xm = x3.to(XC.dtype.element_ty)
         rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
         q = tl.dot(xc, _projection(WT, d, cb, subs, 0, SUB, False), input_precision=PREC)
@@ -229,7 +235,6 @@ if triton is not None:
             dq = tl.load(DQK + rows[:, None] * (2 * HD) + hc[None, :], mask=tmask, other=0.0).to(DT)
             dk = tl.load(DQK + rows[:, None] * (2 * HD) + HD + hc[None, :], mask=tmask, other=0.0).to(DT)
             dg = _gate_gradients(DG, d, n_dir, heads, batch, steps, b, t, GP).to(DT)
-            tok = ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :]
             dxc = tl.load(DXC + d * sd_d + b * sd_b + t[:, None] * sd_t + cols[None, :], mask=tmask, other=0.0)
             # the weights loaded where they are used (L1 hits): held across the loop, they spilled (ptxas, sm_90)
             dxc = dxc.to(tl.float32) + tl.dot(dq, _projection(WT, d, cb, subs, 0, SUB, True), input_precision=PREC)
@@ -240,7 +245,7 @@ if triton is not None:
             sig = tl.sigmoid(pre)
             xc = (pre * sig).to(DT)
             dpre = tl.where(tmask, dxc * sig * (1.0 + pre * (1.0 - sig)), 0.0)
-            tl.store(DPRE + tok, dpre, mask=tmask)
+            tl.store(DPRE + _token_offsets(d, batch, b, steps, t, channels, cols), dpre, mask=tmask)
             xct = tl.trans(xc)
             acc_q += tl.dot(xct, dq, input_precision=PREC)
             acc_k += tl.dot(xct, dk, input_precision=PREC)
@@ -287,15 +292,11 @@ if triton is not None:
             rows, hc = _head_rows(d, heads, batch, steps, b, t, cb, HD, SUB)
             dv = tl.load(DV + rows[:, None] * HD + hc[None, :], mask=tmask, other=0.0).to(DT)
             dg = _gate_gradients(DG, d, n_dir, heads, batch, steps, b, t, GP).to(DT)
-            p0 = tl.load(pw + t[:, None] * channels + cols[None, :], mask=tmask, other=0.0)
-            p1 = tl.load(pw + (t + 1)[:, None] * channels + cols[None, :], mask=(t + 1 < steps)[:, None], other=0.0)
-            p2 = tl.load(pw + (t + 2)[:, None] * channels + cols[None, :], mask=(t + 2 < steps)[:, None], other=0.0)
-            p3 = tl.load(pw + (t + 3)[:, None] * channels + cols[None, :], mask=(t + 3 < steps)[:, None], other=0.0)
-            dx = w3 * p0 + w2 * p1 + w1 * p2 + w0 * p3
+            dx = (w3 * _shifted(pw, t, 0, cols, steps, channels) + w2 * _shifted(pw, t, 1, cols, steps, channels)
+                  + w1 * _shifted(pw, t, 2, cols, steps, channels) + w0 * _shifted(pw, t, 3, cols, steps, channels))
             dx += tl.dot(dv, _projection(WT, d, cb, subs, 2, SUB, True), input_precision=PREC)
             dx += tl.dot(dg, _gate_rows(GT, d, cb, subs, 1, SUB, GP), input_precision=PREC)
-            tl.store(DX + ((d * batch + b) * steps + t)[:, None] * channels + cols[None, :],
-                     dx.to(DX.dtype.element_ty), mask=tmask)
+            tl.store(DX + _token_offsets(d, batch, b, steps, t, channels, cols), dx.to(DX.dtype.element_ty), mask=tmask)
             xt = tl.trans(tl.load(xw + t[:, None] * sx_t + cols[None, :], mask=tmask, other=0.0))
             acc_v += tl.dot(xt, dv, input_precision=PREC)
             acc_g += tl.dot(xt, dg, input_precision=PREC)
@@ -336,9 +337,11 @@ def _gate_columns_tensor(gate_c: torch.Tensor, gate_m: torch.Tensor, sub: int, g
     return both.view(n_dir, 2, gp, channels // sub, sub).permute(0, 3, 1, 4, 2)
 
 
-def _launch_constants(x: torch.Tensor, head_dim: int, block: int, gates: int) -> dict:
+def launch_constants(dtype: torch.dtype, head_dim: int, block: int, gates: int) -> dict:
+    """The kernels' compile-time constants for inputs of ``dtype``, head dim, projection block size and ``gates``
+    (``2 * heads``) gate columns (padded to ``GP``, at least 16 for the products)."""
     return {"HD": head_dim, "SUB": sub_channels(head_dim, block), "GP": max(16, triton.next_power_of_2(gates)),
-            "PREC": "ieee" if x.dtype == torch.float32 else "tf32"}
+            "PREC": "ieee" if dtype == torch.float32 else "tf32"}
 
 
 def _sub_block_sums(parts: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
@@ -372,7 +375,7 @@ def _input_stage(
     """The forward kernel as an operator: ``x_conv``, ``qk``, ``v`` and the gates (module docstring)."""
     n_dir, batch, steps, channels = x.shape
     head_dim = channels // heads
-    consts = _launch_constants(x, head_dim, w_q.shape[-1], gate_c.shape[1])
+    consts = launch_constants(x.dtype, head_dim, w_q.shape[-1], gate_c.shape[1])
     taps, bias, wt, gt = _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts)
     x_conv, qk, v, _ = _empty_outputs(x, heads)
     subs = channels // consts["SUB"]
@@ -411,7 +414,7 @@ def _input_stage_backward(
     n_dir, batch, steps, channels = x.shape
     head_dim = channels // heads
     block = w_q.shape[-1]
-    consts = _launch_constants(x, head_dim, block, gate_c.shape[1])
+    consts = launch_constants(x.dtype, head_dim, block, gate_c.shape[1])
     sub = consts["SUB"]
     subs = channels // sub
     taps, bias, wt, gt = _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts)
@@ -485,17 +488,14 @@ def mlstm_input_stage(
     if heads < 1 or channels % heads or not sub_channels(channels // heads, block):
         raise ValueError(f"head dim {channels / heads:g} ({channels} channels, {heads} heads) with projection blocks "
                          f"of {block} admits no channel sub-block of {SUB_CHANNELS}")
-    expected = {"conv_w": (n_dir, channels), "conv_b": (n_dir, channels), "gate_c": (n_dir, 2 * heads, channels),
-                "gate_m": (n_dir, 2 * heads, channels), "gate_b": (n_dir, 2 * heads)}
-    for name, t in (("conv_w", conv_w), ("conv_b", conv_b), ("gate_c", gate_c), ("gate_m", gate_m),
-                    ("gate_b", gate_b)):
-        if tuple(t.shape[:len(expected[name])]) != expected[name] or (name == "conv_w" and (
-                t.dim() != 3 or t.shape[-1] > TAPS)) or (name != "conv_w" and t.dim() != len(expected[name])):
-            raise ValueError(f"{name} must be {expected[name]}{' + (kernel_size <= 4,)' if name == 'conv_w' else ''}"
-                             f", got {tuple(t.shape)}")
-    for name, w in (("w_q", w_q), ("w_k", w_k), ("w_v", w_v)):
-        if tuple(w.shape) != (n_dir, channels // block, block, block):
-            raise ValueError(f"{name} must be {(n_dir, channels // block, block, block)}, got {tuple(w.shape)}")
+    if conv_w.dim() != 3 or tuple(conv_w.shape[:2]) != (n_dir, channels) or conv_w.shape[-1] > TAPS:
+        raise ValueError(f"conv_w must be {(n_dir, channels)} + (kernel_size <= {TAPS},), got {tuple(conv_w.shape)}")
+    gate_shape, proj_shape = (n_dir, 2 * heads, channels), (n_dir, channels // block, block, block)
+    for name, t, shape in (("conv_b", conv_b, (n_dir, channels)), ("gate_c", gate_c, gate_shape),
+                           ("gate_m", gate_m, gate_shape), ("gate_b", gate_b, (n_dir, 2 * heads)),
+                           ("w_q", w_q, proj_shape), ("w_k", w_k, proj_shape), ("w_v", w_v, proj_shape)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
     x_conv, qk, v, gates = _input_stage(last_axis_contiguous(x), conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m,
                                         gate_b, heads)
     return x_conv, qk, v, gates[0], gates[1]
