@@ -6,7 +6,7 @@
 #
 #   lane A (GPU 0): this project's Triton kernels: their tests as the library compiles them (tests/test_triton_mlstm.py
 #                   without the grid, tests/test_triton_mlstm_scalars.py, tests/test_triton_output_gate.py,
-#                   tests/test_triton_conv.py), the grid of issue 12 (about 260 to 310 s),
+#                   tests/test_triton_conv.py, tests/test_triton_input_stage.py), the grid of issue 12 (about 260 to 310 s),
 #                   its speed against TFLA at the backbones' call shapes (triton_mlstm_speed.py ->
 #                   triton_mlstm_speed.md); with ANNOTATE=1 then annotate_speed.py (24 h of $STATIONS stations, all
 #                   four models, eager and compiled, the kernels $KERNELS) -> annotate_gpu.md/.csv
@@ -82,7 +82,7 @@ step() {  # step LANE NEEDED_SECONDS COMMAND...: runs COMMAND with what is left 
 lane_a() {
   export CUDA_VISIBLE_DEVICES=0
   local hours=24 tests=(tests/test_triton_mlstm.py tests/test_triton_mlstm_scalars.py tests/test_triton_output_gate.py
-                        tests/test_triton_conv.py -k "${A_TESTS_K:-not test_grid}")
+                        tests/test_triton_conv.py tests/test_triton_input_stage.py -k "${A_TESTS_K:-not test_grid}")
   local grid=(tests/test_triton_mlstm.py -k test_grid)
   [ "$DRY" = 1 ] && { hours=0.05; tests=(tests/test_triton_mlstm.py -k rejects_bad_shapes); grid=("${tests[@]}"); }
   [ "${A_TESTS:-1}" = 1 ] && step A 60 $PY -m pytest -q -p no:cacheprovider --tb=short "${tests[@]}"
