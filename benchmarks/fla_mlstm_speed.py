@@ -101,10 +101,12 @@ def fla_backward_refusal() -> str:
 
 
 def agreement(shape, with_fla: bool = True) -> dict:
+    """Largest relative error of our kernel (and FLA's mapping, ``with_fla``) against the float32 quadratic mLSTM on
+    :data:`REFERENCE_SEQUENCES` sequences of ``shape``'s length and head dim."""
     from seisbench_xlstm.kernels import quadratic_mlstm
     from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton
 
-    inputs, grad = random_mlstm_inputs((1, REFERENCE_SEQUENCES, *shape[2:]), seed=1, device=str(grad_device()))
+    inputs, grad = random_mlstm_inputs((1, REFERENCE_SEQUENCES, *shape[2:]), seed=1, device=str(bench_device()))
     as_float = [t.detach().float().requires_grad_() for t in inputs]
     expected = forward_backward(quadratic_mlstm, as_float, grad.float())
     row = {}
@@ -116,7 +118,8 @@ def agreement(shape, with_fla: bool = True) -> dict:
     return row
 
 
-def grad_device():
+def bench_device():
+    """CUDA where there is one (the figures), else the CPU (no FLA kernels there)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -126,7 +129,7 @@ def measure(shape, warmup: int, rep: int) -> dict:
 
     from seisbench_xlstm.triton_mlstm import mlstm_chunkwise_triton
 
-    inputs, grad = random_mlstm_inputs(shape, device=str(grad_device()))
+    inputs, grad = random_mlstm_inputs(shape, device=str(bench_device()))
     fla_inputs = [steps_first(t.detach()).requires_grad_() for t in inputs]
     fla_grad = steps_first(grad)
     q, k, v, i, f = (t.detach() for t in fla_inputs)
