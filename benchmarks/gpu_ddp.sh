@@ -62,10 +62,10 @@ LOG=$OUT/gpu_ddp.log
 stage_bench() {  # $1: recipe, rest: batch arguments
   local recipe=$1; shift
   local ddp=(); read -r -a ddp <<< "${BENCH_DDP:-}"; [ ${#ddp[@]} -gt 0 ] && ddp=(--ddp "${ddp[@]}")
-  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "${ddp[@]}" "$@" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
+  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "${ddp[@]}" "$@" 2>&1 | grep -v -E 'Warning: |warnings\.warn\(' | tee -a "$LOG" || return 1
 }
 stage_run() {
-  $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | grep -v -i warn | tee -a "$LOG" || return 1
+  $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | grep -v -E 'Warning: |warnings\.warn\(' | tee -a "$LOG" || return 1
   $PY "${BENCH[@]}" --run-dir "$RUNS/ddp" 2>&1 | tail -n 20 | tee -a "$LOG" || return 1
 }
 collect() {  # results so far to $OUT (every call's $OUT starts empty)

@@ -74,7 +74,7 @@ step() {  # step LANE NEEDED_SECONDS COMMAND...: runs COMMAND with what is left 
     echo "[$lane] skipped (${left}s left, needs ${need}s): $*" | tee -a "$LOG"; return 0
   fi
   echo "[$lane] $(( $(date +%s) - T0 ))s start: $*" | tee -a "$LOG"
-  timeout --signal=TERM --kill-after=10 "$left" "$@" 2>&1 | grep -v -i warn | sed "s/^/[$lane] /" >> "$LOG"
+  timeout --signal=TERM --kill-after=10 "$left" "$@" 2>&1 | grep -v -E 'Warning: |warnings\.warn\(' | sed "s/^/[$lane] /" >> "$LOG"
   local rc=${PIPESTATUS[0]}
   echo "[$lane] $(( $(date +%s) - T0 ))s end (rc $rc): $1 $2 $3" | tee -a "$LOG"
   collect
