@@ -16,12 +16,15 @@ still be slower.
 
 Shapes as ``triton_mlstm_speed.py`` (batch x heads x steps x head dim; only the head dim and the chunk matter
 here). ``--warps`` sets ``num_warps`` of all the mLSTM kernels; the library's defaults (``LAUNCH``,
-``TUNED_LAUNCH``, ``KERNEL_WARPS``) when not given.
+``TUNED_LAUNCH``, ``KERNEL_WARPS``) when not given. ``--setting MODULE.NAME=V1,V2`` compiles at each value of library
+constants, e.g. ``--setting triton_mlstm.STATE_PASS=scan --block-v 32 64 128`` (the chunk-states kernels at value
+blocks the library does not scan at).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import re
@@ -33,12 +36,14 @@ from pathlib import Path
 os.environ.setdefault("DISABLE_LLVM_OPT", "1")  # as the library compiles its kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MLSTM_CALL_SHAPES, REPO, parse_call_shapes, write_report  # noqa: E402
+from common import (  # noqa: E402
+    MLSTM_CALL_SHAPES, REPO, constants_label, library_constants, parse_call_shapes, patch_constants, write_report,
+)
 
 sys.path.insert(0, str(REPO))
 
-FIELDS = ["target", "shape", "chunk", "block_v", "kernel", "warps", "registers", "stack_bytes", "spill_store_bytes",
-          "spill_load_bytes", "instructions"]
+FIELDS = ["target", "shape", "chunk", "block_v", "settings", "kernel", "warps", "registers", "stack_bytes",
+          "spill_store_bytes", "spill_load_bytes", "instructions"]
 PTXAS_LINE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
@@ -213,6 +218,9 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100/H200)")
     parser.add_argument("--input-stage", action="store_true",
                         help="also the input stage's kernels (triton_input_stage) at each shape's layer")
+    parser.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE[,VALUE]",
+                        help="library constants to compile at each of their values, e.g. "
+                             "triton_mlstm.STATE_PASS=loop,scan (every combination)")
     parser.add_argument("--out", type=Path, default=None, help="Markdown report (and its CSV next to it)")
     args = parser.parse_args(argv)
     try:
@@ -228,13 +236,17 @@ def main(argv=None):
     rows = []
     for shape in shapes:
         steps = shape[2]
-        for chunk in args.chunk_size:
-            for block_v in args.block_v:
-                for warps in args.warps:
-                    for row in mlstm_kernels(shape, min(chunk, steps), block_v, warps, args.arch):
-                        rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)),
-                                     "chunk": min(chunk, steps), **row})
-                        print(rows[-1], flush=True)
+        with contextlib.ExitStack() as stack:
+            for constants in library_constants(args.setting):
+                patch_constants(stack, constants)
+                for chunk in args.chunk_size:
+                    for block_v in args.block_v:
+                        for warps in args.warps:
+                            for row in mlstm_kernels(shape, min(chunk, steps), block_v, warps, args.arch):
+                                rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)),
+                                             "chunk": min(chunk, steps), "settings": ", ".join(
+                                                 constants_label(constants)) or "library", **row})
+                                print(rows[-1], flush=True)
         for row in input_stage_kernels(shape, args.arch) if args.input_stage else []:
             rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)), "chunk": "", "block_v": "",
                          **row})

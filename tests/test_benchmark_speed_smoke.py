@@ -210,6 +210,24 @@ def test_triton_registers_reports_every_kernel(tmp_path):
     assert len(list(csv.DictReader(open(tmp_path / "registers.csv")))) == 11
 
 
+def test_triton_registers_compiles_at_each_setting(tmp_path):
+    """``--setting``: the kernels each value of a library constant launches, labelled with it (needs triton's
+    compiler, as above)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("compiling for a GPU target needs Triton's compiler, not its interpreter")
+    import triton_mlstm_registers
+
+    rows = triton_mlstm_registers.main(["--shapes", "128x4x128x64", "--setting", "triton_mlstm.STATE_PASS=loop,scan",
+                                        "--out", str(tmp_path / "registers.md")])
+    kernels = {setting: [r["kernel"] for r in rows if r.get("settings") == setting]
+               for setting in ("triton_mlstm.STATE_PASS loop", "triton_mlstm.STATE_PASS scan")}
+    assert "backward_states" in kernels["triton_mlstm.STATE_PASS loop"]
+    assert "backward_chunk_states" not in kernels["triton_mlstm.STATE_PASS loop"]
+    assert {"backward_chunk_states", "state_scan (backward)"} <= set(kernels["triton_mlstm.STATE_PASS scan"])
+    assert "triton_mlstm.STATE_PASS scan" in (tmp_path / "registers.md").read_text()
+
+
 def test_triton_speed_times_tfla_once_a_shape(monkeypatch, tmp_path):
     """triton_mlstm_speed.py times TFLA in the first row of a shape only; later rows (other settings of our kernel)
     repeat its figures. Here on a CPU, with the native kernel standing in for both and a stand-in timer."""
