@@ -25,6 +25,7 @@ against the float32 quadratic mLSTM (exact gradient) on 4 sequences of the shape
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -89,8 +90,6 @@ def fla_backward_refusal() -> str:
     """Why FLA will not run the gated backward here ('' if it will): FLA 0.6.0 refuses it on Hopper GPUs with
     Triton 3.4.0 to 3.7.0 (wrong results, FLA issue #640) unless TileLang is installed. Checked before timing, so
     that no forward is autotuned for a backward that then fails (the first run of this script spent 476 s so)."""
-    import importlib.util
-
     from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
 
     if IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1 and not importlib.util.find_spec("tilelang"):
@@ -182,6 +181,10 @@ def main(argv=None):
     parser.add_argument("--rep", type=int, default=200)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fla_mlstm_speed.md")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("fla") is None:
+        parser.error("needs flash-linear-attention's kernels: pip install fla-core")
+    if not torch.cuda.is_available():
+        parser.error("times CUDA kernels: run it on a machine with a GPU")
     rows = []
     for shape in parse_call_shapes(args.shapes):
         rows.append(measure(shape, args.warmup, args.rep))
