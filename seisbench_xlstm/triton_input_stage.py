@@ -305,6 +305,7 @@ if triton is not None:
         _store_blocks(part, acc_v, SUB, BS)
         _store_gate_columns(part + SUB * BS, acc_g, heads, SUB, GP)
 
+
 def build_launchers() -> None:
     """(Re)builds the three kernels' launchers from the tuning lists: autotuned, or the kernels themselves under the
     interpreter. Runs at import; benchmarks that change the lists call it again."""
@@ -377,7 +378,7 @@ def _input_stage(
     head_dim = channels // heads
     consts = launch_constants(x.dtype, head_dim, w_q.shape[-1], gate_c.shape[1])
     taps, bias, wt, gt = _prepared(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, consts)
-    x_conv, qk, v, _ = _empty_outputs(x, heads)
+    x_conv, qk, v = _empty_activations(x, heads)
     subs = channels // consts["SUB"]
     parts = torch.empty(subs, 2, n_dir * heads, batch, steps, dtype=torch.float32, device=x.device)
     _fwd_launcher[lambda meta: (n_dir * batch, triton.cdiv(steps, meta["BLOCK_T"]), subs)](
@@ -389,17 +390,19 @@ def _input_stage(
     return x_conv, qk, v, gates
 
 
-def _empty_outputs(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+def _empty_activations(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uninitialised ``x_conv``, ``qk`` and ``v`` for input ``x`` (the gates come from the sub-blocks' sum)."""
     n_dir, batch, steps, channels = x.shape
     head_dim = channels // heads
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
-            x.new_empty(n_dir * heads, batch, steps, 2 * head_dim), x.new_empty(n_dir * heads, batch, steps, head_dim),
-            torch.empty(2, n_dir * heads, batch, steps, dtype=torch.float32, device=x.device))
+            x.new_empty(n_dir * heads, batch, steps, 2 * head_dim), x.new_empty(n_dir * heads, batch, steps, head_dim))
 
 
 @_input_stage.register_fake
 def _(x, conv_w, conv_b, w_q, w_k, w_v, gate_c, gate_m, gate_b, heads):
-    return _empty_outputs(x, heads)
+    n_dir, batch, steps, _ = x.shape
+    gates = torch.empty(2, n_dir * heads, batch, steps, dtype=torch.float32, device=x.device)
+    return (*_empty_activations(x, heads), gates)
 
 
 @torch.library.custom_op("seisbench_xlstm::mlstm_input_stage_backward", mutates_args=())
