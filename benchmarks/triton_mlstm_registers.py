@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import os
 import re
 import subprocess
@@ -234,26 +235,24 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     rows = []
+
+    def add(shape_text, row, **fields):
+        rows.append({"target": f"sm_{args.arch}", "shape": shape_text, "chunk": "", "block_v": "", **fields, **row})
+        print(rows[-1], flush=True)
+
     for shape in shapes:
-        steps = shape[2]
+        shape_text, steps = "x".join(map(str, shape)), shape[2]
         with contextlib.ExitStack() as stack:
             for constants in library_constants(args.setting):
                 patch_constants(stack, constants)
-                for chunk in args.chunk_size:
-                    for block_v in args.block_v:
-                        for warps in args.warps:
-                            for row in mlstm_kernels(shape, min(chunk, steps), block_v, warps, args.arch):
-                                rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)),
-                                             "chunk": min(chunk, steps), "settings": ", ".join(
-                                                 constants_label(constants)) or "library", **row})
-                                print(rows[-1], flush=True)
+                label = ", ".join(constants_label(constants)) or "library"
+                for chunk, block_v, warps in itertools.product(args.chunk_size, args.block_v, args.warps):
+                    for row in mlstm_kernels(shape, min(chunk, steps), block_v, warps, args.arch):
+                        add(shape_text, row, chunk=min(chunk, steps), settings=label)
         for row in input_stage_kernels(shape, args.arch) if args.input_stage else []:
-            rows.append({"target": f"sm_{args.arch}", "shape": "x".join(map(str, shape)), "chunk": "", "block_v": "",
-                         **row})
-            print(rows[-1], flush=True)
+            add(shape_text, row)
     for row in scalar_kernels(args.arch):
-        rows.append({"target": f"sm_{args.arch}", "shape": "any", "chunk": "", "block_v": "", **row})
-        print(rows[-1], flush=True)
+        add("any", row)
     lines = ["# Registers and spills of the Triton mLSTM kernels", "",
              "`benchmarks/triton_mlstm_registers.py` (see its docstring): each kernel compiled by Triton for "
              f"sm_{args.arch} without a GPU, bf16, `DISABLE_LLVM_OPT=1`; figures from `ptxas -v`, instructions counted "
