@@ -66,13 +66,20 @@ def continuous_station(hours: float, data_dir: Path | None = None):
     return out
 
 
+#: A report's hand-written notes start at this line: regenerating the report from its CSV keeps them.
+REPORT_NOTES_MARKER = "<!-- Hand-written notes below: kept when the tables above are regenerated. -->"
+
+
 def write_report(lines: list[str], out: Path | None) -> str:
-    """Joins report lines, prints them and, if ``out`` is given, writes them there (folders created)."""
+    """Joins report lines, prints them and, if ``out`` is given, writes them there (folders created). Where ``out``
+    already holds :data:`REPORT_NOTES_MARKER`, that line and everything after it stay below the new lines."""
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        old = out.read_text() if out.is_file() else ""
+        at = old.find(REPORT_NOTES_MARKER)
+        out.write_text(text if at < 0 else text + "\n" + old[at:])
     return text
 
 

@@ -374,3 +374,17 @@ def test_triton_registers_reports_the_input_stage_kernels(tmp_path):
     stage = [r for r in rows if r["kernel"].startswith("input_")]
     assert len(stage) == len(ti.FORWARD_TUNING) + len(ti.BACKWARD_CONV_TUNING) + len(ti.BACKWARD_X_TUNING)
     assert all(0 < r["registers"] <= 255 and r["instructions"] > 100 for r in rows)
+
+
+def test_regenerated_report_keeps_the_notes_below_the_marker(tmp_path):
+    from common import REPORT_NOTES_MARKER, write_report
+
+    out = tmp_path / "report.md"
+    write_report(["# Old table", "| a |"], out)
+    notes = "\n## What the rows show\nHand-written analysis, line 1.\n\nLine 2.\n"
+    out.write_text(out.read_text() + "\n" + REPORT_NOTES_MARKER + notes)
+    printed = write_report(["# New table", "| a |", "| b |"], out)
+    assert out.read_text() == "# New table\n| a |\n| b |\n\n" + REPORT_NOTES_MARKER + notes
+    assert "Hand-written" not in printed  # only the tables are printed
+    write_report(["# Only tables"], tmp_path / "plain.md")
+    assert (tmp_path / "plain.md").read_text() == "# Only tables\n"  # no marker, nothing to keep
