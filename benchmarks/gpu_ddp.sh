@@ -21,6 +21,11 @@
 # run them as two calls then ("bench1 bench2", "run"); whatever ran is copied to $OUT after every stage. Measured on
 # nvidia-h200-x2 (2026-11-29): bench1 165 s, run with RUN_MINUTES=3 266 s.
 # $OUT gets at most 5 files: pretrain_ddp.md/.csv, pretrain_ddp_runs.csv, gpu_ddp.log, run_logs.tar.gz.
+# The local experiments read all of ../shared/data (NZ-DFDP's 21 MB too; without it the run stops at once with
+# FileNotFoundError). Tree + .whl + all the data exceed the device's 64 MiB; the 2026-12-01 run carried 59 MiB by
+# leaving the shipped weights (20.5 MB, not read by pretraining) out of the tree for that command:
+#   W=seisbench_xlstm/weights/xlstmunetpicker/ncedc_dfdp.pt.v1; mv $W /tmp/ && git rm -q --cached $W   (before)
+#   mv /tmp/ncedc_dfdp.pt.v1 $W && git reset -q $W                                                  (after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # NVLink multicast off, before anything starts NCCL (the Python code sets the same defaults)
