@@ -63,7 +63,6 @@ import socket
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -75,6 +74,7 @@ from common import (  # noqa: E402
     set_qkv_form, synchronize, write_report,
 )
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
+from mlstm_stand_in import mlstm_stand_in  # noqa: E402
 from profile_report import write_profile  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -150,24 +150,6 @@ def make_step(module: PretrainModule, x: torch.Tensor, ddp=None, statistics: boo
     return step
 
 
-@contextmanager
-def cell_standin(calls: list):
-    """Replaces the mLSTM cell by a matmul-free stand-in that records the call shapes (``(batch, heads, steps,
-    head_dim)`` of q), at both of the layers' entry points (q and k as one tensor: ``bimlstm.QK_ONE_PRODUCT``)."""
-
-    def standin(q, k, v, i, f, kernel="auto"):
-        calls.append(tuple(q.shape))
-        gates = (i + f)[..., None]
-        return v + 0.0 * (q + k + gates)
-
-    def standin_qk(qk, v, i, f, kernel="auto"):
-        return standin(*qk.chunk(2, dim=-1), v, i, f, kernel)
-
-    with mock.patch.object(bimlstm, "mlstm_sequence", standin), \
-            mock.patch.object(bimlstm, "mlstm_sequence_qk", standin_qk):
-        yield
-
-
 def cell_flops(calls: list, kernel: str) -> float:
     """Analytic model FLOPs (forward + backward) of the recorded mLSTM cell calls run with ``kernel``."""
     total = 0.0
@@ -191,7 +173,7 @@ def flops_per_window(recipe: str, tiny: bool, samples: int, kernel: str) -> floa
     module = build(recipe, tiny, False, "auto").train()
     step = make_step(module, torch.randn(1, 3, samples))
     calls: list = []
-    with cell_standin(calls), mock.patch.object(bimlstm, "CPU_QKV_FORM", "einsum"), \
+    with mlstm_stand_in(calls), mock.patch.object(bimlstm, "CPU_QKV_FORM", "einsum"), \
             FlopCounterMode(display=False) as counter:  # model FLOPs: per-block products, whatever the form
         step()
     return counter.get_total_flops() + cell_flops(calls, kernel)
@@ -461,6 +443,9 @@ def main(argv=None):
     parser.add_argument("--setting", action="append", default=[], metavar="MODULE.NAME=VALUE[,VALUE]",
                         help="a constant of a seisbench_xlstm module (e.g. bimlstm.OUTPUT_STAGE=torch,triton), each "
                              "value measured one after the other for every other setting; repeatable")
+    parser.add_argument("--mlstm-stand-in", choices=["no", "yes", "both"], default="no",
+                        help="yes: the mLSTM kernels replaced by a stand-in that costs a copy (benchmarks/"
+                             "mlstm_stand_in.py): the step less its kernels; both: with and without, in turns")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every setting this many times, in turns (A B A B ...), so that a difference "
                              "between settings can be told from an order effect")
@@ -517,11 +502,12 @@ def main(argv=None):
     pads, scalar_work = args.head_pad or [None], args.scalar_work or [None]
     stack = contextlib.ExitStack()  # the --setting constants of the current setting
     try:  # the library's settings come back afterwards (tests call main in their own process)
-        settings = [(f, p, w, kw, g, c) for f in forms for p in pads for w in scalar_work
+        settings = [(f, p, w, kw, g, c, stand_in) for f in forms for p in pads for w in scalar_work
                     for kw in args.kernel_warps or [None] for g in args.tokens_per_group or [None]
-                    for c in library_constants(args.setting)]
+                    for c in library_constants(args.setting)
+                    for stand_in in {"no": [False], "yes": [True], "both": [False, True]}[args.mlstm_stand_in]]
         rounds = [(r, s) for r in range(args.rounds) for s in settings] if not args.regenerate else []
-        for round_, (form, pad, work, warps, groups, constants) in rounds:
+        for round_, (form, pad, work, warps, groups, constants, stand_in) in rounds:
             patch_constants(stack, constants)
             if form:
                 set_qkv_form(form)
@@ -532,14 +518,15 @@ def main(argv=None):
             suffix = ", ".join(x for x in (form and f"qkv {form}", pad and f"head pad in {pad}",
                                            work and f"scalar work {work}", warps and f"kernel warps {warps}",
                                            groups is not None and f"tokens per group {groups}",
-                                           *constants_label(constants),
+                                           *constants_label(constants), stand_in and "mLSTM stand-in",
                                            args.rounds > 1 and f"round {round_ + 1}") if x)
             args.label = f"{label} ({suffix})" if suffix else label
-            for recipe in recipes:
-                for batch in args.batch or [SEED_BATCH[recipe]]:
-                    for ckpt in modes:
-                        for compiled in modes_compile:
-                            rows.append(measure(args, recipe, batch, ckpt, device, compiled))
+            with mlstm_stand_in() if stand_in else contextlib.nullcontext():
+                for recipe in recipes:
+                    for batch in args.batch or [SEED_BATCH[recipe]]:
+                        for ckpt in modes:
+                            for compiled in modes_compile:
+                                rows.append(measure(args, recipe, batch, ckpt, device, compiled))
     finally:
         stack.close()
         set_qkv_form(None)

@@ -78,7 +78,7 @@ def test_cell_flops_formula_and_standin(bench):
     module = bench.build("masked", True, False, "auto")
     calls = []
     x = torch.randn(1, 3, 1024, requires_grad=True)
-    with bench.cell_standin(calls):
+    with bench.mlstm_stand_in(calls):
         module.recipe(x)["loss"].backward()
     layers = module.backbone.config.num_layers
     # one call per layer, both directions (and, in the per-head layout, the heads) in the kernel's two leading axes
@@ -114,3 +114,33 @@ def test_profile_kernels_are_summed_by_kind(bench, tmp_path):
     assert table.endswith("| all kernels | 59.0 | 100% |")
     with pytest.raises(ValueError, match="Device kernels by self time"):
         kernels_of_profile("no such section")
+
+
+def test_mlstm_stand_in_copies_v_passes_its_gradient_and_is_undone(bench, tmp_path):
+    """The timing stand-in (benchmarks/mlstm_stand_in.py): h is a copy of v, v gets the incoming gradient and q/k
+    and the gates zeros, in the layers eager and compiled; the library's kernels are back afterwards; and
+    --mlstm-stand-in both measures the step with and without it."""
+    from seisbench_xlstm import kernels
+    from seisbench_xlstm.kernels import mlstm_sequence, mlstm_sequence_qk
+
+    q, k, v = (torch.randn(2, 3, 16, 4, requires_grad=True) for _ in range(3))
+    i, f = (torch.randn(2, 3, 16, requires_grad=True) for _ in range(2))
+    qk = torch.cat([q, k], dim=-1).detach().requires_grad_()
+    originals = (kernels._sequence, kernels._opaque_sequence_qk)
+    calls = []
+    with bench.mlstm_stand_in(calls):
+        h = mlstm_sequence(q, k, v, i, f, kernel="chunkwise--native_autograd")
+        h2 = torch.compile(mlstm_sequence_qk)(qk, v, i, f, kernel="chunkwise--native_autograd")
+        (h * 2 + h2).sum().backward()
+    assert calls == [(2, 3, 16, 4), (2, 3, 16, 4)]
+    assert torch.equal(h, v) and torch.equal(h2, v) and h.data_ptr() != v.data_ptr()
+    assert torch.equal(v.grad, torch.full_like(v, 3.0))
+    assert all(torch.count_nonzero(t.grad) == 0 for t in (q, k, qk, i, f))
+    assert (kernels._sequence, kernels._opaque_sequence_qk) == originals
+    real = mlstm_sequence(q, k, v, i, f, kernel="chunkwise--native_autograd")
+    assert not torch.allclose(real, v)  # the real cell again
+
+    rows = bench.main(["--tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--samples", "1024", "--recipe",
+                       "masked", "--mlstm-stand-in", "both", "--label", "c", "--out", str(tmp_path / "speed.md")])
+    assert [r["label"] for r in rows] == ["c", "c (mLSTM stand-in)"]
+    assert all(r["step_ms"] > 0 for r in rows)
