@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    TINY_BACKBONES, backbone_kernel, constants_label, continuous_stations, library_constants, load_average, machine,
-    patch_constants, set_qkv_form, synchronize, write_report,
+    NO_YES_BOTH, TINY_BACKBONES, backbone_kernel, constants_label, continuous_stations, library_constants,
+    load_average, machine, patch_constants, set_qkv_form, synchronize, write_report,
 )
 
 from pipeline_timeline import pipeline_timeline, timeline_table  # noqa: E402
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         xlstm = name.startswith("XLSTM")
         batches = batch_sizes if xlstm else [baseline_batch]
         natives = {"library": [None], "yes": [True], "no": [False], "both": [True, False]}[args.compile_native_kernel]
-        compiles = [(c, n if c else None) for c in {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+        compiles = [(c, n if c else None) for c in NO_YES_BOTH[args.compile]
                     for n in (natives if c else [None])] if xlstm else [(False, None)]
         settings = [(c, o, b, f, k, cs) for cs in constants for k in args.kernels for f in args.qkv_form
                     for c in compiles for o in args.overlaps for b in batches]

@@ -66,6 +66,10 @@ def continuous_station(hours: float, data_dir: Path | None = None):
     return out
 
 
+#: The values an option ``no|yes|both`` stands for (``--compile``, ``--checkpointing``, ...): both = without, then with.
+NO_YES_BOTH = {"no": [False], "yes": [True], "both": [False, True]}
+
+
 #: A report's hand-written notes start at this line: regenerating the report from its CSV keeps them.
 REPORT_NOTES_MARKER = "<!-- Hand-written notes below: kept when the tables above are regenerated. -->"
 

@@ -70,8 +70,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    REPO, backbone_kernel, constants_label, library_constants, machine, parse_kernel_warps, patch_constants,
-    set_qkv_form, synchronize, write_report,
+    NO_YES_BOTH, REPO, backbone_kernel, constants_label, library_constants, machine, parse_kernel_warps,
+    patch_constants, set_qkv_form, synchronize, write_report,
 )
 from ddp_report import RUN_FIELDS, ddp_report, summarise_run  # noqa: E402
 from mlstm_stand_in import mlstm_stand_in  # noqa: E402
@@ -483,8 +483,8 @@ def main(argv=None):
     if out is None and device.type == "cuda" and not args.tiny:
         out = REPO / "benchmarks" / "results" / ("pretrain_ddp.md" if ddp_mode else "pretrain_gpu.md")
     recipes = ["masked", "contrastive"] if args.recipe == "both" else [args.recipe]
-    modes = {"no": [False], "yes": [True], "both": [False, True]}[args.checkpointing]
-    modes_compile = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    modes = NO_YES_BOTH[args.checkpointing]
+    modes_compile = NO_YES_BOTH[args.compile]
     if ddp_mode:
         configs = [{"recipe": recipe, "batch": batch, "compiled": compiled} for recipe in recipes
                    for batch in args.batch or [SEED_BATCH[recipe]] for compiled in modes_compile]
@@ -505,7 +505,7 @@ def main(argv=None):
         settings = [(f, p, w, kw, g, c, stand_in) for f in forms for p in pads for w in scalar_work
                     for kw in args.kernel_warps or [None] for g in args.tokens_per_group or [None]
                     for c in library_constants(args.setting)
-                    for stand_in in {"no": [False], "yes": [True], "both": [False, True]}[args.mlstm_stand_in]]
+                    for stand_in in NO_YES_BOTH[args.mlstm_stand_in]]
         rounds = [(r, s) for r in range(args.rounds) for s in settings] if not args.regenerate else []
         for round_, (form, pad, work, warps, groups, constants, stand_in) in rounds:
             patch_constants(stack, constants)
