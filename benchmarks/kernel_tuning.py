@@ -43,7 +43,8 @@ from common import (  # noqa: E402
 )
 
 sys.path.insert(0, str(REPO))
-from pretrain_speed import SEED_BATCH, build, cell_standin  # noqa: E402
+from mlstm_stand_in import mlstm_stand_in  # noqa: E402
+from pretrain_speed import SEED_BATCH, build  # noqa: E402
 
 from seisbench_xlstm import bimlstm  # noqa: E402
 from seisbench_xlstm.kernels import kernel_shape  # noqa: E402
@@ -76,7 +77,7 @@ def call_shapes() -> dict[tuple, str]:
         # The calls in the dense form's layout, (directions x batch, heads, ...), the convention of every results
         # table; the per_head form (the GPU default) makes the same calls as (directions x heads, batch, ...), which
         # the kernels flatten to the same sequences.
-        with cell_standin(calls), torch.no_grad(), mock.patch.object(bimlstm, "CPU_QKV_FORM", "dense"):
+        with mlstm_stand_in(calls), torch.no_grad(), mock.patch.object(bimlstm, "CPU_QKV_FORM", "dense"):
             module.recipe(torch.randn(1, 3, 4096))
         for b, heads, steps, dim in calls:
             shape = (b * batch, heads, kernel_shape(steps, 128).padded_length, dim)
