@@ -64,13 +64,16 @@ else
   BATCH1=(--batch 128); BATCH2=(--batch 64)
 fi
 LOG=$OUT/gpu_ddp.log
+to_log() {  # a stage's output, less Python's warning lines, to the terminal and $LOG
+  grep -v -E 'Warning: |warnings\.warn\(' | tee -a "$LOG"
+}
 stage_bench() {  # $1: recipe, rest: batch arguments
   local recipe=$1; shift
   local ddp=(); read -r -a ddp <<< "${BENCH_DDP:-}"; [ ${#ddp[@]} -gt 0 ] && ddp=(--ddp "${ddp[@]}")
-  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "${ddp[@]}" "$@" 2>&1 | grep -v -E 'Warning: |warnings\.warn\(' | tee -a "$LOG" || return 1
+  $PY "${BENCH[@]}" --devices $DEVICES --recipe "$recipe" "${ddp[@]}" "$@" 2>&1 | to_log || return 1
 }
 stage_run() {
-  $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | grep -v -E 'Warning: |warnings\.warn\(' | tee -a "$LOG" || return 1
+  $PY -m pretrain experiment="$RUN_EXPERIMENT" "${RUN_ARGS[@]}" 2>&1 | to_log || return 1
   $PY "${BENCH[@]}" --run-dir "$RUNS/ddp" 2>&1 | tail -n 20 | tee -a "$LOG" || return 1
 }
 collect() {  # results so far to $OUT (every call's $OUT starts empty)
